@@ -1,0 +1,4 @@
+//! Test support for gn2pg.
+
+pub mod db;
+pub mod fixture;

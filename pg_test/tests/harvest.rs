@@ -1,0 +1,362 @@
+//! End-to-end harvests: the gn2pg extension, installed in the test cluster, pulls the fixture
+//! GeoNature over HTTP and the rows in PostgreSQL are compared with what the source serves.
+
+use gn2pg_pg_test::db::{error_text, Client, TestDb};
+use gn2pg_pg_test::fixture::{Access, ExportConfig, Faults, FixtureConfig, FixtureServer, Mutation, Shape, TotalFiltered, View};
+use serde_json::Value;
+
+fn fixture(rows: u64) -> FixtureServer {
+    FixtureServer::start(FixtureConfig { rows, ..Default::default() }).expect("fixture server starts")
+}
+
+fn add_source(db: &mut Client, name: &str, fx: &FixtureServer, export: i32, auth: &str, options: &str) {
+    let cfg = FixtureConfig::default();
+    let (login, password, token): (Option<&str>, Option<&str>, Option<&str>) = match auth {
+        "login" => (Some(&cfg.login), Some(&cfg.password), None),
+        "token" => (None, None, Some(&cfg.token)),
+        _ => (None, None, None),
+    };
+    db.execute(
+        "SELECT gn2pg_add_source(name => $1, url => $2, export_id => $3, auth => $4,
+                                 login => $5, password => $6, token => $7, options => $8::text::jsonb)",
+        &[&name, &fx.base_url(), &export, &auth, &login, &password, &token, &options],
+    )
+    .unwrap();
+}
+
+/// Runs gn2pg_harvest and returns its run_log row, or the error text.
+fn harvest(db: &mut Client, source: &str, mode: &str) -> Result<Value, String> {
+    db.query_one("SELECT gn2pg_harvest($1, $2)::text", &[&source, &mode])
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
+        .map_err(|e| error_text(&e))
+}
+
+fn n(v: &Value, k: &str) -> i64 {
+    v[k].as_i64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+}
+
+/// Asserts that the source's local rows are exactly what the export serves: same keys, uuids,
+/// items and geometries.
+fn assert_equal_to_source(db: &mut Client, source: &str, fx: &FixtureServer, export: u32) {
+    let exp = fx.expected_rows(export);
+    let ids: Vec<i64> = exp.iter().map(|r| r.id_synthese).collect();
+    let uuids: Vec<String> = exp.iter().map(|r| r.uuid.clone()).collect();
+    let wkts: Vec<Option<String>> = exp.iter().map(|r| r.wkt.clone()).collect();
+    let items: Vec<String> = exp.iter().map(|r| r.item.to_string()).collect();
+    let row = db
+        .query_one(
+            "WITH e AS (SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) AS e(id, uuid, wkt, item)),
+                  o AS (SELECT * FROM gn2pg.observation WHERE source = $1),
+                  bad AS (
+                    SELECT coalesce(e.id, o.id_data) AS id,
+                           CASE WHEN o.id_data IS NULL THEN 'missing locally'
+                                WHEN e.id IS NULL THEN 'extra locally'
+                                WHEN o.uuid::text IS DISTINCT FROM e.uuid THEN 'uuid differs'
+                                WHEN o.item IS DISTINCT FROM e.item::jsonb THEN 'item differs'
+                                WHEN NOT coalesce(ST_Equals(o.geom, ST_GeomFromText(e.wkt, 4326)),
+                                                  o.geom IS NULL AND e.wkt IS NULL) THEN 'geometry differs'
+                           END AS why
+                      FROM e FULL JOIN o ON o.id_data = e.id)
+             SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM o),
+                    (SELECT count(*) FROM bad WHERE why IS NOT NULL),
+                    (SELECT string_agg(id || ': ' || why, ', ') FROM (SELECT * FROM bad WHERE why IS NOT NULL ORDER BY id LIMIT 5) x)",
+            &[&source, &ids, &uuids, &wkts, &items],
+        )
+        .unwrap();
+    let (expected, local, bad): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let sample: Option<String> = row.get(3);
+    assert!(expected > 0, "the export serves no row: the comparison would prove nothing");
+    assert_eq!(bad, 0, "source {source}: {bad} rows differ (expected {expected}, local {local}): {sample:?}");
+    assert_eq!(expected, local);
+}
+
+fn run_rows(db: &mut Client, source: &str) -> Vec<(String, String, Option<String>)> {
+    db.query("SELECT mode, status, error FROM gn2pg.run_log WHERE source = $1 ORDER BY id", &[&source])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[test]
+fn public_array_export_is_harvested_exactly() {
+    let fx = fixture(2500);
+    let mut db = TestDb::new("public_array");
+    add_source(&mut db.client, "pub", &fx, 3, "public", "{}");
+    let run = harvest(&mut db.client, "pub", "auto").unwrap();
+    assert_eq!(run["status"], "success");
+    assert_eq!(run["mode"], "full");
+    assert_eq!(n(&run, "rows_received"), 2500);
+    assert_eq!(n(&run, "rows_upserted"), 2500);
+    assert_eq!(n(&run, "rows_failed"), 0);
+    assert_eq!(n(&run, "pages_done"), 3, "1000 + 1000 + 500 rows: the short page ends the run");
+    assert!(n(&run, "bytes_received") > 0 && n(&run, "http_requests") >= 3);
+    assert_equal_to_source(&mut db.client, "pub", &fx, 3);
+}
+
+#[test]
+fn login_mode_uses_a_session_and_discovers_the_module() {
+    let fx = fixture(1200);
+    let mut db = TestDb::new("login");
+    add_source(&mut db.client, "withlogin", &fx, 1, "login", "{}");
+    let run = harvest(&mut db.client, "withlogin", "full").unwrap();
+    assert_eq!(run["status"], "success");
+    let stats = fx.stats();
+    assert!(stats.logins >= 1, "{stats:?}");
+    assert_equal_to_source(&mut db.client, "withlogin", &fx, 1);
+}
+
+#[test]
+fn login_mode_follows_a_custom_module_path() {
+    let fx = FixtureServer::start(FixtureConfig { rows: 300, module_path: "export_pne".into(), ..Default::default() }).unwrap();
+    let mut db = TestDb::new("module_path");
+    add_source(&mut db.client, "oldgn", &fx, 1, "login", "{}");
+    harvest(&mut db.client, "oldgn", "full").unwrap();
+    assert_equal_to_source(&mut db.client, "oldgn", &fx, 1);
+}
+
+#[test]
+fn token_mode_with_feature_collection_and_null_geometries() {
+    let fx = FixtureServer::start(FixtureConfig { rows: 1500, null_geometry_every: 7, ..Default::default() }).unwrap();
+    let mut db = TestDb::new("token_fc");
+    add_source(&mut db.client, "tok", &fx, 2, "token", "{}");
+    let run = harvest(&mut db.client, "tok", "full").unwrap();
+    assert_eq!(run["status"], "success");
+    // FeatureCollections drop rows without geometry (source-api.md §3.2).
+    let expected = fx.expected_rows(2).len() as i64;
+    assert!(expected < 1500 && expected > 1200, "{expected}");
+    assert_eq!(n(&run, "rows_upserted"), expected);
+    assert_equal_to_source(&mut db.client, "tok", &fx, 2);
+    let polygons: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM gn2pg.observation WHERE GeometryType(geom) <> 'POINT'", &[])
+        .unwrap()
+        .get(0);
+    assert!(polygons > 0, "non-point geometries must survive the trip");
+}
+
+#[test]
+fn every_total_filtered_profile_is_harvested_completely() {
+    let fx = fixture(1050);
+    let mut db = TestDb::new("total_filtered");
+    for (i, profile) in [TotalFiltered::Exact, TotalFiltered::Page, TotalFiltered::MinusOffset, TotalFiltered::NoLimit]
+        .into_iter()
+        .enumerate()
+    {
+        let export = 10 + i as u32;
+        fx.set_export(
+            export,
+            ExportConfig { access: Access::Public, shape: Shape::Array, view: View::CdNomenclature, total_filtered: profile.clone(), max_page_size: 1000 },
+        );
+        for paging in ["keyset", "offset"] {
+            let name = format!("tf{i}{}", &paging[..1]);
+            add_source(&mut db.client, &name, &fx, export as i32, "public", &format!(r#"{{"page_size": 100, "paging": "{paging}"}}"#));
+            let run = harvest(&mut db.client, &name, "full").unwrap_or_else(|e| panic!("{profile:?}/{paging}: {e}"));
+            assert_eq!(n(&run, "rows_upserted"), 1050, "{profile:?}/{paging}");
+            assert_equal_to_source(&mut db.client, &name, &fx, export);
+            // The next source serves the same uuids: free them (a uuid belongs to one source).
+            db.client.execute("SELECT gn2pg_remove_source($1, drop_data => true)", &[&name]).unwrap();
+        }
+    }
+}
+
+#[test]
+fn second_full_harvest_leaves_the_same_rows_and_rewrites_nothing() {
+    let fx = fixture(1500);
+    let mut db = TestDb::new("second_full");
+    add_source(&mut db.client, "twice", &fx, 3, "public", "{}");
+    harvest(&mut db.client, "twice", "full").unwrap();
+    let before: Vec<(i64, String)> = db
+        .client
+        .query("SELECT id_data, xmin::text FROM gn2pg.observation ORDER BY id_data", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let run = harvest(&mut db.client, "twice", "full").unwrap();
+    assert_eq!(n(&run, "rows_upserted"), 0);
+    assert_eq!(n(&run, "rows_unchanged"), 1500);
+    assert_eq!(n(&run, "rows_deleted"), 0);
+    let after: Vec<(i64, String)> = db
+        .client
+        .query("SELECT id_data, xmin::text FROM gn2pg.observation ORDER BY id_data", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(before, after, "unchanged rows must not be rewritten (same xmin)");
+    assert_equal_to_source(&mut db.client, "twice", &fx, 3);
+}
+
+#[test]
+fn full_harvest_applies_source_inserts_updates_and_deletes() {
+    let fx = fixture(3000);
+    let mut db = TestDb::new("full_changes");
+    add_source(&mut db.client, "chg", &fx, 3, "public", "{}");
+    harvest(&mut db.client, "chg", "full").unwrap();
+    let m = fx.mutate(Mutation { insert: 20, update: 30, delete: 50, ..Default::default() });
+    assert_eq!((m.inserted.len(), m.updated.len(), m.deleted.len()), (20, 30, 50));
+    let run = harvest(&mut db.client, "chg", "full").unwrap();
+    assert_eq!(n(&run, "rows_deleted"), 50);
+    assert_eq!(n(&run, "rows_upserted"), 50);
+    assert_equal_to_source(&mut db.client, "chg", &fx, 3);
+}
+
+#[test]
+fn auto_mode_goes_incremental_and_fetches_only_changes() {
+    let fx = fixture(5000);
+    let mut db = TestDb::new("incremental");
+    add_source(&mut db.client, "inc", &fx, 1, "login", "{}");
+    let first = harvest(&mut db.client, "inc", "auto").unwrap();
+    assert_eq!(first["mode"], "full");
+    let m = fx.mutate(Mutation { insert: 10, update: 40, delete: 25, ..Default::default() });
+    let run = harvest(&mut db.client, "inc", "auto").unwrap();
+    assert_eq!(run["mode"], "incremental");
+    assert_eq!(run["status"], "success");
+    assert!(n(&run, "rows_received") < 500, "incremental fetched {} rows", n(&run, "rows_received"));
+    assert_eq!(n(&run, "rows_upserted"), (m.inserted.len() + m.updated.len()) as i64);
+    assert_eq!(n(&run, "rows_deleted"), 25, "deletions come from /synthese/log");
+    assert_equal_to_source(&mut db.client, "inc", &fx, 1);
+}
+
+fn assert_failed_run(db: &mut Client, source: &str, err: &str, needles: &[&str]) {
+    assert!(err.contains(&format!("source \"{source}\"")), "error must name the source: {err}");
+    for n in needles {
+        assert!(err.contains(n), "error must mention {n:?}: {err}");
+    }
+    let runs = run_rows(db, source);
+    let last = runs.last().expect("a failed run leaves a run_log row");
+    assert_eq!(last.1, "failed", "{runs:?}");
+    let logged = last.2.clone().unwrap_or_default();
+    for n in needles {
+        assert!(logged.contains(n), "run_log.error must mention {n:?}: {logged}");
+    }
+}
+
+#[test]
+fn unreachable_source_fails_clearly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut db = TestDb::new("unreachable");
+    db.client
+        .execute(
+            "SELECT gn2pg_add_source('down', $1, 1, options => '{\"max_retries\": 1}')",
+            &[&format!("http://127.0.0.1:{port}/geonature")],
+        )
+        .unwrap();
+    let err = harvest(&mut db.client, "down", "auto").unwrap_err();
+    assert_failed_run(&mut db.client, "down", &err, &["cannot connect", &format!("127.0.0.1:{port}")]);
+}
+
+#[test]
+fn bad_credentials_fail_without_leaking_them() {
+    let fx = fixture(100);
+    let mut db = TestDb::new("bad_login");
+    db.client
+        .execute(
+            "SELECT gn2pg_add_source('badpw', $1, 1, 'login', 'harvester', 'wrong-pass-xyz')",
+            &[&fx.base_url()],
+        )
+        .unwrap();
+    let err = harvest(&mut db.client, "badpw", "auto").unwrap_err();
+    assert_failed_run(&mut db.client, "badpw", &err, &["login refused", "401"]);
+    assert!(!err.contains("wrong-pass-xyz"));
+    let leaks: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM gn2pg.run_log WHERE error LIKE '%wrong-pass-xyz%'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(leaks, 0);
+}
+
+#[test]
+fn wrong_token_and_unknown_export_fail_clearly() {
+    let fx = fixture(100);
+    let mut db = TestDb::new("bad_export");
+    db.client
+        .execute("SELECT gn2pg_add_source('badtok', $1, 2, token => 'deadbeefdeadbeefdeadbeefdeadbeef')", &[&fx.base_url()])
+        .unwrap();
+    let err = harvest(&mut db.client, "badtok", "auto").unwrap_err();
+    assert_failed_run(&mut db.client, "badtok", &err, &["denied", "403"]);
+    assert!(!err.contains("deadbeef"), "the token must not appear: {err}");
+
+    db.client.execute("SELECT gn2pg_add_source('noexport', $1, 999)", &[&fx.base_url()]).unwrap();
+    let err = harvest(&mut db.client, "noexport", "auto").unwrap_err();
+    assert_failed_run(&mut db.client, "noexport", &err, &["not found", "404", "/api/999"]);
+}
+
+#[test]
+fn non_json_answer_fails_and_keeps_loaded_rows() {
+    let fx = fixture(1000);
+    let mut db = TestDb::new("html");
+    add_source(&mut db.client, "proxy", &fx, 3, "public", "{}");
+    harvest(&mut db.client, "proxy", "full").unwrap();
+    fx.faults(Faults { html_ok_next: 1000, ..Default::default() });
+    let err = harvest(&mut db.client, "proxy", "full").unwrap_err();
+    assert_failed_run(&mut db.client, "proxy", &err, &["did not answer JSON", "text/html"]);
+    let kept: i64 = db.client.query_one("SELECT count(*) FROM gn2pg.observation", &[]).unwrap().get(0);
+    assert_eq!(kept, 1000, "a failed run loses nothing already loaded");
+}
+
+#[test]
+fn a_run_that_fails_mid_way_keeps_committed_pages() {
+    let fx = fixture(3000);
+    let mut db = TestDb::new("midway");
+    add_source(&mut db.client, "mid", &fx, 3, "public", r#"{"max_retries": 0}"#);
+    // Every second data request fails: page 1 loads, page 2 fails (no retries allowed).
+    fx.faults(Faults { error_every: 2, error_status: 500, ..Default::default() });
+    let err = harvest(&mut db.client, "mid", "full").unwrap_err();
+    assert_failed_run(&mut db.client, "mid", &err, &["HTTP 500"]);
+    let (pages, kept): (i32, i64) = {
+        let r = db.client.query_one("SELECT pages_done, (SELECT count(*) FROM gn2pg.observation) FROM gn2pg.run_log", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((pages, kept), (1, 1000));
+}
+
+#[test]
+fn bad_registrations_are_refused_with_the_reason() {
+    let mut db = TestDb::new("registration");
+    let cases = [
+        ("SELECT gn2pg_add_source('Bad Name', 'http://h/gn', 1)", "invalid source name"),
+        ("SELECT gn2pg_add_source('s', 'ftp://h/gn', 1)", "http or https"),
+        ("SELECT gn2pg_add_source('s', 'not a url', 1)", "not a valid URL"),
+        ("SELECT gn2pg_add_source('s', 'http://h/gn', 0)", "export_id must be positive"),
+        ("SELECT gn2pg_add_source('s', 'http://h/gn', 1, 'login', 'me')", "needs login and password"),
+        ("SELECT gn2pg_add_source('s', 'http://h/gn', 1, 'token')", "needs token"),
+        ("SELECT gn2pg_add_source('s', 'http://h/gn', 1, options => '{\"pagesize\": 10}')", "unknown option"),
+        ("SELECT gn2pg_add_source('s', 'http://h/gn', 1, options => '{\"paging\": \"cursor\"}')", "keyset"),
+        ("SELECT gn2pg_harvest('nosuch')", "does not exist"),
+        ("SELECT gn2pg_harvest('nosuch', 'sometimes')", "does not exist"),
+    ];
+    for (sql, needle) in cases {
+        let err = db.client.batch_execute(sql).map(|_| String::new()).unwrap_or_else(|e| error_text(&e));
+        assert!(err.contains(needle), "{sql}: expected {needle:?}, got {err:?}");
+    }
+    let n: i64 = db.client.query_one("SELECT count(*) FROM gn2pg.source", &[]).unwrap().get(0);
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn add_source_updates_in_place_and_remove_keeps_data_unless_asked() {
+    let fx = fixture(200);
+    let mut db = TestDb::new("registry");
+    let id1: i32 = db.client.query_one("SELECT gn2pg_add_source('r', $1, 3)", &[&fx.base_url()]).unwrap().get(0);
+    let id2: i32 = db
+        .client
+        .query_one("SELECT gn2pg_add_source('r', $1, 3, options => '{\"page_size\": 50}')", &[&fx.base_url()])
+        .unwrap()
+        .get(0);
+    assert_eq!(id1, id2);
+    let url: String = db.client.query_one("SELECT url FROM gn2pg.source WHERE name = 'r'", &[]).unwrap().get(0);
+    assert!(url.ends_with("/geonature/api"), "{url}");
+    let run = harvest(&mut db.client, "r", "full").unwrap();
+    assert_eq!(n(&run, "pages_done"), 5, "page_size 50 over 200 rows: 4 full pages and an empty one");
+    let removed: bool = db.client.query_one("SELECT gn2pg_remove_source('r')", &[]).unwrap().get(0);
+    assert!(removed);
+    let kept: i64 = db.client.query_one("SELECT count(*) FROM gn2pg.observation", &[]).unwrap().get(0);
+    assert_eq!(kept, 200);
+    db.client.query_one("SELECT gn2pg_add_source('r', $1, 3)", &[&fx.base_url()]).unwrap();
+    db.client.query_one("SELECT gn2pg_remove_source('r', drop_data => true)", &[]).unwrap();
+    let kept: i64 = db.client.query_one("SELECT count(*) FROM gn2pg.observation", &[]).unwrap().get(0);
+    assert_eq!(kept, 0);
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian 12 machine as root:
+#   set-up (idempotent) -> build and install gn2pg -> throw-away cluster -> every cargo test.
+# Unit tests (protocol, paging, fixture) need no database; the integration tests in pg_test/
+# harvest the fixture GeoNature over HTTP into the cluster and compare rows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+export PGRX_PG_CONFIG_PATH=/usr/lib/postgresql/15/bin/pg_config
+export GN2PG_TEST_DIR="${GN2PG_TEST_DIR:-/tmp/gn2pg-test}"
+export GN2PG_TEST_PGPORT="${GN2PG_TEST_PGPORT:-55432}"
+export GN2PG_TEST_PGHOST=127.0.0.1
+
+echo "[test] building and installing gn2pg"
+bash scripts/install.sh
+
+bash scripts/test-cluster.sh start "$GN2PG_TEST_DIR" "$GN2PG_TEST_PGPORT"
+trap 'bash scripts/test-cluster.sh stop "$GN2PG_TEST_DIR" "$GN2PG_TEST_PGPORT"' EXIT
+
+echo "[test] cargo test (release: shares the build with the installed extension)"
+status=0
+cargo test --release --workspace --no-fail-fast 2>&1 | tee "$GN2PG_TEST_DIR/cargo-test.log" || status=$?
+if [ "$status" -ne 0 ]; then
+    echo "[test] failures; last lines of the test cluster log:" >&2
+    tail -n 40 "$GN2PG_TEST_DIR/server.log" >&2 || true
+fi
+# The runner's own summary, as the last line.
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$GN2PG_TEST_DIR/cargo-test.log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '; [0-9]+ failed' "$GN2PG_TEST_DIR/cargo-test.log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
+echo "$passed passed, $failed failed"
+exit "$status"

@@ -1,0 +1,148 @@
+-- gn2pg schema: the source registry, the run log, harvested observations and metadata.
+--
+-- Wording: a *source* is one export of one remote GeoNature instance; a *run* is one harvest of
+-- a source (full or incremental); a *page* is one answer of the export API.
+--
+-- This file runs inside CREATE EXTENSION with search_path = gn2pg, <postgis schema>, so the
+-- geometry type resolves without qualification here (and only here).
+
+CREATE TABLE gn2pg.source (
+    id          integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        text NOT NULL UNIQUE
+                CHECK (name ~ '^[a-z0-9_-]+$' AND length(name) <= 63),
+    url         text NOT NULL,          -- API root, normalised to end with /api
+    export_id   integer NOT NULL CHECK (export_id > 0),
+    auth        text NOT NULL CHECK (auth IN ('login', 'token', 'public')),
+    options     jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(options) = 'object'),
+    enabled     boolean NOT NULL DEFAULT true,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE gn2pg.source IS
+    'One row per harvested export. Manage with gn2pg_add_source() / gn2pg_remove_source().';
+
+-- Secrets live apart from the registry so that monitoring roles can read every source column
+-- without ever being able to read a password or a token.
+CREATE TABLE gn2pg.source_secret (
+    source_id   integer PRIMARY KEY REFERENCES gn2pg.source (id) ON DELETE CASCADE,
+    login       text,
+    password    text,
+    token       text
+);
+COMMENT ON TABLE gn2pg.source_secret IS 'Credentials of sources; readable by superusers only.';
+REVOKE ALL ON gn2pg.source_secret FROM PUBLIC;
+
+CREATE TABLE gn2pg.run_log (
+    id              bigint PRIMARY KEY,   -- taken from run_log_id_seq by the launcher
+    source          text NOT NULL,
+    source_id       integer,
+    mode            text NOT NULL CHECK (mode IN ('full', 'incremental')),
+    status          text NOT NULL
+                    CHECK (status IN ('running', 'success', 'failed', 'cancelled', 'abandoned')),
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    finished_at     timestamptz,
+    pages_done      integer NOT NULL DEFAULT 0,
+    rows_received   bigint  NOT NULL DEFAULT 0,
+    rows_upserted   bigint  NOT NULL DEFAULT 0,
+    rows_unchanged  bigint  NOT NULL DEFAULT 0,
+    rows_deleted    bigint  NOT NULL DEFAULT 0,
+    rows_failed     bigint  NOT NULL DEFAULT 0,
+    http_requests   integer NOT NULL DEFAULT 0,
+    http_retries    integer NOT NULL DEFAULT 0,
+    bytes_received  bigint  NOT NULL DEFAULT 0,
+    error           text,
+    worker_pid      integer,
+    paging          text,                 -- 'keyset' or 'offset'
+    since           text,                 -- incremental window start, source clock
+    max_source_action text,               -- latest derniere_action seen, source clock
+    checkpoint      jsonb                 -- where the next page starts; for resume
+);
+CREATE SEQUENCE gn2pg.run_log_id_seq OWNED BY gn2pg.run_log.id;
+ALTER TABLE gn2pg.run_log ALTER COLUMN id SET DEFAULT nextval('gn2pg.run_log_id_seq');
+CREATE INDEX run_log_source_idx ON gn2pg.run_log (source, id DESC);
+COMMENT ON TABLE gn2pg.run_log IS
+    'One row per harvest run, updated page by page while it runs (like cron.job_run_details).';
+
+CREATE TABLE gn2pg.run_error (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id      bigint NOT NULL REFERENCES gn2pg.run_log (id) ON DELETE CASCADE,
+    source      text NOT NULL,
+    id_data     bigint,
+    uuid        text,
+    item        jsonb,
+    error       text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX run_error_run_idx ON gn2pg.run_error (run_id);
+COMMENT ON TABLE gn2pg.run_error IS 'Items rejected during a run, with the cause.';
+
+CREATE TABLE gn2pg.observation (
+    source            text NOT NULL,
+    id_data           bigint NOT NULL,       -- the source key (id_synthese)
+    uuid              uuid,                  -- id_perm_sinp
+    item              jsonb NOT NULL,        -- the row as received, feature geometry excluded
+    geom              geometry(Geometry, 4326),
+    ca_uuid           uuid,                  -- after mapping
+    jdd_uuid          uuid,
+    source_ca_uuid    uuid,                  -- as received
+    source_jdd_uuid   uuid,
+    source_updated_at timestamp,             -- derniere_action, source clock
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    run_id            bigint,                -- the run that last wrote the row
+    PRIMARY KEY (source, id_data)
+);
+CREATE INDEX observation_geom_idx ON gn2pg.observation USING gist (geom);
+CREATE INDEX observation_uuid_idx ON gn2pg.observation (uuid);
+COMMENT ON TABLE gn2pg.observation IS 'Harvested observations, one row per source row.';
+
+CREATE TABLE gn2pg.metadata (
+    source      text NOT NULL,
+    level       text NOT NULL CHECK (level IN ('ca', 'jdd')),
+    uuid        uuid NOT NULL,
+    name        text,
+    parent_uuid uuid,                       -- the CA of a JDD
+    item        jsonb,
+    first_seen  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    run_id      bigint,
+    PRIMARY KEY (source, level, uuid)
+);
+COMMENT ON TABLE gn2pg.metadata IS
+    'Acquisition frameworks (ca) and datasets (jdd) seen per source, latest content.';
+
+-- pg_dump keeps what users configured and what was harvested.
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.source', '');
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.source_secret', '');
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.run_log', '');
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.run_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.run_error', '');
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.observation', '');
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.metadata', '');
+
+-- Geometry of one item, trapping parse errors. Used only for pages whose fast set-based load
+-- failed: the EXCEPTION block costs a subtransaction per row.
+CREATE FUNCTION gn2pg._parse_geometry(geojson jsonb, wkt text, OUT geom geometry, OUT error text)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF jsonb_typeof(geojson) = 'object' THEN
+        geom := ST_SetSRID(ST_GeomFromGeoJSON(geojson), 4326);
+    ELSIF wkt ~* '^SRID=' THEN
+        geom := ST_Transform(ST_GeomFromEWKT(wkt), 4326);
+    ELSIF wkt IS NOT NULL THEN
+        geom := ST_GeomFromText(wkt, 4326);
+    END IF;
+EXCEPTION WHEN OTHERS THEN
+    geom := NULL;
+    error := 'invalid geometry: ' || SQLERRM;
+END
+$$;
+
+-- PG 15 has no @extschema:postgis@: pin the function's search_path to wherever PostGIS lives.
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION gn2pg._parse_geometry(jsonb, text) SET search_path = pg_catalog, %I',
+                   (SELECT n.nspname FROM pg_catalog.pg_extension e
+                      JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                     WHERE e.extname = 'postgis'));
+END
+$$;

@@ -1,0 +1,84 @@
+//! Server settings (`gn2pg.*`). All are SUSET: a superuser sets them in postgresql.conf or with
+//! ALTER SYSTEM / ALTER DATABASE, and background workers (which do not inherit the caller's
+//! session settings) pick them up. Per-source options override the transport ones.
+
+use std::time::Duration;
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+use crate::source::client::Limits;
+use crate::source::config::SourceOptions;
+
+static HTTP_CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static HTTP_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
+static MAX_PAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 << 20);
+static INCREMENTAL_OVERLAP_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
+
+pub fn init() {
+    GucRegistry::define_int_guc(
+        c"gn2pg.http_connect_timeout_ms",
+        c"Timeout for connecting to a source.",
+        c"Per-source override: options.connect_timeout_ms.",
+        &HTTP_CONNECT_TIMEOUT_MS,
+        100,
+        3_600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"gn2pg.http_timeout_ms",
+        c"Timeout for each wait on a source (response headers, then each body read).",
+        c"Bounds how long a cancel can take while a source is silent. Per-source override: options.timeout_ms.",
+        &HTTP_TIMEOUT_MS,
+        100,
+        3_600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"gn2pg.max_retries",
+        c"Retries of a request after a connection error, a timeout, HTTP 429 or 5xx.",
+        c"Waits grow exponentially from 0.5 s (with jitter, capped at 30 s). Per-source override: options.max_retries.",
+        &MAX_RETRIES,
+        0,
+        100,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"gn2pg.max_page_bytes",
+        c"Largest accepted answer of a source, in bytes.",
+        c"Protects the server's memory from a runaway answer. Per-source override: options.max_page_bytes.",
+        &MAX_PAGE_BYTES,
+        1024,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"gn2pg.incremental_overlap",
+        c"Overlap of incremental windows: seconds subtracted from the latest source timestamp seen.",
+        c"Covers source transactions that commit late with an earlier timestamp. Per-source override: options.overlap_seconds.",
+        &INCREMENTAL_OVERLAP_S,
+        0,
+        30 * 86_400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+}
+
+/// Effective transport limits for a source: its options first, then these settings.
+pub fn limits(o: &SourceOptions) -> Limits {
+    let ms = |v: i32| Duration::from_millis(v.max(0) as u64);
+    Limits {
+        connect_timeout: o.connect_timeout.unwrap_or_else(|| ms(HTTP_CONNECT_TIMEOUT_MS.get())),
+        timeout: o.timeout.unwrap_or_else(|| ms(HTTP_TIMEOUT_MS.get())),
+        max_retries: o.max_retries.unwrap_or(MAX_RETRIES.get().max(0) as u32),
+        max_page_bytes: o.max_page_bytes.unwrap_or(MAX_PAGE_BYTES.get().max(1024) as usize),
+    }
+}
+
+pub fn incremental_overlap(o: &SourceOptions) -> Duration {
+    o.overlap.unwrap_or(Duration::from_secs(INCREMENTAL_OVERLAP_S.get().max(0) as u64))
+}

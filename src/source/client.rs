@@ -1,0 +1,649 @@
+//! HTTP side of a source: one `reqwest` blocking client per run, login with a cookie jar,
+//! Export module discovery, page fetches with retries, and the deletion log.
+//!
+//! Backend rules this file follows (pgrx-notes.md §4): the client is built with every signal
+//! blocked so that reqwest's runtime threads never run PostgreSQL's handlers; bodies are read in
+//! chunks with a cancellation check between chunks; retry waits go through the host, which
+//! sleeps on the backend latch. Nothing here may call PostgreSQL: reqwest threads must not,
+//! and this module is unit-tested without a database.
+
+use std::io::Read;
+use std::time::Duration;
+
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use serde::Deserialize;
+use url::Url;
+
+use super::config::{Auth, SourceConfig};
+use super::error::{redact_url, SourceError};
+
+/// What only the caller (a backend or a test) can do.
+pub trait Host {
+    /// Returns `Err(Cancelled)` when the run must stop now.
+    fn check_interrupts(&self) -> Result<(), SourceError>;
+    /// Waits, waking early (with `Err(Cancelled)`) if the run is cancelled.
+    fn sleep(&self, d: Duration) -> Result<(), SourceError>;
+}
+
+/// Transport limits, from GUCs overridden by source options.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub max_retries: u32,
+    pub max_page_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(60),
+            max_retries: 5,
+            max_page_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Transport counters, copied into `gn2pg.run_log`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub requests: u64,
+    pub retries: u64,
+    pub bytes: u64,
+}
+
+pub const USER_AGENT: &str = concat!("gn2pg/", env!("CARGO_PKG_VERSION"), " (PostgreSQL extension)");
+
+/// Runs `f` with every signal blocked in the calling thread, so threads spawned inside inherit
+/// a full mask and PostgreSQL's handlers keep running on the backend thread only.
+fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: plain POSIX calls on local sigset_t values; the old mask is always restored.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let r = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        r
+    }
+}
+
+pub struct SourceClient {
+    cfg: SourceConfig,
+    limits: Limits,
+    http: Client,
+    module_path: Option<String>,
+    logged_in: bool,
+    pub stats: Stats,
+    jitter_state: u64,
+}
+
+#[derive(Deserialize)]
+struct ModuleRow {
+    module_code: Option<String>,
+    module_path: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LogPage {
+    items: Vec<LogItem>,
+}
+
+#[derive(Deserialize)]
+struct LogItem {
+    id_synthese: Option<i64>,
+}
+
+impl SourceClient {
+    pub fn new(cfg: SourceConfig, limits: Limits) -> Result<SourceClient, SourceError> {
+        let http = with_signals_blocked(|| {
+            Client::builder()
+                .connect_timeout(limits.connect_timeout)
+                .timeout(limits.timeout)
+                .cookie_store(true)
+                // A 302 to the front-end login page must be seen, not followed into HTML.
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .user_agent(USER_AGENT)
+                .build()
+        })
+        .map_err(|e| SourceError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
+        Ok(SourceClient {
+            module_path: cfg.options.module_path.clone(),
+            cfg,
+            limits,
+            http,
+            logged_in: false,
+            stats: Stats::default(),
+            jitter_state: seed | 1,
+        })
+    }
+
+    /// Logs in (login sources) and finds the Export module prefix.
+    pub fn prepare(&mut self, host: &dyn Host) -> Result<(), SourceError> {
+        if matches!(self.cfg.auth, Auth::Login { .. }) {
+            self.login(host)?;
+        }
+        if self.module_path.is_none() {
+            let p = self.discover_module_path(host)?;
+            self.module_path = Some(p);
+        }
+        Ok(())
+    }
+
+    pub fn login(&mut self, host: &dyn Host) -> Result<(), SourceError> {
+        let Auth::Login { login, password } = self.cfg.auth.clone() else {
+            return Ok(());
+        };
+        let url = self.cfg.endpoint("auth/login");
+        let mut body = serde_json::json!({ "login": login, "password": password });
+        if let Some(app) = self.cfg.options.id_application {
+            body["id_application"] = app.into();
+        }
+        let body = body.to_string();
+        self.with_retries(host, |c| {
+            c.stats.requests += 1;
+            let resp = c
+                .http
+                .post(url.clone())
+                .header(ACCEPT, "application/json")
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+                .map_err(|e| transport_error(&url, e))?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let text = c.read_body(&url, resp, host)?;
+            match status {
+                200 => Ok(()),
+                429 | 500..=599 => Err(SourceError::Http {
+                    url: redact_url(url.as_str()),
+                    status,
+                    detail: error_detail(&headers, &text),
+                    retry_after: retry_after(&headers),
+                }),
+                404 => Err(SourceError::NotFound {
+                    url: redact_url(url.as_str()),
+                    detail: "no login endpoint here: is the URL the GeoNature root?".into(),
+                }),
+                _ => Err(SourceError::LoginRefused {
+                    url: redact_url(url.as_str()),
+                    status,
+                    detail: error_detail(&headers, &text),
+                }),
+            }
+        })?;
+        self.logged_in = true;
+        Ok(())
+    }
+
+    fn discover_module_path(&mut self, host: &dyn Host) -> Result<String, SourceError> {
+        if self.logged_in {
+            let url = self.cfg.endpoint("gn_commons/modules");
+            let text = self.get_json(&url, host)?;
+            let rows: Vec<ModuleRow> = serde_json::from_str(&text).map_err(|e| SourceError::BadAnswer {
+                url: redact_url(url.as_str()),
+                cause: format!("module list is not a JSON array of modules: {e}"),
+            })?;
+            return rows
+                .into_iter()
+                .find(|m| m.module_code.as_deref() == Some("EXPORTS"))
+                .and_then(|m| m.module_path)
+                .map(|p| p.trim_matches('/').to_string())
+                .filter(|p| !p.is_empty())
+                .ok_or(SourceError::NoExportModule { url: redact_url(url.as_str()) });
+        }
+        // Token and public exports cannot list modules; the module row is public, and every
+        // GeoNature since 2.11 mounts the module at /exports anyway.
+        let url = self.cfg.endpoint("gn_commons/module/EXPORTS");
+        match self.get_json(&url, host) {
+            Ok(text) => Ok(serde_json::from_str::<ModuleRow>(&text)
+                .ok()
+                .and_then(|m| m.module_path)
+                .map(|p| p.trim_matches('/').to_string())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "exports".to_string())),
+            Err(e @ (SourceError::Connect { .. } | SourceError::Timeout { .. } | SourceError::Cancelled(_))) => Err(e),
+            Err(_) => Ok("exports".to_string()),
+        }
+    }
+
+    /// URL of the data API with `params` (credentials included, so never log it unredacted).
+    pub fn export_url(&self, params: &[(String, String)]) -> Url {
+        let path = self.module_path.as_deref().unwrap_or("exports");
+        let mut url = self.cfg.endpoint(&format!("{path}/api/{}", self.cfg.export_id));
+        {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in self.cfg.options.query.iter() {
+                q.append_pair(k, v);
+            }
+            for (k, v) in params {
+                q.append_pair(k, v);
+            }
+            if let Auth::Token(t) = &self.cfg.auth {
+                q.append_pair("token", t);
+            }
+        }
+        url
+    }
+
+    /// Fetches one page of the export; the body is returned as received, unparsed.
+    pub fn fetch_export_page(&mut self, params: &[(String, String)], host: &dyn Host) -> Result<String, SourceError> {
+        let url = self.export_url(params);
+        match self.get_json(&url, host) {
+            // A session that expired mid-run: log in again once, then give up.
+            Err(SourceError::AuthRequired { .. }) if matches!(self.cfg.auth, Auth::Login { .. }) => {
+                self.login(host)?;
+                self.get_json(&url, host)
+            }
+            other => other,
+        }
+    }
+
+    /// Ids deleted at the source since `since` (`/synthese/log`, login sources, GN >= 2.12).
+    pub fn fetch_deletions(&mut self, since: &str, host: &dyn Host) -> Result<Vec<i64>, SourceError> {
+        const LIMIT: usize = 1000;
+        let mut ids = Vec::new();
+        // Bounded: a log with more than 10 M deletions in one window is a configuration problem.
+        for page in 1..=10_000u32 {
+            let mut url = self.cfg.endpoint("synthese/log");
+            url.query_pairs_mut()
+                .append_pair("last_action", "D")
+                .append_pair("meta_last_action_date", &format!("gte:{since}"))
+                .append_pair("sort", "meta_last_action_date")
+                .append_pair("limit", &LIMIT.to_string())
+                .append_pair("page", &page.to_string());
+            let text = match self.get_json(&url, host) {
+                Err(SourceError::AuthRequired { .. }) => {
+                    self.login(host)?;
+                    self.get_json(&url, host)?
+                }
+                other => other?,
+            };
+            let log: LogPage = serde_json::from_str(&text).map_err(|e| SourceError::BadAnswer {
+                url: redact_url(url.as_str()),
+                cause: format!("deletion log: {e}"),
+            })?;
+            let n = log.items.len();
+            ids.extend(log.items.into_iter().filter_map(|i| i.id_synthese));
+            if n < LIMIT {
+                return Ok(ids);
+            }
+        }
+        Err(SourceError::Paging("deletion log longer than 10,000 pages".into()))
+    }
+
+    /// GET with retries; returns a body known to be JSON-typed (parsing is the caller's job).
+    fn get_json(&mut self, url: &Url, host: &dyn Host) -> Result<String, SourceError> {
+        self.with_retries(host, |c| c.attempt_get(url, host))
+    }
+
+    fn attempt_get(&mut self, url: &Url, host: &dyn Host) -> Result<String, SourceError> {
+        host.check_interrupts()?;
+        self.stats.requests += 1;
+        let shown = redact_url(url.as_str());
+        let resp = self
+            .http
+            .get(url.clone())
+            .header(ACCEPT, "application/json")
+            .send()
+            .map_err(|e| transport_error(url, e))?;
+        host.check_interrupts()?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = self.read_body(url, resp, host)?;
+        match status {
+            200..=299 => {
+                let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let looks_json = text.trim_start().starts_with(['{', '[']);
+                if ct.contains("json") || (ct.is_empty() && looks_json) {
+                    Ok(text)
+                } else {
+                    Err(SourceError::NotJson { url: shown, content_type: ct, snippet: text_snippet(&text) })
+                }
+            }
+            301 | 302 | 303 | 307 | 308 => {
+                let to = headers.get(LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+                if to.contains("login") {
+                    Err(SourceError::AuthRequired {
+                        url: shown,
+                        status,
+                        detail: "redirected to the login page".into(),
+                    })
+                } else {
+                    Err(SourceError::Http {
+                        url: shown,
+                        status,
+                        detail: format!("unexpected redirect to {}", redact_url(to)),
+                        retry_after: None,
+                    })
+                }
+            }
+            401 | 490 => Err(SourceError::AuthRequired { url: shown, status, detail: error_detail(&headers, &text) }),
+            403 => Err(SourceError::Forbidden { url: shown, detail: error_detail(&headers, &text) }),
+            404 => Err(SourceError::NotFound { url: shown, detail: error_detail(&headers, &text) }),
+            _ => Err(SourceError::Http {
+                url: shown,
+                status,
+                detail: error_detail(&headers, &text),
+                retry_after: retry_after(&headers),
+            }),
+        }
+    }
+
+    fn read_body(&mut self, url: &Url, mut resp: Response, host: &dyn Host) -> Result<String, SourceError> {
+        let max = self.limits.max_page_bytes;
+        let hint = resp.content_length().unwrap_or(0).min(max as u64) as usize;
+        let mut buf = Vec::with_capacity(hint);
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = match resp.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) => {
+                    let cause = io_cause(&e);
+                    self.stats.bytes += buf.len() as u64;
+                    return Err(if e.kind() == std::io::ErrorKind::TimedOut || cause.contains("timed out") {
+                        SourceError::Timeout { url: redact_url(url.as_str()), cause }
+                    } else {
+                        SourceError::Truncated {
+                            url: redact_url(url.as_str()),
+                            cause: format!("{cause} after {} bytes", buf.len()),
+                        }
+                    });
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if buf.len() + n > max {
+                return Err(SourceError::TooLarge { url: redact_url(url.as_str()), max });
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            host.check_interrupts()?;
+        }
+        self.stats.bytes += buf.len() as u64;
+        String::from_utf8(buf).map_err(|e| SourceError::BadAnswer {
+            url: redact_url(url.as_str()),
+            cause: format!("body is not UTF-8: {e}"),
+        })
+    }
+
+    /// Exponential backoff with jitter: 0.5 s, 1 s, 2 s... capped at 30 s, or Retry-After.
+    fn with_retries<T>(
+        &mut self,
+        host: &dyn Host,
+        mut attempt: impl FnMut(&mut Self) -> Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
+        let mut tries = 0u32;
+        loop {
+            match attempt(self) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && tries < self.limits.max_retries => {
+                    tries += 1;
+                    self.stats.retries += 1;
+                    let base = Duration::from_millis(500u64.saturating_mul(1 << (tries - 1).min(10)));
+                    let wait = e.retry_after().unwrap_or(base).min(Duration::from_secs(30));
+                    host.sleep(self.jitter(wait))?;
+                }
+                Err(e) if tries > 0 => {
+                    return Err(annotate_retries(e, tries));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn jitter(&mut self, d: Duration) -> Duration {
+        // xorshift64: enough to de-synchronise many sources hitting one server.
+        let mut x = self.jitter_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter_state = x;
+        let factor = 0.5 + (x % 1000) as f64 / 1000.0; // 0.5 .. 1.5
+        d.mul_f64(factor)
+    }
+}
+
+fn annotate_retries(e: SourceError, tries: u32) -> SourceError {
+    match e {
+        SourceError::Http { url, status, detail, retry_after } => SourceError::Http {
+            url,
+            status,
+            detail: format!("{detail} (after {tries} retries)"),
+            retry_after,
+        },
+        SourceError::Connect { url, cause } => SourceError::Connect { url, cause: format!("{cause} (after {tries} retries)") },
+        SourceError::Timeout { url, cause } => SourceError::Timeout { url, cause: format!("{cause} (after {tries} retries)") },
+        SourceError::Truncated { url, cause } => {
+            SourceError::Truncated { url, cause: format!("{cause} (after {tries} retries)") }
+        }
+        other => other,
+    }
+}
+
+fn transport_error(url: &Url, e: reqwest::Error) -> SourceError {
+    let shown = redact_url(url.as_str());
+    let (timeout, connect, body) = (e.is_timeout(), e.is_connect(), e.is_body() || e.is_decode());
+    let cause = error_chain(&e.without_url());
+    if timeout {
+        SourceError::Timeout { url: shown, cause }
+    } else if connect {
+        SourceError::Connect { url: shown, cause }
+    } else if body {
+        SourceError::Truncated { url: shown, cause }
+    } else {
+        SourceError::Connect { url: shown, cause }
+    }
+}
+
+/// reqwest's top-level message is vague ("error sending request"); the cause is in the chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let m = s.to_string();
+        if !parts.iter().any(|p| p.contains(&m)) {
+            parts.push(m);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+fn io_cause(e: &std::io::Error) -> String {
+    error_chain(e)
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    h.get(RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// GeoNature error bodies: werkzeug `{code,name,description}`, pypnusershub `{type,msg}`,
+/// old export module `{message}`; anything else is shown as a short text excerpt.
+fn error_detail(h: &HeaderMap, body: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
+        for k in ["description", "msg", "message", "name"] {
+            if let Some(s) = v.get(k).and_then(|x| x.as_str()) {
+                return s.to_string();
+            }
+        }
+        if let Some(s) = v.as_str() {
+            return s.to_string();
+        }
+    }
+    let ct = h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if ct.contains("html") || body.trim_start().starts_with('<') {
+        return format!("HTML page: {}", text_snippet(body));
+    }
+    text_snippet(body)
+}
+
+/// A readable excerpt: the <title> of an HTML page, else the first 200 characters.
+fn text_snippet(body: &str) -> String {
+    let lower = body.to_ascii_lowercase();
+    if let (Some(a), Some(b)) = (lower.find("<title>"), lower.find("</title>")) {
+        if b > a + 7 {
+            return body[a + 7..b].trim().to_string();
+        }
+    }
+    let t: String = body.chars().filter(|c| !c.is_control() || *c == ' ').take(200).collect();
+    if t.is_empty() { "(empty body)".into() } else { t }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::config::{api_root, SourceOptions};
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    /// A one-shot server answering each connection with the next canned response.
+    fn serve(responses: Vec<String>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}/geonature", l.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for r in responses {
+                let (mut s, _) = l.accept().unwrap();
+                let mut rd = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                rd.read_line(&mut line).unwrap();
+                seen.push(line.trim().to_string());
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    rd.read_line(&mut h).unwrap();
+                    if h.to_ascii_lowercase().starts_with("content-length:") {
+                        len = h[15..].trim().parse().unwrap();
+                    }
+                    if h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                }
+                let mut b = vec![0; len];
+                std::io::Read::read_exact(&mut rd, &mut b).unwrap();
+                s.write_all(r.as_bytes()).unwrap();
+            }
+            seen
+        });
+        (addr, h)
+    }
+
+    fn resp(status: &str, ct: &str, body: &str) -> String {
+        format!("HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    }
+
+    fn client(url: &str, auth: Auth, retries: u32) -> SourceClient {
+        let cfg = SourceConfig {
+            name: "t".into(),
+            api_root: api_root(url).unwrap(),
+            export_id: 7,
+            auth,
+            options: SourceOptions { module_path: Some("exports".into()), ..Default::default() },
+        };
+        let limits = Limits { max_retries: retries, connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5), ..Default::default() };
+        SourceClient::new(cfg, limits).unwrap()
+    }
+
+    struct NoSleep;
+    impl Host for NoSleep {
+        fn check_interrupts(&self) -> Result<(), SourceError> {
+            Ok(())
+        }
+        fn sleep(&self, _: Duration) -> Result<(), SourceError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn token_goes_in_query_and_never_in_errors() {
+        let (url, h) = serve(vec![resp("403 FORBIDDEN", "application/json", r#"{"code":403,"name":"Forbidden","description":"bad token"}"#)]);
+        let mut c = client(&url, Auth::Token("s3cr3t".into()), 0);
+        let err = c.fetch_export_page(&[("limit".into(), "10".into())], &NoSleep).unwrap_err();
+        let seen = h.join().unwrap();
+        assert!(seen[0].starts_with("GET /geonature/api/exports/api/7?limit=10&token=s3cr3t "), "{seen:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("bad token") && msg.contains("403"), "{msg}");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+    }
+
+    #[test]
+    fn retries_5xx_then_succeeds() {
+        let ok = r#"{"items":[],"limit":10,"total":0,"total_filtered":0}"#;
+        let (url, h) = serve(vec![
+            resp("502 Bad Gateway", "text/html", "<html><title>502 Bad Gateway</title></html>"),
+            resp("503 Service Unavailable", "text/html", "<html></html>"),
+            resp("200 OK", "application/json", ok),
+        ]);
+        let mut c = client(&url, Auth::Public, 3);
+        assert_eq!(c.fetch_export_page(&[], &NoSleep).unwrap(), ok);
+        assert_eq!(c.stats.retries, 2);
+        assert_eq!(c.stats.requests, 3);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn gives_up_after_max_retries_with_clear_error() {
+        let page = resp("502 Bad Gateway", "text/html", "<html><title>502 Bad Gateway</title></html>");
+        let (url, h) = serve(vec![page.clone(), page]);
+        let mut c = client(&url, Auth::Public, 1);
+        let msg = c.fetch_export_page(&[], &NoSleep).unwrap_err().to_string();
+        assert!(msg.contains("HTTP 502") && msg.contains("502 Bad Gateway") && msg.contains("after 1 retries"), "{msg}");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn html_200_is_an_error_not_data() {
+        let (url, h) = serve(vec![resp("200 OK", "text/html", "<html><title>Connexion</title></html>")]);
+        let mut c = client(&url, Auth::Public, 3);
+        let err = c.fetch_export_page(&[], &NoSleep).unwrap_err();
+        assert!(matches!(err, SourceError::NotJson { .. }), "{err}");
+        assert!(err.to_string().contains("Connexion"));
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn login_redirect_means_auth_required() {
+        let r = "HTTP/1.1 302 FOUND\r\nLocation: http://h/geonature/#/login?next=x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string();
+        let (url, h) = serve(vec![r]);
+        let mut c = client(&url, Auth::Public, 3);
+        let err = c.fetch_export_page(&[], &NoSleep).unwrap_err();
+        assert!(matches!(err, SourceError::AuthRequired { .. }), "{err}");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn unreachable_host_is_a_connect_error() {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut c = client(&format!("http://127.0.0.1:{port}/gn"), Auth::Public, 0);
+        let err = c.fetch_export_page(&[], &NoSleep).unwrap_err();
+        assert!(matches!(err, SourceError::Connect { .. }), "{err}");
+        assert!(err.to_string().contains(&format!("127.0.0.1:{port}")));
+    }
+
+    #[test]
+    fn bad_login_is_refused_without_echoing_the_password() {
+        let (url, h) = serve(vec![resp("401 UNAUTHORIZED", "application/json", r#"{"code":401,"name":"Unauthorized","description":"Invalid password"}"#)]);
+        let mut c = client(&url, Auth::Login { login: "u".into(), password: "pw-xyz".into() }, 3);
+        let err = c.login(&NoSleep).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, SourceError::LoginRefused { status: 401, .. }), "{msg}");
+        assert!(msg.contains("Invalid password") && !msg.contains("pw-xyz"), "{msg}");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn extra_query_and_reserved_order() {
+        let mut c = client("http://127.0.0.1:1/gn", Auth::Public, 0);
+        c.cfg.options.query.insert("cd_nom".into(), "4001".into());
+        let u = c.export_url(&[("limit".into(), "5".into())]);
+        assert_eq!(u.as_str(), "http://127.0.0.1:1/gn/api/exports/api/7?cd_nom=4001&limit=5");
+    }
+}

@@ -1,0 +1,337 @@
+//! What a source is: where it lives, how to authenticate, and the per-source options
+//! (`gn2pg.source.options`). Validation happens here so that `gn2pg_add_source` refuses a bad
+//! registration up front instead of failing at 3 a.m. in a scheduled run.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use url::Url;
+
+use super::error::SourceError;
+
+/// How the data API is reached (source-api.md §1.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// `POST /auth/login`, then the session cookies.
+    Login { login: String, password: String },
+    /// `?token=<hex>`: the only token transport that works on every export module version.
+    Token(String),
+    /// Public export: no credentials at all.
+    Public,
+}
+
+impl Auth {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Auth::Login { .. } => "login",
+            Auth::Token(_) => "token",
+            Auth::Public => "public",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PagingMode {
+    /// `orderby=<key>&filter_n_up_<key>=<last+1>&offset=0` (source-api.md §4.6): stable under
+    /// concurrent inserts and deletes, and no OFFSET scan on the server.
+    Keyset,
+    /// `offset` = page index; for views without an integer key.
+    Offset,
+}
+
+/// Per-source options. Every field has a default; GUCs fill the transport defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceOptions {
+    pub page_size: u32,
+    pub paging: PagingMode,
+    /// Unique integer column used for ordering and keyset paging (`id_synthese`).
+    pub key_column: String,
+    /// SINP permanent identifier column (`id_perm_sinp`).
+    pub uuid_column: String,
+    /// WKT column used when the item carries no GeoJSON geometry (`wkt_4326`).
+    pub wkt_column: String,
+    /// Source modification timestamp used for incremental windows (`derniere_action`).
+    pub updated_column: String,
+    /// Export module prefix; discovered from `/gn_commons/modules` (login) or defaulted.
+    pub module_path: Option<String>,
+    /// Extra query parameters sent with every data request (filters).
+    pub query: BTreeMap<String, String>,
+    pub connect_timeout: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub max_retries: Option<u32>,
+    pub max_page_bytes: Option<usize>,
+    /// Safety margin subtracted from the latest source timestamp seen (incremental runs).
+    pub overlap: Option<Duration>,
+    /// `id_application` sent at login (required by GeoNature <= 2.9 only).
+    pub id_application: Option<i64>,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            page_size: 1000,
+            paging: PagingMode::Keyset,
+            key_column: "id_synthese".into(),
+            uuid_column: "id_perm_sinp".into(),
+            wkt_column: "wkt_4326".into(),
+            updated_column: "derniere_action".into(),
+            module_path: None,
+            query: BTreeMap::new(),
+            connect_timeout: None,
+            timeout: None,
+            max_retries: None,
+            max_page_bytes: None,
+            overlap: None,
+            id_application: None,
+        }
+    }
+}
+
+/// Parameters the engine sends itself: a user filter must not silently override them.
+const RESERVED_PARAMS: &[&str] = &["limit", "offset", "orderby", "token", "order"];
+
+const KNOWN_OPTIONS: &[&str] = &[
+    "page_size", "paging", "key_column", "uuid_column", "wkt_column", "updated_column",
+    "module_path", "query", "connect_timeout_ms", "timeout_ms", "max_retries", "max_page_bytes",
+    "overlap_seconds", "id_application",
+];
+
+fn column_name(opt: &str, v: &Value) -> Result<String, SourceError> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| SourceError::Config(format!("option {opt} must be a string")))?;
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return Err(SourceError::Config(format!(
+            "option {opt} = {s:?} is not a column name (letters, digits, _)"
+        )));
+    }
+    Ok(s.to_string())
+}
+
+fn positive(opt: &str, v: &Value, max: u64) -> Result<u64, SourceError> {
+    match v.as_u64() {
+        Some(n) if n >= 1 && n <= max => Ok(n),
+        _ => Err(SourceError::Config(format!("option {opt} must be an integer between 1 and {max}"))),
+    }
+}
+
+impl SourceOptions {
+    /// Parses `gn2pg.source.options`. Unknown keys are refused: a typo must not be ignored.
+    pub fn from_json(v: &Value) -> Result<SourceOptions, SourceError> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| SourceError::Config("options must be a JSON object".into()))?;
+        let mut o = SourceOptions::default();
+        for (k, val) in obj {
+            match k.as_str() {
+                "page_size" => o.page_size = positive(k, val, 1000)? as u32,
+                "paging" => {
+                    o.paging = match val.as_str() {
+                        Some("keyset") => PagingMode::Keyset,
+                        Some("offset") => PagingMode::Offset,
+                        _ => return Err(SourceError::Config("option paging must be 'keyset' or 'offset'".into())),
+                    }
+                }
+                "key_column" => o.key_column = column_name(k, val)?,
+                "uuid_column" => o.uuid_column = column_name(k, val)?,
+                "wkt_column" => o.wkt_column = column_name(k, val)?,
+                "updated_column" => o.updated_column = column_name(k, val)?,
+                "module_path" => {
+                    let p = val
+                        .as_str()
+                        .map(|s| s.trim_matches('/'))
+                        .filter(|s| !s.is_empty() && !s.contains("..") && !s.contains('?'))
+                        .ok_or_else(|| SourceError::Config("option module_path must be a path like 'exports'".into()))?;
+                    o.module_path = Some(p.to_string());
+                }
+                "query" => {
+                    let q = val
+                        .as_object()
+                        .ok_or_else(|| SourceError::Config("option query must be an object of parameters".into()))?;
+                    for (qk, qv) in q {
+                        if RESERVED_PARAMS.contains(&qk.as_str()) {
+                            return Err(SourceError::Config(format!(
+                                "option query may not set {qk:?}: gn2pg sends it itself"
+                            )));
+                        }
+                        let s = match qv {
+                            Value::String(s) => s.clone(),
+                            Value::Number(n) => n.to_string(),
+                            Value::Bool(b) => b.to_string(),
+                            _ => return Err(SourceError::Config(format!("option query.{qk} must be a string or number"))),
+                        };
+                        o.query.insert(qk.clone(), s);
+                    }
+                }
+                "connect_timeout_ms" => o.connect_timeout = Some(Duration::from_millis(positive(k, val, 3_600_000)?)),
+                "timeout_ms" => o.timeout = Some(Duration::from_millis(positive(k, val, 3_600_000)?)),
+                "max_retries" => {
+                    o.max_retries = Some(val.as_u64().filter(|n| *n <= 100).ok_or_else(|| {
+                        SourceError::Config("option max_retries must be an integer between 0 and 100".into())
+                    })? as u32)
+                }
+                "max_page_bytes" => o.max_page_bytes = Some(positive(k, val, 1 << 31)? as usize),
+                "overlap_seconds" => {
+                    o.overlap = Some(Duration::from_secs(val.as_u64().ok_or_else(|| {
+                        SourceError::Config("option overlap_seconds must be a non-negative integer".into())
+                    })?))
+                }
+                "id_application" => {
+                    o.id_application = Some(val.as_i64().ok_or_else(|| {
+                        SourceError::Config("option id_application must be an integer".into())
+                    })?)
+                }
+                other => {
+                    return Err(SourceError::Config(format!(
+                        "unknown option {other:?} (known: {})",
+                        KNOWN_OPTIONS.join(", ")
+                    )))
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Normalises a GeoNature URL to its API root: `https://host/geonature`,
+/// `https://host/geonature/` and `https://host/geonature/api/` all become
+/// `https://host/geonature/api`.
+pub fn api_root(raw: &str) -> Result<Url, SourceError> {
+    let raw = raw.trim();
+    let mut u = Url::parse(raw).map_err(|e| SourceError::Config(format!("url {raw:?} is not a valid URL: {e}")))?;
+    if u.scheme() != "http" && u.scheme() != "https" {
+        return Err(SourceError::Config(format!("url {raw:?} must use http or https")));
+    }
+    if u.host_str().is_none_or(|h| h.is_empty()) {
+        return Err(SourceError::Config(format!("url {raw:?} has no host")));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(SourceError::Config("url must not embed credentials: use login/password or token".into()));
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err(SourceError::Config(format!(
+            "url {raw:?} must not have a query or fragment: put filters in options.query"
+        )));
+    }
+    let path = u.path().trim_end_matches('/').to_string();
+    let path = if path.ends_with("/api") { path } else { format!("{path}/api") };
+    u.set_path(&path);
+    Ok(u)
+}
+
+/// Everything needed to talk to one source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    pub api_root: Url,
+    pub export_id: i32,
+    pub auth: Auth,
+    pub options: SourceOptions,
+}
+
+impl SourceConfig {
+    /// URL of an API path (`gn_commons/modules`, `exports/api/3`, ...).
+    pub fn endpoint(&self, path: &str) -> Url {
+        let mut u = self.api_root.clone();
+        let p = format!("{}/{}", u.path().trim_end_matches('/'), path.trim_start_matches('/'));
+        u.set_path(&p);
+        u
+    }
+}
+
+/// Builds [`Auth`] from the registry columns, refusing incomplete combinations.
+pub fn auth_from_parts(
+    kind: &str,
+    login: Option<&str>,
+    password: Option<&str>,
+    token: Option<&str>,
+) -> Result<Auth, SourceError> {
+    let present = |s: Option<&str>| s.is_some_and(|s| !s.is_empty());
+    match kind {
+        "login" => {
+            if !present(login) || !present(password) {
+                return Err(SourceError::Config("auth 'login' needs login and password".into()));
+            }
+            if present(token) {
+                return Err(SourceError::Config("auth 'login' takes no token (use auth => 'token')".into()));
+            }
+            Ok(Auth::Login { login: login.unwrap().to_string(), password: password.unwrap().to_string() })
+        }
+        "token" => {
+            if !present(token) {
+                return Err(SourceError::Config("auth 'token' needs token (the export API key)".into()));
+            }
+            if present(login) || present(password) {
+                return Err(SourceError::Config("auth 'token' takes no login or password".into()));
+            }
+            Ok(Auth::Token(token.unwrap().to_string()))
+        }
+        "public" => {
+            if present(login) || present(password) || present(token) {
+                return Err(SourceError::Config("auth 'public' takes no credentials".into()));
+            }
+            Ok(Auth::Public)
+        }
+        other => Err(SourceError::Config(format!("auth must be 'login', 'token' or 'public', not {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn api_root_variants() {
+        for raw in ["http://h:8/geonature", "http://h:8/geonature/", "http://h:8/geonature/api", "http://h:8/geonature/api/"] {
+            assert_eq!(api_root(raw).unwrap().as_str(), "http://h:8/geonature/api", "{raw}");
+        }
+        assert_eq!(api_root("https://gn.example.org").unwrap().as_str(), "https://gn.example.org/api");
+    }
+
+    #[test]
+    fn api_root_rejects() {
+        for raw in ["ftp://h/x", "not a url", "http://u:p@h/", "http://h/x?token=1"] {
+            assert!(api_root(raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn endpoint_joins() {
+        let c = SourceConfig {
+            name: "s".into(),
+            api_root: api_root("http://h/geonature").unwrap(),
+            export_id: 3,
+            auth: Auth::Public,
+            options: SourceOptions::default(),
+        };
+        assert_eq!(c.endpoint("exports/api/3").as_str(), "http://h/geonature/api/exports/api/3");
+    }
+
+    #[test]
+    fn options_parse_and_refuse() {
+        let o = SourceOptions::from_json(&json!({"page_size": 500, "paging": "offset", "query": {"cd_nom": 4001}})).unwrap();
+        assert_eq!(o.page_size, 500);
+        assert_eq!(o.paging, PagingMode::Offset);
+        assert_eq!(o.query.get("cd_nom").unwrap(), "4001");
+        assert!(SourceOptions::from_json(&json!({"page_sise": 5})).unwrap_err().to_string().contains("unknown option"));
+        assert!(SourceOptions::from_json(&json!({"page_size": 5000})).is_err());
+        assert!(SourceOptions::from_json(&json!({"key_column": "id; drop"})).is_err());
+        assert!(SourceOptions::from_json(&json!({"query": {"limit": 5}})).is_err());
+    }
+
+    #[test]
+    fn auth_combinations() {
+        assert!(auth_from_parts("login", Some("a"), Some("b"), None).is_ok());
+        assert!(auth_from_parts("login", Some("a"), None, None).is_err());
+        assert!(auth_from_parts("token", None, None, Some("t")).is_ok());
+        assert!(auth_from_parts("token", Some("a"), None, Some("t")).is_err());
+        assert!(auth_from_parts("public", None, None, None).is_ok());
+        assert!(auth_from_parts("public", None, None, Some("t")).is_err());
+        assert!(auth_from_parts("oauth", None, None, None).is_err());
+    }
+}

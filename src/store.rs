@@ -1,0 +1,454 @@
+//! Every statement the harvest engine runs against PostgreSQL, in one place. The page loader
+//! is a single set-based `INSERT … SELECT … FROM jsonb_array_elements(…) ON CONFLICT` per page:
+//! the raw body goes in as one TEXT parameter and is parsed once by PostgreSQL.
+//!
+//! All objects are schema-qualified: workers run with the default search_path, and PostGIS may
+//! live in any schema, so its functions are qualified with the schema looked up at run start.
+
+use pgrx::prelude::*;
+use pgrx::spi::{self, quote_identifier};
+
+use crate::source::paging::KeyRange;
+
+type SpiResult<T> = Result<T, spi::Error>;
+
+/// A registry row with its secrets, as the worker needs it.
+pub struct SourceRow {
+    pub id: i32,
+    pub name: String,
+    pub url: String,
+    pub export_id: i32,
+    pub auth: String,
+    pub login: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub options: serde_json::Value,
+    pub enabled: bool,
+}
+
+pub fn load_source(name: &str) -> SpiResult<Option<SourceRow>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT s.id, s.name, s.url, s.export_id, s.auth, k.login, k.password, k.token,
+                    s.options, s.enabled
+               FROM gn2pg.source s LEFT JOIN gn2pg.source_secret k ON k.source_id = s.id
+              WHERE s.name = $1",
+            Some(1),
+            &[name.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok(Some(SourceRow {
+            id: r.get::<i32>(1)?.unwrap_or_default(),
+            name: r.get::<String>(2)?.unwrap_or_default(),
+            url: r.get::<String>(3)?.unwrap_or_default(),
+            export_id: r.get::<i32>(4)?.unwrap_or_default(),
+            auth: r.get::<String>(5)?.unwrap_or_default(),
+            login: r.get::<String>(6)?,
+            password: r.get::<String>(7)?,
+            token: r.get::<String>(8)?,
+            options: r.get::<pgrx::JsonB>(9)?.map(|j| j.0).unwrap_or(serde_json::json!({})),
+            enabled: r.get::<bool>(10)?.unwrap_or(true),
+        }))
+    })
+}
+
+/// Session-level advisory lock: one run per source at a time, released when the worker exits.
+pub fn try_lock_source(source_id: i32) -> SpiResult<bool> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('gn2pg.source'), $1)",
+        &[source_id.into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// The run currently holding a source, for the "already running" message.
+pub fn running_run(source: &str, except: i64) -> SpiResult<Option<(i64, Option<i32>)>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT id, worker_pid FROM gn2pg.run_log
+              WHERE source = $1 AND status = 'running' AND id <> $2 ORDER BY id DESC LIMIT 1",
+            None,
+            &[source.into(), except.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok(Some((r.get::<i64>(1)?.unwrap_or_default(), r.get::<i32>(2)?)))
+    })
+}
+
+/// With the source lock held, any other 'running' run of it has lost its process.
+pub fn mark_abandoned(source: &str, except: i64) -> SpiResult<()> {
+    Spi::run_with_args(
+        "UPDATE gn2pg.run_log
+            SET status = 'abandoned', finished_at = now(),
+                error = coalesce(error, 'its worker process ended without finishing (killed or server restart)')
+          WHERE source = $1 AND status = 'running' AND id <> $2",
+        &[source.into(), except.into()],
+    )
+}
+
+/// Facts about earlier runs that decide what `mode => 'auto'` means.
+pub struct History {
+    /// The latest successful run exists.
+    pub has_success: bool,
+    /// The latest full run ended in success (no interrupted full since).
+    pub last_full_ok: bool,
+    /// Latest source timestamp recorded by a successful run.
+    pub max_source_action: Option<String>,
+}
+
+pub fn history(source: &str) -> SpiResult<History> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT EXISTS (SELECT 1 FROM gn2pg.run_log WHERE source = $1 AND status = 'success'),
+                    coalesce((SELECT status = 'success' FROM gn2pg.run_log
+                               WHERE source = $1 AND mode = 'full' AND status <> 'running'
+                               ORDER BY id DESC LIMIT 1), false),
+                    (SELECT max(max_source_action) FROM gn2pg.run_log
+                      WHERE source = $1 AND status = 'success')",
+            None,
+            &[source.into()],
+        )?;
+        let r = t.first();
+        Ok(History {
+            has_success: r.get::<bool>(1)?.unwrap_or(false),
+            last_full_ok: r.get::<bool>(2)?.unwrap_or(false),
+            max_source_action: r.get::<String>(3)?,
+        })
+    })
+}
+
+/// Subtracts the overlap from a source timestamp, in the source's own clock and format.
+pub fn window_start(max_source_action: &str, overlap_secs: i64) -> SpiResult<Option<String>> {
+    Spi::get_one_with_args::<String>(
+        "SELECT to_char($1::timestamp - make_interval(secs => $2), 'YYYY-MM-DD HH24:MI:SS.US')",
+        &[max_source_action.into(), (overlap_secs as f64).into()],
+    )
+}
+
+pub struct RunStart<'a> {
+    pub run_id: i64,
+    pub source: &'a str,
+    pub source_id: Option<i32>,
+    pub mode: &'a str,
+    pub paging: Option<&'a str>,
+    pub since: Option<&'a str>,
+}
+
+pub fn begin_run(r: &RunStart) -> SpiResult<()> {
+    Spi::run_with_args(
+        "INSERT INTO gn2pg.run_log (id, source, source_id, mode, status, worker_pid, paging, since)
+         VALUES ($1, $2, $3, $4, 'running', pg_catalog.pg_backend_pid(), $5, $6)",
+        &[
+            r.run_id.into(),
+            r.source.into(),
+            r.source_id.into(),
+            r.mode.into(),
+            r.paging.into(),
+            r.since.into(),
+        ],
+    )
+}
+
+/// Counters of one loaded page.
+#[derive(Debug, Default, Clone)]
+pub struct PageLoad {
+    pub received: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub failed: i64,
+    pub deleted: i64,
+    pub max_source_action: Option<String>,
+}
+
+/// Where the items' fields are, for one source.
+pub struct PageSpec<'a> {
+    pub source: &'a str,
+    pub run_id: i64,
+    pub key_column: &'a str,
+    pub uuid_column: &'a str,
+    pub wkt_column: &'a str,
+    pub updated_column: &'a str,
+    pub feature_collection: bool,
+    /// Keyset full runs: local rows in this key range that are absent from the page are gone
+    /// from the export and are deleted.
+    pub sweep: Option<KeyRange>,
+}
+
+pub fn postgis_schema() -> SpiResult<String> {
+    Spi::get_one::<String>(
+        "SELECT (SELECT n.nspname::text FROM pg_catalog.pg_extension e
+                   JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                  WHERE e.extname = 'postgis')",
+    )?
+    .ok_or(spi::Error::NoTupleTable)
+}
+
+/// Geometry expressions: the fast one raises on a bad geometry (and the page is retried in
+/// careful mode); the careful one traps errors per row with a PL/pgSQL helper, which costs a
+/// subtransaction per row and is therefore only used for pages that need it.
+const FAST_GEOM_JOIN: &str = "";
+const FAST_GEOM: &str = "CASE WHEN jsonb_typeof(c.g) = 'object'
+                              THEN {pg}.ST_SetSRID({pg}.ST_GeomFromGeoJSON(c.g), 4326)
+                            WHEN c.wkt ~* '^SRID='
+                              THEN {pg}.ST_Transform({pg}.ST_GeomFromEWKT(c.wkt), 4326)
+                            WHEN c.wkt IS NOT NULL
+                              THEN {pg}.ST_GeomFromText(c.wkt, 4326) END";
+const FAST_GEOM_ERROR: &str = "NULL::text";
+const CAREFUL_GEOM_JOIN: &str = "LEFT JOIN LATERAL gn2pg._parse_geometry(c.g, c.wkt) AS pg_geom ON true";
+const CAREFUL_GEOM: &str = "pg_geom.geom";
+const CAREFUL_GEOM_ERROR: &str = "pg_geom.error";
+
+const UUID_RE: &str = "'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'";
+
+/// $1 body, $2 source, $3 run id, $4 key column, $5 uuid column, $6 WKT column,
+/// $7 updated column, $8 FeatureCollection?, $9/$10 sweep range (NULL: no sweep / no upper bound).
+const LOAD_PAGE_SQL: &str = r#"
+WITH doc AS (
+    SELECT $1::jsonb AS j
+), elems AS (
+    SELECT t.ord,
+           CASE WHEN $8 THEN t.e -> 'properties' ELSE t.e END AS p,
+           CASE WHEN $8 THEN t.e -> 'geometry' END AS g
+      FROM doc,
+           jsonb_array_elements(CASE WHEN $8 THEN doc.j -> 'items' -> 'features'
+                                     ELSE doc.j -> 'items' END) WITH ORDINALITY AS t(e, ord)
+), checked AS (
+    SELECT ord, p, g,
+           CASE WHEN jsonb_typeof(p -> $4) IN ('number', 'string') AND (p ->> $4) ~ '^-?[0-9]{1,18}$'
+                THEN (p ->> $4)::bigint END AS id_data,
+           p ->> $5 AS uuid_text,
+           nullif(btrim(p ->> $6), '') AS wkt,
+           p ->> $7 AS updated_text,
+           coalesce(p ->> 'ca_uuid', p -> 'ca_data' ->> 'uuid') AS ca_text,
+           coalesce(p ->> 'jdd_uuid', p -> 'jdd_data' ->> 'uuid') AS jdd_text
+      FROM elems
+), typed AS (
+    SELECT c.*,
+           CASE WHEN c.uuid_text ~ {uuid_re} THEN c.uuid_text::uuid END AS uuid,
+           CASE WHEN c.ca_text ~ {uuid_re} THEN c.ca_text::uuid END AS ca,
+           CASE WHEN c.jdd_text ~ {uuid_re} THEN c.jdd_text::uuid END AS jdd,
+           CASE WHEN c.updated_text ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}([ T][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?)?$'
+                THEN c.updated_text::timestamp END AS source_updated_at,
+           {geom} AS geom,
+           {geom_error} AS geom_error
+      FROM checked c {geom_join}
+), judged AS (
+    SELECT t.*,
+           CASE WHEN jsonb_typeof(t.p) IS DISTINCT FROM 'object' THEN 'item is not a JSON object'
+                WHEN t.id_data IS NULL THEN format('missing or non-integer key %s', $4)
+                WHEN t.uuid_text IS NOT NULL AND t.uuid IS NULL
+                     THEN format('invalid uuid %s in %s', left(t.uuid_text, 80), $5)
+                WHEN t.ca_text IS NOT NULL AND t.ca IS NULL
+                     THEN format('invalid acquisition framework uuid %s', left(t.ca_text, 80))
+                WHEN t.jdd_text IS NOT NULL AND t.jdd IS NULL
+                     THEN format('invalid dataset uuid %s', left(t.jdd_text, 80))
+                WHEN t.updated_text IS NOT NULL AND t.source_updated_at IS NULL
+                     THEN format('invalid timestamp %s in %s', left(t.updated_text, 40), $7)
+                WHEN t.geom_error IS NOT NULL THEN t.geom_error
+           END AS reason
+      FROM typed t
+), dedup AS (
+    -- Views joining several protocols repeat a row (source-api.md §3.4): the last copy wins.
+    SELECT DISTINCT ON (id_data) * FROM judged WHERE id_data IS NOT NULL ORDER BY id_data, ord DESC
+), candidates AS (
+    SELECT d.*, w.owner_source, w.owner_id,
+           CASE WHEN d.uuid IS NULL THEN 1
+                ELSE row_number() OVER (PARTITION BY d.uuid ORDER BY d.id_data) END AS uuid_rank
+      FROM dedup d
+      LEFT JOIN LATERAL (
+            SELECT o.source AS owner_source, o.id_data AS owner_id
+              FROM gn2pg.observation o
+             WHERE o.uuid = d.uuid AND (o.source <> $2 OR o.id_data <> d.id_data)
+             LIMIT 1) w ON d.reason IS NULL AND d.uuid IS NOT NULL
+), verdict AS (
+    SELECT c.*,
+           coalesce(c.reason,
+                    CASE WHEN c.owner_source IS NOT NULL
+                              THEN format('uuid %s already belongs to source %s, %s %s',
+                                          c.uuid, c.owner_source, $4, c.owner_id)
+                         WHEN c.uuid_rank > 1
+                              THEN format('uuid %s appears under two keys in the same page', c.uuid)
+                    END) AS why
+      FROM candidates c
+), rejected AS (
+    INSERT INTO gn2pg.run_error (run_id, source, id_data, uuid, item, error)
+    SELECT $3, $2, v.id_data, v.uuid_text, v.p, v.why FROM verdict v WHERE v.why IS NOT NULL
+    UNION ALL
+    SELECT $3, $2, NULL, j.uuid_text, j.p, j.reason FROM judged j WHERE j.id_data IS NULL
+    RETURNING 1
+), written AS (
+    INSERT INTO gn2pg.observation AS o
+           (source, id_data, uuid, item, geom, ca_uuid, jdd_uuid, source_ca_uuid, source_jdd_uuid,
+            source_updated_at, updated_at, run_id)
+    SELECT $2, v.id_data, v.uuid, v.p, v.geom, v.ca, v.jdd, v.ca, v.jdd,
+           v.source_updated_at, now(), $3
+      FROM verdict v WHERE v.why IS NULL
+    ON CONFLICT (source, id_data) DO UPDATE
+       SET uuid = EXCLUDED.uuid, item = EXCLUDED.item, geom = EXCLUDED.geom,
+           ca_uuid = EXCLUDED.ca_uuid, jdd_uuid = EXCLUDED.jdd_uuid,
+           source_ca_uuid = EXCLUDED.source_ca_uuid, source_jdd_uuid = EXCLUDED.source_jdd_uuid,
+           source_updated_at = EXCLUDED.source_updated_at, updated_at = EXCLUDED.updated_at,
+           run_id = EXCLUDED.run_id
+     -- Unchanged rows are not rewritten: no WAL, no bloat, no trigger downstream.
+     WHERE o.item IS DISTINCT FROM EXCLUDED.item
+        OR coalesce(NOT (o.geom OPERATOR({pg}.=) EXCLUDED.geom), (o.geom IS NULL) <> (EXCLUDED.geom IS NULL))
+        OR o.uuid IS DISTINCT FROM EXCLUDED.uuid
+    RETURNING (o.xmax = 0) AS inserted
+), swept AS (
+    DELETE FROM gn2pg.observation o
+     WHERE $9::bigint IS NOT NULL AND o.source = $2 AND o.id_data >= $9
+       AND ($10::bigint IS NULL OR o.id_data <= $10)
+       AND NOT EXISTS (SELECT 1 FROM checked c WHERE c.id_data = o.id_data)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM elems),
+       (SELECT count(*) FROM written WHERE inserted),
+       (SELECT count(*) FROM written WHERE NOT inserted),
+       (SELECT count(*) FROM verdict WHERE why IS NULL),
+       (SELECT count(*) FROM rejected),
+       (SELECT count(*) FROM swept),
+       (SELECT to_char(max(source_updated_at), 'YYYY-MM-DD HH24:MI:SS.US') FROM judged)
+"#;
+
+/// The loading statement for a PostGIS schema, fast or careful.
+pub fn load_page_sql(postgis_schema: &str, careful: bool) -> String {
+    let (join, geom, err) = if careful {
+        (CAREFUL_GEOM_JOIN, CAREFUL_GEOM, CAREFUL_GEOM_ERROR)
+    } else {
+        (FAST_GEOM_JOIN, FAST_GEOM, FAST_GEOM_ERROR)
+    };
+    LOAD_PAGE_SQL
+        .replace("{geom_join}", join)
+        .replace("{geom_error}", err)
+        .replace("{geom}", geom)
+        .replace("{uuid_re}", UUID_RE)
+        .replace("{pg}", &quote_identifier(postgis_schema))
+}
+
+pub fn load_page(sql: &str, spec: &PageSpec, body: &str) -> SpiResult<PageLoad> {
+    let (lo, hi) = match spec.sweep {
+        Some(r) => (Some(r.lo), r.hi),
+        None => (None, None),
+    };
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            sql,
+            None,
+            &[
+                body.into(),
+                spec.source.into(),
+                spec.run_id.into(),
+                spec.key_column.into(),
+                spec.uuid_column.into(),
+                spec.wkt_column.into(),
+                spec.updated_column.into(),
+                spec.feature_collection.into(),
+                lo.into(),
+                hi.into(),
+            ],
+        )?;
+        let r = t.first();
+        let n = |i| -> SpiResult<i64> { Ok(r.get::<i64>(i)?.unwrap_or(0)) };
+        let (inserted, updated, good) = (n(2)?, n(3)?, n(4)?);
+        Ok(PageLoad {
+            received: n(1)?,
+            inserted,
+            updated,
+            unchanged: good - inserted - updated,
+            failed: n(5)?,
+            deleted: n(6)?,
+            max_source_action: r.get::<String>(7)?,
+        })
+    })
+}
+
+/// Progress of a run, written in the same transaction as the page it accounts for, so the
+/// run log and the checkpoint never disagree with the data.
+pub struct Progress<'a> {
+    pub run_id: i64,
+    pub page: &'a PageLoad,
+    pub requests: i64,
+    pub retries: i64,
+    pub bytes: i64,
+    pub checkpoint: serde_json::Value,
+}
+
+pub fn record_page(p: &Progress) -> SpiResult<()> {
+    Spi::run_with_args(
+        "UPDATE gn2pg.run_log
+            SET pages_done = pages_done + 1,
+                rows_received = rows_received + $2,
+                rows_upserted = rows_upserted + $3,
+                rows_unchanged = rows_unchanged + $4,
+                rows_failed = rows_failed + $5,
+                rows_deleted = rows_deleted + $6,
+                http_requests = $7, http_retries = $8, bytes_received = $9,
+                max_source_action = greatest(max_source_action, $10),
+                checkpoint = $11
+          WHERE id = $1",
+        &[
+            p.run_id.into(),
+            p.page.received.into(),
+            (p.page.inserted + p.page.updated).into(),
+            p.page.unchanged.into(),
+            p.page.failed.into(),
+            p.page.deleted.into(),
+            (p.requests as i32).into(),
+            (p.retries as i32).into(),
+            p.bytes.into(),
+            p.page.max_source_action.as_deref().into(),
+            pgrx::JsonB(p.checkpoint.clone()).into(),
+        ],
+    )
+}
+
+/// Deletes rows the source reports as deleted (its deletion log), set-based.
+pub fn delete_ids(source: &str, run_id: i64, ids: &[i64]) -> SpiResult<i64> {
+    let n = Spi::get_one_with_args::<i64>(
+        "WITH d AS (DELETE FROM gn2pg.observation WHERE source = $1 AND id_data = ANY($2) RETURNING 1)
+         SELECT count(*) FROM d",
+        &[source.into(), ids.to_vec().into()],
+    )?
+    .unwrap_or(0);
+    Spi::run_with_args(
+        "UPDATE gn2pg.run_log SET rows_deleted = rows_deleted + $2 WHERE id = $1",
+        &[run_id.into(), n.into()],
+    )?;
+    Ok(n)
+}
+
+pub fn finish_run(run_id: i64, status: &str, error: Option<&str>, requests: i64, retries: i64, bytes: i64) -> SpiResult<()> {
+    Spi::run_with_args(
+        "UPDATE gn2pg.run_log
+            SET status = $2, error = $3, finished_at = now(),
+                http_requests = greatest(http_requests, $4), http_retries = greatest(http_retries, $5),
+                bytes_received = greatest(bytes_received, $6)
+          WHERE id = $1",
+        &[
+            run_id.into(),
+            status.into(),
+            error.into(),
+            (requests as i32).into(),
+            (retries as i32).into(),
+            bytes.into(),
+        ],
+    )
+}
+
+/// A run that failed before it could start properly still gets its row, so the caller (and
+/// the operator reading run_log) sees why.
+pub fn record_failed_start(run_id: i64, source: &str, mode: &str, error: &str) -> SpiResult<()> {
+    Spi::run_with_args(
+        "INSERT INTO gn2pg.run_log (id, source, mode, status, finished_at, worker_pid, error)
+         VALUES ($1, $2, $3, 'failed', now(), pg_catalog.pg_backend_pid(), $4)
+         ON CONFLICT (id) DO UPDATE SET status = 'failed', finished_at = now(), error = EXCLUDED.error",
+        &[run_id.into(), source.into(), mode.into(), error.into()],
+    )
+}

@@ -1,0 +1,104 @@
+//! Background workers: launching a harvest from SQL, waiting for it, and the worker's entry
+//! point. The worker runs as the calling role in the calling database; what it needs travels
+//! in `bgw_extra` (< 128 bytes) and the run id in the main argument.
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::run::{self, Requested};
+
+/// Starts a harvest worker. With `wait_for_commit` the worker first waits for the caller's
+/// transaction to end, so that `BEGIN; gn2pg_add_source(...); gn2pg_harvest_async(...); COMMIT`
+/// works and a rolled-back launch does nothing.
+pub fn launch(run_id: i64, source: &str, mode: &str, wait_for_commit: bool) -> Result<DynamicBackgroundWorker, String> {
+    // SAFETY: reading backend globals of the current session.
+    let (db, user, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetUserId(), pg_sys::MyProcPid) };
+    let xid: u32 = if wait_for_commit {
+        // SAFETY: assigns (or returns) the top-level xid of the current transaction.
+        u32::from(unsafe { pg_sys::GetTopTransactionId() })
+    } else {
+        0
+    };
+    let extra = format!("{} {} {} {} {}", u32::from(db), u32::from(user), xid, mode, source);
+    if extra.len() > 127 {
+        return Err(format!("source name too long for a worker: {source}"));
+    }
+    BackgroundWorkerBuilder::new(&format!("gn2pg harvest {source}"))
+        .set_type("gn2pg harvest")
+        .set_library("gn2pg")
+        .set_function("gn2pg_harvest_worker")
+        .enable_spi_access()
+        .set_argument(run_id.into_datum())
+        .set_extra(&extra)
+        .set_notify_pid(pid)
+        .load_dynamic()
+        .map_err(|_| {
+            "no free background worker slot: raise max_worker_processes (and restart) \
+             or wait for running harvests to end"
+                .to_string()
+        })
+}
+
+/// Waits for a worker to exit. A cancel of the caller (Ctrl-C, statement_timeout,
+/// pg_cancel_backend) stops the worker too, then raises the usual cancel error.
+pub fn wait(worker: DynamicBackgroundWorker) -> Result<(), String> {
+    // Bounded only by the run itself; each turn sleeps on the latch, which the postmaster sets
+    // when the worker stops (bgw_notify_pid).
+    loop {
+        match worker.pid() {
+            Err(BackgroundWorkerStatus::Stopped) => return Ok(()),
+            Err(BackgroundWorkerStatus::PostmasterDied) => return Err("the postmaster died".into()),
+            _ => {}
+        }
+        // SAFETY: standard latch wait on this backend's own latch.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                200,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        // SAFETY: reading sig_atomic_t flags of this process.
+        let cancelled = unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 };
+        if cancelled {
+            let stopping = worker.terminate();
+            // Raises "canceling statement due to user request" (or terminates the session).
+            pg_sys::check_for_interrupts!();
+            drop(stopping);
+            return Err("interrupted".into());
+        }
+        pg_sys::check_for_interrupts!();
+    }
+}
+
+/// Entry point named in `set_function`; PostgreSQL looks it up in gn2pg.so by name.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn gn2pg_harvest_worker(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SAFETY: the launcher passed an int8 by value.
+    let run_id = unsafe { i64::from_datum(arg, false) }.unwrap_or(0);
+    let extra = BackgroundWorker::get_extra().to_string();
+    let mut parts = extra.splitn(5, ' ');
+    let mut num = || parts.next().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+    let (db, user, xid) = (num(), num(), num());
+    let mode = parts.next().and_then(Requested::parse).unwrap_or(Requested::Auto);
+    let source = parts.next().unwrap_or("").to_string();
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
+    if xid != 0 {
+        let xid = pg_sys::TransactionId::from(xid);
+        let committed = BackgroundWorker::transaction(|| unsafe {
+            // SAFETY: waits on the launcher's xid lock, then reads the commit log.
+            pg_sys::XactLockTableWait(xid, std::ptr::null_mut(), std::ptr::null_mut(), pg_sys::XLTW_Oper::XLTW_None);
+            pg_sys::TransactionIdDidCommit(xid)
+        });
+        if !committed {
+            pgrx::log!("gn2pg: the launch of run {run_id} was rolled back; nothing to do");
+            return;
+        }
+    }
+    run::execute(run_id, &source, mode);
+}
