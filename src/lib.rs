@@ -19,6 +19,8 @@ mod worker;
 pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/metadata.sql", name = "metadata", requires = ["schema"]);
+extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["schema", "metadata"]);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

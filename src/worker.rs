@@ -1,6 +1,6 @@
 //! Background workers: launching a harvest from SQL, waiting for it, and the worker's entry
-//! point. The worker runs as the calling role in the calling database; what it needs travels
-//! in `bgw_extra` (< 128 bytes) and the run id in the main argument.
+//! point. The worker runs in the calling database as the extension owner; what it needs
+//! travels in `bgw_extra` (< 128 bytes) and the run id in the main argument.
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
@@ -8,12 +8,18 @@ use pgrx::prelude::*;
 
 use crate::run::{self, Requested};
 
-/// Starts a harvest worker. With `wait_for_commit` the worker first waits for the caller's
+/// Starts a harvest worker in the caller's database. With `wait_for_commit` the worker first waits for the caller's
 /// transaction to end, so that `BEGIN; gn2pg_add_source(...); gn2pg_harvest_async(...); COMMIT`
 /// works and a rolled-back launch does nothing.
 pub fn launch(run_id: i64, source: &str, mode: &str, wait_for_commit: bool) -> Result<DynamicBackgroundWorker, String> {
     // SAFETY: reading backend globals of the current session.
-    let (db, user, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetUserId(), pg_sys::MyProcPid) };
+    let (db, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
+    // The worker runs as the extension's owner: it must read credentials that the calling role
+    // (an operator) may not. Who may start a run is checked by the SQL function, before this.
+    let user = Spi::get_one::<pg_sys::Oid>("SELECT (SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'gn2pg')")
+        .ok()
+        .flatten()
+        .ok_or_else(|| "extension gn2pg is not installed in this database".to_string())?;
     let xid: u32 = if wait_for_commit {
         // SAFETY: assigns (or returns) the top-level xid of the current transaction.
         u32::from(unsafe { pg_sys::GetTopTransactionId() })

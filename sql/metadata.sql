@@ -1,0 +1,1 @@
+-- gn2pg: CA/JDD metadata and acquisition-framework mapping (issue 4).

@@ -1,0 +1,1 @@
+-- gn2pg: operating flows: roles, scheduling, alerts, flow status (issue 5).
