@@ -55,7 +55,8 @@ CREATE TABLE gn2pg.run_log (
     paging          text,                 -- 'keyset' or 'offset'
     since           text,                 -- incremental window start, source clock
     max_source_action text,               -- latest derniere_action seen, source clock
-    checkpoint      jsonb                 -- where the next page starts; for resume
+    checkpoint      jsonb,                -- key ranges still to fetch; a resumed run starts there
+    resumed_from    bigint                -- the interrupted run this one continues
 );
 CREATE SEQUENCE gn2pg.run_log_id_seq OWNED BY gn2pg.run_log.id;
 ALTER TABLE gn2pg.run_log ALTER COLUMN id SET DEFAULT nextval('gn2pg.run_log_id_seq');

@@ -15,11 +15,11 @@ use pgrx::prelude::*;
 use serde_json::json;
 
 use crate::guc;
-use crate::source::client::{Host, SourceClient};
+use crate::source::client::{CancelFlag, Host, Jobs, SourceClient, Stats};
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
 use crate::source::error::redact_url;
 use crate::source::page::{parse_page, Shape};
-use crate::source::paging::{Pager, Step};
+use crate::source::paging::{split_key_space, Pager, Step};
 use crate::source::SourceError;
 use crate::store::{self, PageLoad, PageSpec, Progress, RunStart};
 
@@ -134,11 +134,43 @@ fn spi_err(e: pgrx::spi::Error) -> String {
     format!("internal SPI error: {e}")
 }
 
+/// Where a run starts.
+#[derive(Debug, Clone, PartialEq)]
+enum Start {
+    /// Keyset key ranges `[next, upper]` still to fetch (one per stream); empty = fresh start.
+    Ranges(Vec<(i64, Option<i64>)>),
+    /// Offset paging from this page index.
+    Page(u64),
+}
+
 struct Setup {
     cfg: SourceConfig,
     mode: Mode,
     since: Option<String>,
     postgis: String,
+    start: Start,
+}
+
+/// Auto mode runs a reconciling full harvest this often by default: sources without a
+/// deletion log (token, public) daily, login sources weekly (rows can leave an export without
+/// being deleted: permissions, sensitivity, a filter change).
+fn full_every_hours(cfg: &SourceConfig) -> u64 {
+    cfg.options.full_every_hours.unwrap_or(match cfg.auth {
+        Auth::Login { .. } => 24 * 7,
+        _ => 24,
+    })
+}
+
+/// Reads a checkpoint written by `checkpoint_json`.
+fn start_from_checkpoint(cp: &serde_json::Value) -> Option<Start> {
+    if let Some(ranges) = cp.get("ranges").and_then(|r| r.as_array()) {
+        let parsed: Option<Vec<(i64, Option<i64>)>> = ranges
+            .iter()
+            .map(|r| Some((r.get(0)?.as_i64()?, r.get(1).and_then(|u| u.as_i64()))))
+            .collect();
+        return parsed.filter(|v| !v.is_empty()).map(Start::Ranges);
+    }
+    cp.get("page_index").and_then(|p| p.as_u64()).filter(|p| *p > 0).map(Start::Page)
 }
 
 pub fn build_config(row: &store::SourceRow) -> Result<SourceConfig, SourceError> {
@@ -171,13 +203,15 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String>
         });
     }
     store::mark_abandoned(name, run_id).map_err(spi_err)?;
-    let hist = store::history(name).map_err(spi_err)?;
+    let hist = store::history(name, run_id).map_err(spi_err)?;
     let incremental_possible = hist.has_success && hist.max_source_action.is_some();
+    let every = full_every_hours(&cfg);
+    let reconcile_due = every > 0 && hist.hours_since_full.is_none_or(|h| h >= every as f64);
     let mode = match requested {
         Requested::Full => Mode::Full,
         // Without a successful run there is no window to start from: a full run it is.
         Requested::Incremental if incremental_possible => Mode::Incremental,
-        Requested::Auto if incremental_possible && hist.last_full_ok => Mode::Incremental,
+        Requested::Auto if incremental_possible && hist.last_full_ok && !reconcile_due => Mode::Incremental,
         _ => Mode::Full,
     };
     let since = match (mode, hist.max_source_action.as_deref()) {
@@ -187,12 +221,25 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String>
         }
         _ => None,
     };
+    // An interrupted full run is continued from its last committed page, not started over.
+    let resume = match (mode, &hist.resumable) {
+        (Mode::Full, Some((id, cp))) => start_from_checkpoint(cp).map(|st| (*id, st)),
+        _ => None,
+    };
+    let start = match (&resume, cfg.options.paging) {
+        (Some((_, st @ Start::Ranges(_))), PagingMode::Keyset) => st.clone(),
+        (Some((_, st @ Start::Page(_))), PagingMode::Offset) => st.clone(),
+        (_, PagingMode::Keyset) => Start::Ranges(vec![]),
+        (_, PagingMode::Offset) => Start::Page(0),
+    };
+    let resumed_from = resume.as_ref().filter(|(_, st)| *st == start).map(|(id, _)| *id);
     let paging = match cfg.options.paging {
         PagingMode::Keyset => "keyset",
         PagingMode::Offset => "offset",
     };
     store::begin_run(&RunStart {
         run_id,
+        resumed_from,
         source: name,
         source_id: Some(row.id),
         mode: if mode == Mode::Full { "full" } else { "incremental" },
@@ -201,7 +248,7 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String>
     })
     .map_err(spi_err)?;
     let postgis = store::postgis_schema().map_err(|_| "PostGIS is not installed in this database".to_string())?;
-    Ok(Setup { cfg, mode, since, postgis })
+    Ok(Setup { cfg, mode, since, postgis, start })
 }
 
 /// Entry point of a harvest worker once connected to its database.
@@ -220,21 +267,22 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
     let mut client = match SourceClient::new(setup.cfg.clone(), limits) {
         Ok(c) => c,
         Err(e) => {
-            finish(run_id, name, Err(Stop::from(e)), None);
+            finish(run_id, name, Err(Stop::from(e)), Stats::default());
             return;
         }
     };
-    let result = harvest(run_id, &setup, &mut client, &host);
-    finish(run_id, name, result, Some(&client));
+    let mut totals = Totals::default();
+    let result = harvest(run_id, &setup, &mut client, &host, &mut totals);
+    finish(run_id, name, result, totals.sum(&client.stats));
 }
 
-fn finish(run_id: i64, name: &str, result: Result<(), Stop>, client: Option<&SourceClient>) {
+fn finish(run_id: i64, name: &str, result: Result<(), Stop>, stats: Stats) {
     let (status, error) = match result {
         Ok(()) => ("success", None),
         Err(Stop::Cancelled(m)) => ("cancelled", Some(m)),
         Err(Stop::Failed(m)) => ("failed", Some(format!("source \"{name}\": {m}"))),
     };
-    let s = client.map(|c| c.stats.clone()).unwrap_or_default();
+    let s = stats;
     let recorded = tx(|| {
         store::finish_run(run_id, status, error.as_deref(), s.requests as i64, s.retries as i64, s.bytes as i64)
             .map_err(spi_err)
@@ -244,27 +292,152 @@ fn finish(run_id: i64, name: &str, result: Result<(), Stop>, client: Option<&Sou
     }
 }
 
-fn harvest(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerHost) -> Result<(), Stop> {
-    client.prepare(host)?;
+/// Transport counters of the stream clients, summed for the run log.
+#[derive(Default)]
+struct Totals {
+    streams: Vec<Stats>,
+}
+
+impl Totals {
+    fn sum(&self, base: &Stats) -> Stats {
+        let mut t = base.clone();
+        for s in &self.streams {
+            t.requests += s.requests;
+            t.retries += s.retries;
+            t.bytes += s.bytes;
+        }
+        t
+    }
+}
+
+/// One key range (or the single offset walk) harvested page after page.
+struct Stream {
+    pager: Pager,
+    /// None while one of its requests is in flight on a helper thread.
+    client: Option<SourceClient>,
+    done: bool,
+}
+
+/// The ranges still to fetch, written with every page: a resumed run starts from here.
+fn checkpoint_json(streams: &[Stream], offset: bool) -> serde_json::Value {
+    if offset {
+        let p = streams.first().map_or(0, |s| s.pager.page_index());
+        return json!({ "page_index": p });
+    }
+    let ranges: Vec<serde_json::Value> = streams
+        .iter()
+        .filter(|s| !s.done)
+        .map(|s| json!([s.pager.next_key(), s.pager.upper()]))
+        .collect();
+    json!({ "ranges": ranges })
+}
+
+/// Largest key of the export, for splitting it into parallel streams (`orderby=<key>:DESC`).
+fn max_key(client: &mut SourceClient, key: &str, host: &WorkerHost) -> Result<Option<i64>, SourceError> {
+    let key = key.to_string();
+    on_helper(client, host, move |c, flag| {
+        let params = vec![
+            ("limit".to_string(), "1".to_string()),
+            ("offset".to_string(), "0".to_string()),
+            ("orderby".to_string(), format!("{key}:DESC")),
+        ];
+        let body = c.fetch_export_page(&params, flag)?;
+        Ok(parse_page(&body, &key).ok().and_then(|p| p.max_key))
+    })
+}
+
+type Fetched = (usize, SourceClient, Vec<(String, String)>, Result<String, SourceError>);
+
+/// Runs one protocol step on a helper thread (see `Jobs`), so the backend stays cancellable.
+fn on_helper<T: Send + 'static>(
+    client: &mut SourceClient,
+    host: &WorkerHost,
+    f: impl FnOnce(&mut SourceClient, &CancelFlag) -> Result<T, SourceError> + Send + 'static,
+) -> Result<T, SourceError> {
+    let mut jobs = Jobs::new();
+    let mut c = client.clone();
+    jobs.spawn(move |flag| {
+        let r = f(&mut c, flag);
+        (c, r)
+    })?;
+    let (c, r) = jobs.next(host)?;
+    *client = c;
+    r
+}
+
+fn harvest(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerHost, totals: &mut Totals) -> Result<(), Stop> {
+    on_helper(client, host, |c, flag| c.prepare(flag))?;
     let o = &setup.cfg.options;
-    let mut pager = Pager::new(o.paging, &o.key_column, o.page_size, 0, 0);
+    let offset = o.paging == PagingMode::Offset;
+    let ranges: Vec<(i64, Option<i64>)> = match &setup.start {
+        Start::Page(_) => vec![],
+        Start::Ranges(r) if !r.is_empty() => r.clone(),
+        Start::Ranges(_) if setup.mode == Mode::Full && o.streams > 1 => match max_key(client, &o.key_column, host)? {
+            Some(max) => split_key_space(0, max, o.streams),
+            None => vec![(0, None)],
+        },
+        Start::Ranges(_) => vec![(0, None)],
+    };
+    let mut streams: Vec<Stream> = match setup.start {
+        Start::Page(p) => vec![Stream { pager: Pager::new(o.paging, &o.key_column, o.page_size, 0, p), client: None, done: false }],
+        Start::Ranges(_) => ranges
+            .iter()
+            .map(|(lo, hi)| Stream {
+                pager: Pager::new(o.paging, &o.key_column, o.page_size, *lo, 0).with_upper(*hi),
+                client: None,
+                done: false,
+            })
+            .collect(),
+    };
+    for s in streams.iter_mut() {
+        let mut c = client.clone();
+        c.stats = Stats::default();
+        s.client = Some(c);
+    }
+    totals.streams = vec![Stats::default(); streams.len()];
     let fast_sql = store::load_page_sql(&setup.postgis, false);
     let careful_sql = store::load_page_sql(&setup.postgis, true);
     let window: Vec<(String, String)> = match &setup.since {
         Some(since) => vec![(format!("filter_d_up_{}", o.updated_column), since.clone())],
         None => vec![],
     };
-    for page_no in 0..MAX_PAGES {
-        host.check_interrupts()?;
-        let mut params = pager.params();
-        params.extend(window.iter().cloned());
-        let body = client.fetch_export_page(&params, host)?;
+    let mut jobs: Jobs<Fetched> = Jobs::new();
+    let mut pages = 0u64;
+    loop {
+        // Every idle stream gets its next request in flight; PostgreSQL work stays on this thread.
+        for (i, s) in streams.iter_mut().enumerate() {
+            if s.done {
+                continue;
+            }
+            if let Some(mut c) = s.client.take() {
+                let mut params = s.pager.params();
+                params.extend(window.iter().cloned());
+                jobs.spawn(move |flag| {
+                    let r = c.fetch_export_page(&params, flag);
+                    (i, c, params, r)
+                })?;
+            }
+        }
+        if jobs.running() == 0 {
+            break;
+        }
+        let (i, c, params, body) = jobs.next(host)?;
+        totals.streams[i] = c.stats.clone();
+        let body = body?;
         let summary = parse_page(&body, &o.key_column).map_err(|cause| SourceError::BadAnswer {
-            url: redact_url(client.export_url(&params).as_str()),
+            url: redact_url(c.export_url(&params).as_str()),
             cause,
         })?;
-        let step = pager.step_for(&summary).map_err(SourceError::Paging)?;
-        let sweep = if setup.mode == Mode::Full { pager.covered_range(&summary, &step) } else { None };
+        let stream = &mut streams[i];
+        stream.client = Some(c);
+        let step = stream.pager.step_for(&summary).map_err(SourceError::Paging)?;
+        let sweep = if setup.mode == Mode::Full { stream.pager.covered_range(&summary, &step) } else { None };
+        stream.pager.advance(&summary);
+        stream.done = step == Step::Done;
+        pages += 1;
+        if pages > MAX_PAGES {
+            return Err(Stop::Failed(format!("more than {MAX_PAGES} pages: stopping a runaway run")));
+        }
         let spec = PageSpec {
             source: &setup.cfg.name,
             run_id,
@@ -275,18 +448,15 @@ fn harvest(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerH
             feature_collection: summary.shape == Shape::FeatureCollection,
             sweep,
         };
-        pager.advance(&summary);
-        let checkpoint = json!({ "next_key": pager.next_key(), "page_index": pager.page_index() });
-        load_page(&fast_sql, &careful_sql, &spec, &body, client, checkpoint)
-            .map_err(|e| Stop::Failed(format!("page {} could not be loaded: {e}", page_no + 1)))?;
-        drop(body);
-        if step == Step::Done {
-            break;
-        }
+        let checkpoint = checkpoint_json(&streams, offset);
+        let stats = totals.sum(&client.stats);
+        load_page(&fast_sql, &careful_sql, &spec, &body, &stats, checkpoint)
+            .map_err(|e| Stop::Failed(format!("page {pages} could not be loaded: {e}")))?;
     }
     if setup.mode == Mode::Incremental && matches!(setup.cfg.auth, Auth::Login { .. }) {
         if let Some(since) = &setup.since {
-            match client.fetch_deletions(since, host) {
+            let since_owned = since.clone();
+            match on_helper(client, host, move |c, flag| c.fetch_deletions(&since_owned, flag)) {
                 Ok(ids) if !ids.is_empty() => {
                     tx(|| store::delete_ids(&setup.cfg.name, run_id, &ids).map_err(spi_err)).map_err(Stop::Failed)?;
                 }
@@ -310,7 +480,7 @@ fn load_page(
     careful: &str,
     spec: &PageSpec,
     body: &str,
-    client: &SourceClient,
+    stats: &Stats,
     checkpoint: serde_json::Value,
 ) -> Result<PageLoad, String> {
     let attempt = |sql: &str| {
@@ -320,9 +490,9 @@ fn load_page(
             store::record_page(&Progress {
                 run_id: spec.run_id,
                 page: &load,
-                requests: client.stats.requests as i64,
-                retries: client.stats.retries as i64,
-                bytes: client.stats.bytes as i64,
+                requests: stats.requests as i64,
+                retries: stats.retries as i64,
+                bytes: stats.bytes as i64,
                 checkpoint: checkpoint.clone(),
             })
             .map_err(spi_err)?;

@@ -92,33 +92,49 @@ pub fn mark_abandoned(source: &str, except: i64) -> SpiResult<()> {
     )
 }
 
-/// Facts about earlier runs that decide what `mode => 'auto'` means.
+/// Facts about earlier runs that decide what `mode => 'auto'` means and where a run starts.
 pub struct History {
-    /// The latest successful run exists.
+    /// A successful run exists.
     pub has_success: bool,
-    /// The latest full run ended in success (no interrupted full since).
+    /// The latest finished full run succeeded (no interrupted full since).
     pub last_full_ok: bool,
     /// Latest source timestamp recorded by a successful run.
     pub max_source_action: Option<String>,
+    /// Hours since the last successful full run ended.
+    pub hours_since_full: Option<f64>,
+    /// The latest finished run if it is an interrupted full run with a checkpoint: (id, checkpoint).
+    pub resumable: Option<(i64, serde_json::Value)>,
 }
 
-pub fn history(source: &str) -> SpiResult<History> {
+pub fn history(source: &str, current_run: i64) -> SpiResult<History> {
     Spi::connect(|c| {
         let t = c.select(
-            "SELECT EXISTS (SELECT 1 FROM gn2pg.run_log WHERE source = $1 AND status = 'success'),
-                    coalesce((SELECT status = 'success' FROM gn2pg.run_log
-                               WHERE source = $1 AND mode = 'full' AND status <> 'running'
+            "WITH r AS (SELECT * FROM gn2pg.run_log WHERE source = $1 AND id <> $2),
+                  last AS (SELECT * FROM r WHERE status <> 'running' ORDER BY id DESC LIMIT 1)
+             SELECT EXISTS (SELECT 1 FROM r WHERE status = 'success'),
+                    coalesce((SELECT status = 'success' FROM r WHERE mode = 'full' AND status <> 'running'
                                ORDER BY id DESC LIMIT 1), false),
-                    (SELECT max(max_source_action) FROM gn2pg.run_log
-                      WHERE source = $1 AND status = 'success')",
+                    (SELECT max(max_source_action) FROM r WHERE status = 'success'),
+                    (SELECT extract(epoch FROM now() - max(finished_at))::float8 / 3600
+                       FROM r WHERE mode = 'full' AND status = 'success'),
+                    (SELECT id FROM last WHERE mode = 'full'
+                        AND status IN ('failed', 'cancelled', 'abandoned') AND checkpoint IS NOT NULL),
+                    (SELECT checkpoint FROM last WHERE mode = 'full'
+                        AND status IN ('failed', 'cancelled', 'abandoned') AND checkpoint IS NOT NULL)",
             None,
-            &[source.into()],
+            &[source.into(), current_run.into()],
         )?;
         let r = t.first();
+        let resumable = match (r.get::<i64>(5)?, r.get::<pgrx::JsonB>(6)?) {
+            (Some(id), Some(cp)) => Some((id, cp.0)),
+            _ => None,
+        };
         Ok(History {
             has_success: r.get::<bool>(1)?.unwrap_or(false),
             last_full_ok: r.get::<bool>(2)?.unwrap_or(false),
             max_source_action: r.get::<String>(3)?,
+            hours_since_full: r.get::<f64>(4)?,
+            resumable,
         })
     })
 }
@@ -133,6 +149,7 @@ pub fn window_start(max_source_action: &str, overlap_secs: i64) -> SpiResult<Opt
 
 pub struct RunStart<'a> {
     pub run_id: i64,
+    pub resumed_from: Option<i64>,
     pub source: &'a str,
     pub source_id: Option<i32>,
     pub mode: &'a str,
@@ -142,8 +159,8 @@ pub struct RunStart<'a> {
 
 pub fn begin_run(r: &RunStart) -> SpiResult<()> {
     Spi::run_with_args(
-        "INSERT INTO gn2pg.run_log (id, source, source_id, mode, status, worker_pid, paging, since)
-         VALUES ($1, $2, $3, $4, 'running', pg_catalog.pg_backend_pid(), $5, $6)",
+        "INSERT INTO gn2pg.run_log (id, source, source_id, mode, status, worker_pid, paging, since, resumed_from)
+         VALUES ($1, $2, $3, $4, 'running', pg_catalog.pg_backend_pid(), $5, $6, $7)",
         &[
             r.run_id.into(),
             r.source.into(),
@@ -151,6 +168,7 @@ pub fn begin_run(r: &RunStart) -> SpiResult<()> {
             r.mode.into(),
             r.paging.into(),
             r.since.into(),
+            r.resumed_from.into(),
         ],
     )
 }

@@ -1,4 +1,5 @@
 //! Test support for gn2pg.
 
+pub mod checks;
 pub mod db;
 pub mod fixture;

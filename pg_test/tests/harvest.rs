@@ -1,81 +1,12 @@
 //! End-to-end harvests: the gn2pg extension, installed in the test cluster, pulls the fixture
 //! GeoNature over HTTP and the rows in PostgreSQL are compared with what the source serves.
 
+use gn2pg_pg_test::checks::{add_source, assert_equal_to_source, harvest, n, run_rows};
 use gn2pg_pg_test::db::{error_text, Client, TestDb};
 use gn2pg_pg_test::fixture::{Access, ExportConfig, Faults, FixtureConfig, FixtureServer, Mutation, Shape, TotalFiltered, View};
-use serde_json::Value;
 
 fn fixture(rows: u64) -> FixtureServer {
     FixtureServer::start(FixtureConfig { rows, ..Default::default() }).expect("fixture server starts")
-}
-
-fn add_source(db: &mut Client, name: &str, fx: &FixtureServer, export: i32, auth: &str, options: &str) {
-    let cfg = FixtureConfig::default();
-    let (login, password, token): (Option<&str>, Option<&str>, Option<&str>) = match auth {
-        "login" => (Some(&cfg.login), Some(&cfg.password), None),
-        "token" => (None, None, Some(&cfg.token)),
-        _ => (None, None, None),
-    };
-    db.execute(
-        "SELECT gn2pg_add_source(name => $1, url => $2, export_id => $3, auth => $4,
-                                 login => $5, password => $6, token => $7, options => $8::text::jsonb)",
-        &[&name, &fx.base_url(), &export, &auth, &login, &password, &token, &options],
-    )
-    .unwrap();
-}
-
-/// Runs gn2pg_harvest and returns its run_log row, or the error text.
-fn harvest(db: &mut Client, source: &str, mode: &str) -> Result<Value, String> {
-    db.query_one("SELECT gn2pg_harvest($1, $2)::text", &[&source, &mode])
-        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
-        .map_err(|e| error_text(&e))
-}
-
-fn n(v: &Value, k: &str) -> i64 {
-    v[k].as_i64().unwrap_or_else(|| panic!("{k} missing in {v}"))
-}
-
-/// Asserts that the source's local rows are exactly what the export serves: same keys, uuids,
-/// items and geometries.
-fn assert_equal_to_source(db: &mut Client, source: &str, fx: &FixtureServer, export: u32) {
-    let exp = fx.expected_rows(export);
-    let ids: Vec<i64> = exp.iter().map(|r| r.id_synthese).collect();
-    let uuids: Vec<String> = exp.iter().map(|r| r.uuid.clone()).collect();
-    let wkts: Vec<Option<String>> = exp.iter().map(|r| r.wkt.clone()).collect();
-    let items: Vec<String> = exp.iter().map(|r| r.item.to_string()).collect();
-    let row = db
-        .query_one(
-            "WITH e AS (SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) AS e(id, uuid, wkt, item)),
-                  o AS (SELECT * FROM gn2pg.observation WHERE source = $1),
-                  bad AS (
-                    SELECT coalesce(e.id, o.id_data) AS id,
-                           CASE WHEN o.id_data IS NULL THEN 'missing locally'
-                                WHEN e.id IS NULL THEN 'extra locally'
-                                WHEN o.uuid::text IS DISTINCT FROM e.uuid THEN 'uuid differs'
-                                WHEN o.item IS DISTINCT FROM e.item::jsonb THEN 'item differs'
-                                WHEN NOT coalesce(ST_Equals(o.geom, ST_GeomFromText(e.wkt, 4326)),
-                                                  o.geom IS NULL AND e.wkt IS NULL) THEN 'geometry differs'
-                           END AS why
-                      FROM e FULL JOIN o ON o.id_data = e.id)
-             SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM o),
-                    (SELECT count(*) FROM bad WHERE why IS NOT NULL),
-                    (SELECT string_agg(id || ': ' || why, ', ') FROM (SELECT * FROM bad WHERE why IS NOT NULL ORDER BY id LIMIT 5) x)",
-            &[&source, &ids, &uuids, &wkts, &items],
-        )
-        .unwrap();
-    let (expected, local, bad): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    let sample: Option<String> = row.get(3);
-    assert!(expected > 0, "the export serves no row: the comparison would prove nothing");
-    assert_eq!(bad, 0, "source {source}: {bad} rows differ (expected {expected}, local {local}): {sample:?}");
-    assert_eq!(expected, local);
-}
-
-fn run_rows(db: &mut Client, source: &str) -> Vec<(String, String, Option<String>)> {
-    db.query("SELECT mode, status, error FROM gn2pg.run_log WHERE source = $1 ORDER BY id", &[&source])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect()
 }
 
 #[test]

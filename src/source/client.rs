@@ -8,6 +8,9 @@
 //! and this module is unit-tested without a database.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
@@ -71,6 +74,9 @@ fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Cheap to clone: clones share the connection pool and the session cookies, each keeps its
+/// own counters (parallel streams sum them).
+#[derive(Clone)]
 pub struct SourceClient {
     cfg: SourceConfig,
     limits: Limits,
@@ -411,6 +417,110 @@ impl SourceClient {
     }
 }
 
+/// Cancellation as seen from a helper thread: a flag that the backend thread raises.
+#[derive(Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Host for CancelFlag {
+    fn check_interrupts(&self) -> Result<(), SourceError> {
+        if self.0.load(Ordering::SeqCst) {
+            Err(SourceError::Cancelled("run stopped".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn sleep(&self, d: Duration) -> Result<(), SourceError> {
+        let slice = Duration::from_millis(50);
+        let mut left = d;
+        while !left.is_zero() {
+            self.check_interrupts()?;
+            let s = left.min(slice);
+            std::thread::sleep(s);
+            left -= s;
+        }
+        self.check_interrupts()
+    }
+}
+
+/// HTTP jobs on helper threads. The backend thread never blocks in a socket: it waits on a
+/// channel in short slices and checks for cancellation in between, so a cancel takes effect
+/// within a fraction of a second even while a source takes minutes to send its headers.
+/// Helper threads get a fully blocked signal mask and never call PostgreSQL.
+pub struct Jobs<T> {
+    tx: Sender<T>,
+    rx: Receiver<T>,
+    cancel: CancelFlag,
+    running: usize,
+}
+
+impl<T: Send + 'static> Jobs<T> {
+    pub fn new() -> Jobs<T> {
+        let (tx, rx) = mpsc::channel();
+        Jobs { tx, rx, cancel: CancelFlag::default(), running: 0 }
+    }
+
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    pub fn spawn(&mut self, job: impl FnOnce(&CancelFlag) -> T + Send + 'static) -> Result<(), SourceError> {
+        let tx = self.tx.clone();
+        let cancel = self.cancel.clone();
+        with_signals_blocked(|| {
+            std::thread::Builder::new().name("gn2pg-http".into()).spawn(move || {
+                let _ = tx.send(job(&cancel));
+            })
+        })
+        .map_err(|e| SourceError::Config(format!("cannot start an HTTP thread: {e}")))?;
+        self.running += 1;
+        Ok(())
+    }
+
+    /// The next finished job. A cancellation seen through `host` raises the flag, so running
+    /// jobs stop at their next check, and returns at once.
+    pub fn next(&mut self, host: &dyn Host) -> Result<T, SourceError> {
+        if self.running == 0 {
+            return Err(SourceError::Paging("no HTTP job is running".into()));
+        }
+        loop {
+            if let Err(e) = host.check_interrupts() {
+                self.cancel.raise();
+                return Err(e);
+            }
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(v) => {
+                    self.running -= 1;
+                    return Ok(v);
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(SourceError::Paging("an HTTP thread ended without an answer".into()))
+                }
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> Default for Jobs<T> {
+    fn default() -> Self {
+        Jobs::new()
+    }
+}
+
+impl<T> Drop for Jobs<T> {
+    fn drop(&mut self) {
+        // Threads still running stop at their next check instead of finishing a useless page.
+        self.cancel.raise();
+    }
+}
+
 fn annotate_retries(e: SourceError, tries: u32) -> SourceError {
     match e {
         SourceError::Http { url, status, detail, retry_after } => SourceError::Http {
@@ -637,6 +747,40 @@ mod tests {
         assert!(matches!(err, SourceError::LoginRefused { status: 401, .. }), "{msg}");
         assert!(msg.contains("Invalid password") && !msg.contains("pw-xyz"), "{msg}");
         h.join().unwrap();
+    }
+
+    #[test]
+    fn jobs_return_results_and_stop_on_cancel() {
+        let mut jobs: Jobs<u32> = Jobs::new();
+        for i in 0..3 {
+            jobs.spawn(move |_| i * 10).unwrap();
+        }
+        let mut got: Vec<u32> = (0..3).map(|_| jobs.next(&NoSleep).unwrap()).collect();
+        got.sort();
+        assert_eq!(got, vec![0, 10, 20]);
+        assert_eq!(jobs.running(), 0);
+
+        // A job stuck in a long wait is abandoned as soon as the host reports a cancel.
+        struct Cancelled;
+        impl Host for Cancelled {
+            fn check_interrupts(&self) -> Result<(), SourceError> {
+                Err(SourceError::Cancelled("test".into()))
+            }
+            fn sleep(&self, _: Duration) -> Result<(), SourceError> {
+                Ok(())
+            }
+        }
+        let (seen_tx, seen_rx) = mpsc::channel();
+        jobs.spawn(move |flag| {
+            let r = flag.sleep(Duration::from_secs(30));
+            let _ = seen_tx.send(r.is_err());
+            0
+        })
+        .unwrap();
+        let t = std::time::Instant::now();
+        assert!(matches!(jobs.next(&Cancelled), Err(SourceError::Cancelled(_))));
+        assert!(seen_rx.recv_timeout(Duration::from_secs(2)).unwrap(), "the job saw the cancel");
+        assert!(t.elapsed() < Duration::from_secs(2));
     }
 
     #[test]

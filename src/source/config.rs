@@ -65,6 +65,11 @@ pub struct SourceOptions {
     pub overlap: Option<Duration>,
     /// `id_application` sent at login (required by GeoNature <= 2.9 only).
     pub id_application: Option<i64>,
+    /// Parallel key-range streams of a keyset full run (1 = sequential).
+    pub streams: u32,
+    /// `mode => 'auto'` runs a full (reconciling) harvest when the last successful full one is
+    /// older than this; None = the default for the access mode, Some(0) = never.
+    pub full_every_hours: Option<u64>,
 }
 
 impl Default for SourceOptions {
@@ -84,6 +89,8 @@ impl Default for SourceOptions {
             max_page_bytes: None,
             overlap: None,
             id_application: None,
+            streams: 1,
+            full_every_hours: None,
         }
     }
 }
@@ -94,7 +101,7 @@ const RESERVED_PARAMS: &[&str] = &["limit", "offset", "orderby", "token", "order
 const KNOWN_OPTIONS: &[&str] = &[
     "page_size", "paging", "key_column", "uuid_column", "wkt_column", "updated_column",
     "module_path", "query", "connect_timeout_ms", "timeout_ms", "max_retries", "max_page_bytes",
-    "overlap_seconds", "id_application",
+    "overlap_seconds", "id_application", "streams", "full_every_hours",
 ];
 
 fn column_name(opt: &str, v: &Value) -> Result<String, SourceError> {
@@ -183,6 +190,12 @@ impl SourceOptions {
                 "id_application" => {
                     o.id_application = Some(val.as_i64().ok_or_else(|| {
                         SourceError::Config("option id_application must be an integer".into())
+                    })?)
+                }
+                "streams" => o.streams = positive(k, val, 16)? as u32,
+                "full_every_hours" => {
+                    o.full_every_hours = Some(val.as_u64().ok_or_else(|| {
+                        SourceError::Config("option full_every_hours must be a non-negative integer (0: never)".into())
                     })?)
                 }
                 other => {
@@ -322,6 +335,9 @@ mod tests {
         assert!(SourceOptions::from_json(&json!({"page_size": 5000})).is_err());
         assert!(SourceOptions::from_json(&json!({"key_column": "id; drop"})).is_err());
         assert!(SourceOptions::from_json(&json!({"query": {"limit": 5}})).is_err());
+        let o = SourceOptions::from_json(&json!({"streams": 4, "full_every_hours": 0})).unwrap();
+        assert_eq!((o.streams, o.full_every_hours), (4, Some(0)));
+        assert!(SourceOptions::from_json(&json!({"streams": 0})).is_err());
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Pager {
     page_size: u32,
     /// Keyset: smallest key of the next page.
     next_key: i64,
+    /// Keyset: largest key of this pager's range (parallel streams split the key space).
+    upper: Option<i64>,
     /// Offset: index of the next page.
     page_index: u64,
     pages: u64,
@@ -46,14 +48,25 @@ impl Pager {
             key: key.to_string(),
             page_size: page_size.clamp(1, 1000),
             next_key: start_key,
+            upper: None,
             page_index: start_page,
             pages: 0,
             last_offset_page: None,
         }
     }
 
+    /// Restricts a keyset pager to keys `<= upper` (`filter_n_lo_<key>`).
+    pub fn with_upper(mut self, upper: Option<i64>) -> Pager {
+        self.upper = upper;
+        self
+    }
+
     pub fn next_key(&self) -> i64 {
         self.next_key
+    }
+
+    pub fn upper(&self) -> Option<i64> {
+        self.upper
     }
 
     pub fn page_index(&self) -> u64 {
@@ -70,6 +83,9 @@ impl Pager {
             PagingMode::Keyset => {
                 p.push(("offset".into(), "0".into()));
                 p.push((format!("filter_n_up_{}", self.key), self.next_key.to_string()));
+                if let Some(u) = self.upper {
+                    p.push((format!("filter_n_lo_{}", self.key), u.to_string()));
+                }
             }
             PagingMode::Offset => p.push(("offset".into(), self.page_index.to_string())),
         }
@@ -83,7 +99,7 @@ impl Pager {
             return None;
         }
         match step {
-            Step::Done => Some(KeyRange { lo: self.next_key, hi: None }),
+            Step::Done => Some(KeyRange { lo: self.next_key, hi: self.upper }),
             Step::More => page.max_key.map(|hi| KeyRange { lo: self.next_key, hi: Some(hi) }),
         }
     }
@@ -156,6 +172,26 @@ impl Pager {
             }
         }
     }
+}
+
+/// Splits the keys `lo..=max` into at most `n` contiguous ranges for parallel streams; the last
+/// range has no upper bound so that rows inserted during the run are still collected.
+pub fn split_key_space(lo: i64, max: i64, n: u32) -> Vec<(i64, Option<i64>)> {
+    let n = i64::from(n.max(1));
+    let span = (max - lo + 1).max(1);
+    let step = ((span + n - 1) / n).max(1);
+    let mut out = Vec::new();
+    let mut start = lo;
+    while out.len() < n as usize {
+        let end = start.saturating_add(step - 1);
+        if out.len() == n as usize - 1 || end >= max {
+            out.push((start, None));
+            break;
+        }
+        out.push((start, Some(end)));
+        start = end + 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -240,6 +276,24 @@ mod tests {
         let mut nokey = page(10, 1, 10, Shape::Array);
         nokey.max_key = None;
         assert!(pg.step_for(&nokey).unwrap_err().contains("key_column"));
+    }
+
+    #[test]
+    fn bounded_keyset_range() {
+        let pg = Pager::new(PagingMode::Keyset, "id_synthese", 100, 5000, 0).with_upper(Some(9999));
+        let p = pg.params();
+        assert_eq!(param(&p, "filter_n_up_id_synthese"), "5000");
+        assert_eq!(param(&p, "filter_n_lo_id_synthese"), "9999");
+        let last = page(10, 9000, 9999, Shape::Array);
+        assert_eq!(pg.covered_range(&last, &Step::Done), Some(KeyRange { lo: 5000, hi: Some(9999) }));
+    }
+
+    /// Splits [lo, hi] into n contiguous ranges; the last one is open-ended.
+    #[test]
+    fn split_ranges() {
+        assert_eq!(split_key_space(1, 100, 4), vec![(1, Some(25)), (26, Some(50)), (51, Some(75)), (76, None)]);
+        assert_eq!(split_key_space(1, 2, 4), vec![(1, Some(1)), (2, None)]);
+        assert_eq!(split_key_space(0, 10, 1), vec![(0, None)]);
     }
 
     #[test]
