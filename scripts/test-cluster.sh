@@ -23,12 +23,12 @@ cron.database_name = 'gn2pg_cron'
 cron.use_background_workers = on
 max_worker_processes = 32
 max_connections = 100
-# Test data is disposable: trade durability for speed.
-fsync = off
-full_page_writes = off
-synchronous_commit = off
 log_min_messages = warning
 CONF
+    if [ -z "${GN2PG_CLUSTER_DURABLE:-}" ]; then
+        # Test data is disposable: trade durability for speed (benchmarks keep the defaults).
+        printf '%s\n' "fsync = off" "full_page_writes = off" "synchronous_commit = off" >> "$DIR/data/postgresql.conf"
+    fi
     as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 start >/dev/null
     echo "test cluster on 127.0.0.1:$PORT (data $DIR/data, log $DIR/server.log)"
     ;;

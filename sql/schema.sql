@@ -50,6 +50,8 @@ CREATE TABLE gn2pg.run_log (
     http_requests   integer NOT NULL DEFAULT 0,
     http_retries    integer NOT NULL DEFAULT 0,
     bytes_received  bigint  NOT NULL DEFAULT 0,
+    source_wait_ms  bigint  NOT NULL DEFAULT 0,   -- time spent waiting for the source
+    load_ms         bigint  NOT NULL DEFAULT 0,   -- time spent loading pages into PostgreSQL
     error           text,
     worker_pid      integer,
     paging          text,                 -- 'keyset' or 'offset'
@@ -81,7 +83,9 @@ CREATE TABLE gn2pg.observation (
     source            text NOT NULL,
     id_data           bigint NOT NULL,       -- the source key (id_synthese)
     uuid              uuid,                  -- id_perm_sinp
-    item              jsonb NOT NULL,        -- the row as received, feature geometry excluded
+    -- The row as received, feature geometry excluded. lz4: items are ~1-3 KB, just over the
+    -- TOAST threshold, and pglz would cost more CPU than the rest of the load.
+    item              jsonb COMPRESSION lz4 NOT NULL,
     geom              geometry(Geometry, 4326),
     ca_uuid           uuid,                  -- after mapping
     jdd_uuid          uuid,
@@ -128,9 +132,9 @@ BEGIN
     IF jsonb_typeof(geojson) = 'object' THEN
         geom := ST_SetSRID(ST_GeomFromGeoJSON(geojson), 4326);
     ELSIF wkt ~* '^SRID=' THEN
-        geom := ST_Transform(ST_GeomFromEWKT(wkt), 4326);
+        geom := ST_Transform(wkt::geometry, 4326);
     ELSIF wkt IS NOT NULL THEN
-        geom := ST_GeomFromText(wkt, 4326);
+        geom := ST_SetSRID(wkt::geometry, 4326);
     END IF;
 EXCEPTION WHEN OTHERS THEN
     geom := NULL;

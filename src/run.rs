@@ -421,7 +421,9 @@ fn harvest(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerH
         if jobs.running() == 0 {
             break;
         }
+        let waited = Instant::now();
         let (i, c, params, body) = jobs.next(host)?;
+        let source_wait_ms = waited.elapsed().as_millis() as i64;
         totals.streams[i] = c.stats.clone();
         let body = body?;
         let summary = parse_page(&body, &o.key_column).map_err(|cause| SourceError::BadAnswer {
@@ -429,11 +431,22 @@ fn harvest(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerH
             cause,
         })?;
         let stream = &mut streams[i];
-        stream.client = Some(c);
         let step = stream.pager.step_for(&summary).map_err(SourceError::Paging)?;
         let sweep = if setup.mode == Mode::Full { stream.pager.covered_range(&summary, &step) } else { None };
         stream.pager.advance(&summary);
         stream.done = step == Step::Done;
+        if stream.done {
+            stream.client = Some(c);
+        } else {
+            // Prefetch: the next page of this stream downloads while this one loads.
+            let mut c = c;
+            let mut params = stream.pager.params();
+            params.extend(window.iter().cloned());
+            jobs.spawn(move |flag| {
+                let r = c.fetch_export_page(&params, flag);
+                (i, c, params, r)
+            })?;
+        }
         pages += 1;
         if pages > MAX_PAGES {
             return Err(Stop::Failed(format!("more than {MAX_PAGES} pages: stopping a runaway run")));
@@ -450,7 +463,7 @@ fn harvest(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerH
         };
         let checkpoint = checkpoint_json(&streams, offset);
         let stats = totals.sum(&client.stats);
-        load_page(&fast_sql, &careful_sql, &spec, &body, &stats, checkpoint)
+        load_page(&fast_sql, &careful_sql, &spec, &body, &stats, source_wait_ms, checkpoint)
             .map_err(|e| Stop::Failed(format!("page {pages} could not be loaded: {e}")))?;
     }
     if setup.mode == Mode::Incremental && matches!(setup.cfg.auth, Auth::Login { .. }) {
@@ -481,6 +494,7 @@ fn load_page(
     spec: &PageSpec,
     body: &str,
     stats: &Stats,
+    source_wait_ms: i64,
     checkpoint: serde_json::Value,
 ) -> Result<PageLoad, String> {
     let attempt = |sql: &str| {
@@ -493,6 +507,7 @@ fn load_page(
                 requests: stats.requests as i64,
                 retries: stats.retries as i64,
                 bytes: stats.bytes as i64,
+                source_wait_ms,
                 checkpoint: checkpoint.clone(),
             })
             .map_err(spi_err)?;

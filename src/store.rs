@@ -215,9 +215,11 @@ const FAST_GEOM_JOIN: &str = "";
 const FAST_GEOM: &str = "CASE WHEN jsonb_typeof(c.g) = 'object'
                               THEN {pg}.ST_SetSRID({pg}.ST_GeomFromGeoJSON(c.g), 4326)
                             WHEN c.wkt ~* '^SRID='
-                              THEN {pg}.ST_Transform({pg}.ST_GeomFromEWKT(c.wkt), 4326)
+                              THEN {pg}.ST_Transform(c.wkt::{pg}.geometry, 4326)
+                            -- The text cast parses WKT like ST_GeomFromText(wkt, 4326), which
+                            -- looks the SRID up on every call and costs ~100 µs per row.
                             WHEN c.wkt IS NOT NULL
-                              THEN {pg}.ST_GeomFromText(c.wkt, 4326) END";
+                              THEN {pg}.ST_SetSRID(c.wkt::{pg}.geometry, 4326) END";
 const FAST_GEOM_ERROR: &str = "NULL::text";
 const CAREFUL_GEOM_JOIN: &str = "LEFT JOIN LATERAL gn2pg._parse_geometry(c.g, c.wkt) AS pg_geom ON true";
 const CAREFUL_GEOM: &str = "pg_geom.geom";
@@ -395,6 +397,7 @@ pub struct Progress<'a> {
     pub requests: i64,
     pub retries: i64,
     pub bytes: i64,
+    pub source_wait_ms: i64,
     pub checkpoint: serde_json::Value,
 }
 
@@ -409,7 +412,9 @@ pub fn record_page(p: &Progress) -> SpiResult<()> {
                 rows_deleted = rows_deleted + $6,
                 http_requests = $7, http_retries = $8, bytes_received = $9,
                 max_source_action = greatest(max_source_action, $10),
-                checkpoint = $11
+                checkpoint = $11,
+                source_wait_ms = source_wait_ms + $12,
+                load_ms = load_ms + (extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::bigint
           WHERE id = $1",
         &[
             p.run_id.into(),
@@ -423,6 +428,7 @@ pub fn record_page(p: &Progress) -> SpiResult<()> {
             p.bytes.into(),
             p.page.max_source_action.as_deref().into(),
             pgrx::JsonB(p.checkpoint.clone()).into(),
+            p.source_wait_ms.into(),
         ],
     )
 }
