@@ -18,7 +18,7 @@ use crate::guc;
 use crate::source::client::{CancelFlag, Host, Jobs, SourceClient, Stats};
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
 use crate::source::error::redact_url;
-use crate::source::page::{parse_page, Shape};
+use crate::source::page::{page_columns, parse_page, Columns, Fields, PageSummary};
 use crate::source::paging::{split_key_space, Pager, Step};
 use crate::source::SourceError;
 use crate::store::{self, PageLoad, PageSpec, Progress, RunStart};
@@ -346,7 +346,16 @@ fn max_key(client: &mut SourceClient, key: &str, host: &WorkerHost) -> Result<Op
     })
 }
 
-type Fetched = (usize, SourceClient, Vec<(String, String)>, Result<String, SourceError>);
+type Fetched = (usize, SourceClient, Result<(PageSummary, Columns), SourceError>);
+
+/// Fetches a page and splits it into columns, all on the helper thread.
+fn fetch_columns(c: &mut SourceClient, params: &[(String, String)], fields: &Fields, flag: &CancelFlag) -> Result<(PageSummary, Columns), SourceError> {
+    let body = c.fetch_export_page(params, flag)?;
+    let bad = |cause: String| SourceError::BadAnswer { url: redact_url(c.export_url(params).as_str()), cause };
+    let summary = parse_page(&body, &fields.key).map_err(bad)?;
+    let cols = page_columns(&body, summary.shape, fields).map_err(bad)?;
+    Ok((summary, cols))
+}
 
 /// Runs one protocol step on a helper thread (see `Jobs`), so the backend stays cancellable.
 fn on_helper<T: Send + 'static>(
@@ -401,6 +410,12 @@ fn harvest(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerH
         Some(since) => vec![(format!("filter_d_up_{}", o.updated_column), since.clone())],
         None => vec![],
     };
+    let fields = Fields {
+        key: o.key_column.clone(),
+        uuid: o.uuid_column.clone(),
+        wkt: o.wkt_column.clone(),
+        updated: o.updated_column.clone(),
+    };
     let mut jobs: Jobs<Fetched> = Jobs::new();
     let mut pages = 0u64;
     loop {
@@ -412,9 +427,10 @@ fn harvest(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerH
             if let Some(mut c) = s.client.take() {
                 let mut params = s.pager.params();
                 params.extend(window.iter().cloned());
+                let fields = fields.clone();
                 jobs.spawn(move |flag| {
-                    let r = c.fetch_export_page(&params, flag);
-                    (i, c, params, r)
+                    let r = fetch_columns(&mut c, &params, &fields, flag);
+                    (i, c, r)
                 })?;
             }
         }
@@ -422,14 +438,10 @@ fn harvest(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerH
             break;
         }
         let waited = Instant::now();
-        let (i, c, params, body) = jobs.next(host)?;
+        let (i, c, fetched) = jobs.next(host)?;
         let source_wait_ms = waited.elapsed().as_millis() as i64;
         totals.streams[i] = c.stats.clone();
-        let body = body?;
-        let summary = parse_page(&body, &o.key_column).map_err(|cause| SourceError::BadAnswer {
-            url: redact_url(c.export_url(&params).as_str()),
-            cause,
-        })?;
+        let (summary, cols) = fetched?;
         let stream = &mut streams[i];
         let step = stream.pager.step_for(&summary).map_err(SourceError::Paging)?;
         let sweep = if setup.mode == Mode::Full { stream.pager.covered_range(&summary, &step) } else { None };
@@ -442,28 +454,20 @@ fn harvest(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerH
             let mut c = c;
             let mut params = stream.pager.params();
             params.extend(window.iter().cloned());
+            let fields = fields.clone();
             jobs.spawn(move |flag| {
-                let r = c.fetch_export_page(&params, flag);
-                (i, c, params, r)
+                let r = fetch_columns(&mut c, &params, &fields, flag);
+                (i, c, r)
             })?;
         }
         pages += 1;
         if pages > MAX_PAGES {
             return Err(Stop::Failed(format!("more than {MAX_PAGES} pages: stopping a runaway run")));
         }
-        let spec = PageSpec {
-            source: &setup.cfg.name,
-            run_id,
-            key_column: &o.key_column,
-            uuid_column: &o.uuid_column,
-            wkt_column: &o.wkt_column,
-            updated_column: &o.updated_column,
-            feature_collection: summary.shape == Shape::FeatureCollection,
-            sweep,
-        };
+        let spec = PageSpec { source: &setup.cfg.name, run_id, key_column: &o.key_column, sweep };
         let checkpoint = checkpoint_json(&streams, offset);
         let stats = totals.sum(&client.stats);
-        load_page(&fast_sql, &careful_sql, &spec, &body, &stats, source_wait_ms, checkpoint)
+        load_page(&fast_sql, &careful_sql, &spec, &cols, &stats, source_wait_ms, checkpoint)
             .map_err(|e| Stop::Failed(format!("page {pages} could not be loaded: {e}")))?;
     }
     if setup.mode == Mode::Incremental && matches!(setup.cfg.auth, Auth::Login { .. }) {
@@ -492,7 +496,7 @@ fn load_page(
     fast: &str,
     careful: &str,
     spec: &PageSpec,
-    body: &str,
+    cols: &Columns,
     stats: &Stats,
     source_wait_ms: i64,
     checkpoint: serde_json::Value,
@@ -500,7 +504,7 @@ fn load_page(
     let attempt = |sql: &str| {
         tx(|| {
             Spi::run("SET LOCAL synchronous_commit = off").map_err(spi_err)?;
-            let load = store::load_page(sql, spec, body).map_err(spi_err)?;
+            let load = store::load_page(sql, spec, cols).map_err(spi_err)?;
             store::record_page(&Progress {
                 run_id: spec.run_id,
                 page: &load,

@@ -8,6 +8,7 @@
 use pgrx::prelude::*;
 use pgrx::spi::{self, quote_identifier};
 
+use crate::source::page::Columns;
 use crate::source::paging::KeyRange;
 
 type SpiResult<T> = Result<T, spi::Error>;
@@ -185,15 +186,11 @@ pub struct PageLoad {
     pub max_source_action: Option<String>,
 }
 
-/// Where the items' fields are, for one source.
+/// One page to load, for one source.
 pub struct PageSpec<'a> {
     pub source: &'a str,
     pub run_id: i64,
     pub key_column: &'a str,
-    pub uuid_column: &'a str,
-    pub wkt_column: &'a str,
-    pub updated_column: &'a str,
-    pub feature_collection: bool,
     /// Keyset full runs: local rows in this key range that are absent from the page are gone
     /// from the export and are deleted.
     pub sweep: Option<KeyRange>,
@@ -227,53 +224,29 @@ const CAREFUL_GEOM_ERROR: &str = "pg_geom.error";
 
 const UUID_RE: &str = "'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'";
 
-/// $1 body, $2 source, $3 run id, $4 key column, $5 uuid column, $6 WKT column,
-/// $7 updated column, $8 FeatureCollection?, $9/$10 sweep range (NULL: no sweep / no upper bound).
+/// $1 items (JSON text), $2 feature geometries (GeoJSON text), $3 keys, $4 uuids, $5 WKT,
+/// $6 source timestamps, $7 CA uuids, $8 JDD uuids, $9 rejection reasons: the columns of
+/// `page::Columns`, already validated; $10 source, $11 run id, $12 key column name (for
+/// messages), $13/$14 sweep range (NULL: no sweep / no upper bound).
 const LOAD_PAGE_SQL: &str = r#"
-WITH doc AS (
-    SELECT $1::jsonb AS j
-), elems AS (
-    SELECT t.ord,
-           CASE WHEN $8 THEN t.e -> 'properties' ELSE t.e END AS p,
-           CASE WHEN $8 THEN t.e -> 'geometry' END AS g
-      FROM doc,
-           jsonb_array_elements(CASE WHEN $8 THEN doc.j -> 'items' -> 'features'
-                                     ELSE doc.j -> 'items' END) WITH ORDINALITY AS t(e, ord)
-), checked AS (
-    SELECT ord, p, g,
-           CASE WHEN jsonb_typeof(p -> $4) IN ('number', 'string') AND (p ->> $4) ~ '^-?[0-9]{1,18}$'
-                THEN (p ->> $4)::bigint END AS id_data,
-           p ->> $5 AS uuid_text,
-           nullif(btrim(p ->> $6), '') AS wkt,
-           p ->> $7 AS updated_text,
-           coalesce(p ->> 'ca_uuid', p -> 'ca_data' ->> 'uuid') AS ca_text,
-           coalesce(p ->> 'jdd_uuid', p -> 'jdd_data' ->> 'uuid') AS jdd_text
-      FROM elems
+WITH input AS (
+    SELECT t.ord, t.item::jsonb AS p, t.geojson::jsonb AS g, t.id_data, t.uuid_text, t.wkt,
+           t.updated_text, t.ca_text, t.jdd_text, t.reason AS rust_reason
+      FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                  $7::text[], $8::text[], $9::text[])
+           WITH ORDINALITY AS t(item, geojson, id_data, uuid_text, wkt, updated_text, ca_text, jdd_text, reason, ord)
 ), typed AS (
+    -- Values were validated in Rust: these casts cannot fail for items without a reason.
     SELECT c.*,
-           CASE WHEN c.uuid_text ~ {uuid_re} THEN c.uuid_text::uuid END AS uuid,
-           CASE WHEN c.ca_text ~ {uuid_re} THEN c.ca_text::uuid END AS ca,
-           CASE WHEN c.jdd_text ~ {uuid_re} THEN c.jdd_text::uuid END AS jdd,
-           CASE WHEN c.updated_text ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}([ T][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?)?$'
-                THEN c.updated_text::timestamp END AS source_updated_at,
-           {geom} AS geom,
+           CASE WHEN c.rust_reason IS NULL THEN c.uuid_text::uuid END AS uuid,
+           CASE WHEN c.rust_reason IS NULL THEN c.ca_text::uuid END AS ca,
+           CASE WHEN c.rust_reason IS NULL THEN c.jdd_text::uuid END AS jdd,
+           CASE WHEN c.rust_reason IS NULL THEN c.updated_text::timestamp END AS source_updated_at,
+           CASE WHEN c.rust_reason IS NULL THEN {geom} END AS geom,
            {geom_error} AS geom_error
-      FROM checked c {geom_join}
+      FROM input c {geom_join}
 ), judged AS (
-    SELECT t.*,
-           CASE WHEN jsonb_typeof(t.p) IS DISTINCT FROM 'object' THEN 'item is not a JSON object'
-                WHEN t.id_data IS NULL THEN format('missing or non-integer key %s', $4)
-                WHEN t.uuid_text IS NOT NULL AND t.uuid IS NULL
-                     THEN format('invalid uuid %s in %s', left(t.uuid_text, 80), $5)
-                WHEN t.ca_text IS NOT NULL AND t.ca IS NULL
-                     THEN format('invalid acquisition framework uuid %s', left(t.ca_text, 80))
-                WHEN t.jdd_text IS NOT NULL AND t.jdd IS NULL
-                     THEN format('invalid dataset uuid %s', left(t.jdd_text, 80))
-                WHEN t.updated_text IS NOT NULL AND t.source_updated_at IS NULL
-                     THEN format('invalid timestamp %s in %s', left(t.updated_text, 40), $7)
-                WHEN t.geom_error IS NOT NULL THEN t.geom_error
-           END AS reason
-      FROM typed t
+    SELECT t.*, coalesce(t.rust_reason, t.geom_error) AS reason FROM typed t
 ), dedup AS (
     -- Views joining several protocols repeat a row (source-api.md §3.4): the last copy wins.
     SELECT DISTINCT ON (id_data) * FROM judged WHERE id_data IS NOT NULL ORDER BY id_data, ord DESC
@@ -285,30 +258,30 @@ WITH doc AS (
       LEFT JOIN LATERAL (
             SELECT o.source AS owner_source, o.id_data AS owner_id
               FROM gn2pg.observation o
-             WHERE o.uuid = d.uuid AND (o.source <> $2 OR o.id_data <> d.id_data)
+             WHERE o.uuid = d.uuid AND (o.source <> $10 OR o.id_data <> d.id_data)
              LIMIT 1) w ON d.reason IS NULL AND d.uuid IS NOT NULL
 ), verdict AS (
     SELECT c.*,
            coalesce(c.reason,
                     CASE WHEN c.owner_source IS NOT NULL
                               THEN format('uuid %s already belongs to source %s, %s %s',
-                                          c.uuid, c.owner_source, $4, c.owner_id)
+                                          c.uuid, c.owner_source, $12, c.owner_id)
                          WHEN c.uuid_rank > 1
                               THEN format('uuid %s appears under two keys in the same page', c.uuid)
                     END) AS why
       FROM candidates c
 ), rejected AS (
     INSERT INTO gn2pg.run_error (run_id, source, id_data, uuid, item, error)
-    SELECT $3, $2, v.id_data, v.uuid_text, v.p, v.why FROM verdict v WHERE v.why IS NOT NULL
+    SELECT $11, $10, v.id_data, v.uuid_text, v.p, v.why FROM verdict v WHERE v.why IS NOT NULL
     UNION ALL
-    SELECT $3, $2, NULL, j.uuid_text, j.p, j.reason FROM judged j WHERE j.id_data IS NULL
+    SELECT $11, $10, NULL, j.uuid_text, j.p, j.reason FROM judged j WHERE j.id_data IS NULL
     RETURNING 1
 ), written AS (
     INSERT INTO gn2pg.observation AS o
            (source, id_data, uuid, item, geom, ca_uuid, jdd_uuid, source_ca_uuid, source_jdd_uuid,
             source_updated_at, updated_at, run_id)
-    SELECT $2, v.id_data, v.uuid, v.p, v.geom, v.ca, v.jdd, v.ca, v.jdd,
-           v.source_updated_at, now(), $3
+    SELECT $10, v.id_data, v.uuid, v.p, v.geom, v.ca, v.jdd, v.ca, v.jdd,
+           v.source_updated_at, now(), $11
       FROM verdict v WHERE v.why IS NULL
     ON CONFLICT (source, id_data) DO UPDATE
        SET uuid = EXCLUDED.uuid, item = EXCLUDED.item, geom = EXCLUDED.geom,
@@ -323,12 +296,12 @@ WITH doc AS (
     RETURNING (o.xmax = 0) AS inserted
 ), swept AS (
     DELETE FROM gn2pg.observation o
-     WHERE $9::bigint IS NOT NULL AND o.source = $2 AND o.id_data >= $9
-       AND ($10::bigint IS NULL OR o.id_data <= $10)
-       AND NOT EXISTS (SELECT 1 FROM checked c WHERE c.id_data = o.id_data)
+     WHERE $13::bigint IS NOT NULL AND o.source = $10 AND o.id_data >= $13
+       AND ($14::bigint IS NULL OR o.id_data <= $14)
+       AND NOT EXISTS (SELECT 1 FROM input c WHERE c.id_data = o.id_data)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM elems),
+SELECT (SELECT count(*) FROM input),
        (SELECT count(*) FROM written WHERE inserted),
        (SELECT count(*) FROM written WHERE NOT inserted),
        (SELECT count(*) FROM verdict WHERE why IS NULL),
@@ -352,7 +325,7 @@ pub fn load_page_sql(postgis_schema: &str, careful: bool) -> String {
         .replace("{pg}", &quote_identifier(postgis_schema))
 }
 
-pub fn load_page(sql: &str, spec: &PageSpec, body: &str) -> SpiResult<PageLoad> {
+pub fn load_page(sql: &str, spec: &PageSpec, cols: &Columns) -> SpiResult<PageLoad> {
     let (lo, hi) = match spec.sweep {
         Some(r) => (Some(r.lo), r.hi),
         None => (None, None),
@@ -362,14 +335,18 @@ pub fn load_page(sql: &str, spec: &PageSpec, body: &str) -> SpiResult<PageLoad> 
             sql,
             None,
             &[
-                body.into(),
+                cols.items.clone().into(),
+                cols.geojson.clone().into(),
+                cols.id_data.clone().into(),
+                cols.uuid.clone().into(),
+                cols.wkt.clone().into(),
+                cols.updated.clone().into(),
+                cols.ca.clone().into(),
+                cols.jdd.clone().into(),
+                cols.reason.clone().into(),
                 spec.source.into(),
                 spec.run_id.into(),
                 spec.key_column.into(),
-                spec.uuid_column.into(),
-                spec.wkt_column.into(),
-                spec.updated_column.into(),
-                spec.feature_collection.into(),
                 lo.into(),
                 hi.into(),
             ],

@@ -233,3 +233,315 @@ mod tests {
         assert_eq!(item_key(r#"{"id_synthese":null}"#, &["id_synthese"]), None);
     }
 }
+
+/// Names of the fields the loader needs from each item.
+#[derive(Debug, Clone)]
+pub struct Fields {
+    pub key: String,
+    pub uuid: String,
+    pub wkt: String,
+    pub updated: String,
+}
+
+/// A page split into columns for one set-based INSERT. Extraction and validation happen here,
+/// on the HTTP thread, in parallel with PostgreSQL loading the previous page: the database
+/// only parses each item once (`text::jsonb`) and casts values already known to be valid.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Columns {
+    /// The item as received (a feature's `properties`), JSON text.
+    pub items: Vec<String>,
+    /// A feature's `geometry` as GeoJSON text.
+    pub geojson: Vec<Option<String>>,
+    pub id_data: Vec<Option<i64>>,
+    pub uuid: Vec<Option<String>>,
+    pub wkt: Vec<Option<String>>,
+    pub updated: Vec<Option<String>>,
+    pub ca: Vec<Option<String>>,
+    pub jdd: Vec<Option<String>>,
+    /// Why the item cannot be loaded; None for a good item.
+    pub reason: Vec<Option<String>>,
+}
+
+/// The text of a scalar JSON value: strings unescaped, null as None, anything else raw.
+fn scalar_text(raw: &RawValue) -> Result<Option<String>, String> {
+    let t = raw.get();
+    match t.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(t).map(Some).map_err(|e| e.to_string()),
+        Some(b'n') if t == "null" => Ok(None),
+        _ => Ok(Some(t.to_string())),
+    }
+}
+
+/// Collects the loader's fields of one item in a single pass over its top-level members.
+struct ItemFields<'a> {
+    f: &'a Fields,
+    key: Option<&'a RawValue>,
+    uuid: Option<&'a RawValue>,
+    wkt: Option<&'a RawValue>,
+    updated: Option<&'a RawValue>,
+    ca: Option<&'a RawValue>,
+    jdd: Option<&'a RawValue>,
+    ca_data: Option<&'a RawValue>,
+    jdd_data: Option<&'a RawValue>,
+}
+
+fn item_fields<'a>(item: &'a str, f: &'a Fields) -> Result<Option<ItemFields<'a>>, String> {
+    if !item.trim_start().starts_with('{') {
+        return Ok(None);
+    }
+    let map: Vec<(std::borrow::Cow<'a, str>, &'a RawValue)> = {
+        struct Members<'a>(Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>);
+        impl<'de> Deserialize<'de> for Members<'de> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Members<'de>;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("an object")
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Members<'de>, A::Error> {
+                        let mut v = Vec::new();
+                        while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                            v.push((k, m.next_value::<&'de RawValue>()?));
+                        }
+                        Ok(Members(v))
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+        serde_json::from_str::<Members<'a>>(item).map_err(|e| e.to_string())?.0
+    };
+    let mut out = ItemFields { f, key: None, uuid: None, wkt: None, updated: None, ca: None, jdd: None, ca_data: None, jdd_data: None };
+    for (k, v) in map {
+        let k = k.as_ref();
+        if k == out.f.key {
+            out.key = Some(v);
+        } else if k == out.f.uuid {
+            out.uuid = Some(v);
+        } else if k == out.f.wkt {
+            out.wkt = Some(v);
+        } else if k == out.f.updated {
+            out.updated = Some(v);
+        } else {
+            match k {
+                "ca_uuid" => out.ca = Some(v),
+                "jdd_uuid" => out.jdd = Some(v),
+                "ca_data" => out.ca_data = Some(v),
+                "jdd_data" => out.jdd_data = Some(v),
+                _ => {}
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// `uuid` member of a nested metadata object (`ca_data`, `jdd_data`).
+fn nested_uuid(raw: Option<&RawValue>) -> Result<Option<String>, String> {
+    let Some(raw) = raw else { return Ok(None) };
+    if !raw.get().trim_start().starts_with('{') {
+        return Ok(None);
+    }
+    #[derive(Deserialize)]
+    struct U<'a> {
+        #[serde(borrow)]
+        uuid: Option<&'a RawValue>,
+    }
+    let u: U = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+    u.uuid.map(scalar_text).transpose().map(Option::flatten)
+}
+
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// `YYYY-MM-DD[( |T)HH:MM[:SS[.f{1,6}]]]` with real calendar bounds, so that the cast to
+/// `timestamp` in SQL cannot fail and take the whole page down.
+pub fn is_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = b.get(r)?;
+        if part.iter().all(u8::is_ascii_digit) {
+            std::str::from_utf8(part).ok()?.parse().ok()
+        } else {
+            None
+        }
+    };
+    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else { return false };
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !(1..=12).contains(&m) || y == 0 {
+        return false;
+    }
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][m as usize - 1];
+    if !(1..=days).contains(&d) {
+        return false;
+    }
+    if b.len() == 10 {
+        return true;
+    }
+    if !matches!(b.get(10), Some(b' ') | Some(b'T')) || b.get(13) != Some(&b':') {
+        return false;
+    }
+    match (num(11..13), num(14..16)) {
+        (Some(h), Some(mi)) if h < 24 && mi < 60 => {}
+        _ => return false,
+    }
+    if b.len() == 16 {
+        return true;
+    }
+    if b.get(16) != Some(&b':') || !num(17..19).is_some_and(|sec| sec < 60) {
+        return false;
+    }
+    match b.len() {
+        19 => true,
+        n if n > 20 && n <= 26 => b[19] == b'.' && b[20..].iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
+/// Splits a page into [`Columns`], deciding which items are rejected and why.
+pub fn page_columns(body: &str, shape: Shape, f: &Fields) -> Result<Columns, String> {
+    let env: Envelope = serde_json::from_str(body).map_err(|e| describe_json_error(body, &e))?;
+    let items = env.items.ok_or_else(|| "the answer has no \"items\"".to_string())?;
+    let mut cols = Columns::default();
+    let push_item = |cols: &mut Columns, text: &str, geo: Option<String>| -> Result<(), String> {
+        let fields = item_fields(text, f)?;
+        let text_of = |r: Option<&RawValue>| r.map(scalar_text).transpose().map(Option::flatten);
+        let (mut id, mut uuid, mut wkt, mut upd, mut ca, mut jdd) = (None, None, None, None, None, None);
+        let reason;
+        match fields {
+            None => reason = Some("item is not a JSON object".to_string()),
+            Some(it) => {
+                id = it.key.and_then(|k| item_key(k.get(), &[]));
+                uuid = text_of(it.uuid)?;
+                wkt = text_of(it.wkt)?.filter(|w| !w.trim().is_empty());
+                upd = text_of(it.updated)?;
+                ca = match text_of(it.ca)? {
+                    Some(c) => Some(c),
+                    None => nested_uuid(it.ca_data)?,
+                };
+                jdd = match text_of(it.jdd)? {
+                    Some(j) => Some(j),
+                    None => nested_uuid(it.jdd_data)?,
+                };
+                let short = |s: &str| s.chars().take(80).collect::<String>();
+                reason = if id.is_none() {
+                    Some(format!("missing or non-integer key {}", f.key))
+                } else if let Some(u) = uuid.as_deref().filter(|u| !is_uuid(u)) {
+                    Some(format!("invalid uuid {} in {}", short(u), f.uuid))
+                } else if let Some(c) = ca.as_deref().filter(|c| !is_uuid(c)) {
+                    Some(format!("invalid acquisition framework uuid {}", short(c)))
+                } else if let Some(j) = jdd.as_deref().filter(|j| !is_uuid(j)) {
+                    Some(format!("invalid dataset uuid {}", short(j)))
+                } else if let Some(t) = upd.as_deref().filter(|t| !is_timestamp(t)) {
+                    Some(format!("invalid timestamp {} in {}", short(t), f.updated))
+                } else {
+                    None
+                };
+            }
+        }
+        cols.items.push(text.to_string());
+        cols.geojson.push(geo);
+        cols.id_data.push(id);
+        cols.uuid.push(uuid);
+        cols.wkt.push(wkt);
+        cols.updated.push(upd);
+        cols.ca.push(ca);
+        cols.jdd.push(jdd);
+        cols.reason.push(reason);
+        Ok(())
+    };
+    match shape {
+        Shape::Array => {
+            let raw: Vec<&RawValue> = serde_json::from_str(items.get()).map_err(|e| format!("items: {e}"))?;
+            for it in raw {
+                push_item(&mut cols, it.get(), None)?;
+            }
+        }
+        Shape::FeatureCollection => {
+            #[derive(Deserialize)]
+            struct Feature<'a> {
+                #[serde(borrow)]
+                geometry: Option<&'a RawValue>,
+                #[serde(borrow)]
+                properties: Option<&'a RawValue>,
+            }
+            let fc: FeatureCollection = serde_json::from_str(items.get()).map_err(|e| format!("items: {e}"))?;
+            for raw in fc.features {
+                let feat: Feature = serde_json::from_str(raw.get()).map_err(|e| format!("feature: {e}"))?;
+                let geo = feat.geometry.map(|g| g.get().to_string()).filter(|g| g != "null");
+                push_item(&mut cols, feat.properties.map_or("null", |p| p.get()), geo)?;
+            }
+        }
+    }
+    Ok(cols)
+}
+
+#[cfg(test)]
+mod column_tests {
+    use super::*;
+
+    fn fields() -> Fields {
+        Fields { key: "id_synthese".into(), uuid: "id_perm_sinp".into(), wkt: "wkt_4326".into(), updated: "derniere_action".into() }
+    }
+
+    #[test]
+    fn extracts_and_validates() {
+        let body = r#"{"items":[
+            {"id_synthese":1,"id_perm_sinp":"3f1c7c5e-0000-4000-8000-000000000001","wkt_4326":"POINT(5 45)","derniere_action":"2023-05-13 10:02:11.482312","ca_data":{"uuid":"57b7d0f2-4183-4b7b-8f08-6e105d476dc5","name":"x"},"jdd_uuid":"9b2a0c1e-5f4d-4e3c-8b7a-6d5c4b3a2f10","nom":"l'\"é"},
+            {"id_perm_sinp":"3f1c7c5e-0000-4000-8000-000000000002"},
+            {"id_synthese":3,"id_perm_sinp":"nope"},
+            {"id_synthese":4,"derniere_action":"2023-02-30 10:00:00"},
+            {"id_synthese":5,"ca_uuid":"bad"},
+            "scalar"
+        ],"limit":1000}"#;
+        let c = page_columns(body, Shape::Array, &fields()).unwrap();
+        assert_eq!(c.items.len(), 6);
+        assert_eq!(c.id_data, vec![Some(1), None, Some(3), Some(4), Some(5), None]);
+        assert_eq!(c.ca[0].as_deref(), Some("57b7d0f2-4183-4b7b-8f08-6e105d476dc5"));
+        assert_eq!(c.jdd[0].as_deref(), Some("9b2a0c1e-5f4d-4e3c-8b7a-6d5c4b3a2f10"));
+        assert_eq!(c.wkt[0].as_deref(), Some("POINT(5 45)"));
+        assert_eq!(c.reason[0], None);
+        assert!(c.items[0].contains(r#""nom":"l'\"é""#), "items keep their exact text");
+        let r: Vec<String> = c.reason.iter().map(|r| r.clone().unwrap_or_default()).collect();
+        assert!(r[1].contains("missing or non-integer key id_synthese"));
+        assert!(r[2].contains("invalid uuid nope"));
+        assert!(r[3].contains("invalid timestamp 2023-02-30"));
+        assert!(r[4].contains("invalid acquisition framework uuid bad"));
+        assert!(r[5].contains("not a JSON object"));
+    }
+
+    #[test]
+    fn feature_properties_and_geometry() {
+        let body = r#"{"items":{"type":"FeatureCollection","features":[
+            {"type":"Feature","geometry":{"type":"Point","coordinates":[4.8,45.7]},"properties":{"id_synthese":12}},
+            {"type":"Feature","geometry":null,"properties":{"id_synthese":"15"}}]}}"#;
+        let c = page_columns(body, Shape::FeatureCollection, &fields()).unwrap();
+        assert_eq!(c.items, vec![r#"{"id_synthese":12}"#, r#"{"id_synthese":"15"}"#]);
+        assert_eq!(c.geojson[0].as_deref(), Some(r#"{"type":"Point","coordinates":[4.8,45.7]}"#));
+        assert_eq!(c.geojson[1], None);
+        assert_eq!(c.id_data, vec![Some(12), Some(15)]);
+    }
+
+    #[test]
+    fn timestamps() {
+        for ok in ["2024-02-29", "2023-05-12 08:30", "2023-05-12 08:30:00", "2023-05-12T08:30:00.5", "2023-05-12 08:30:00.123456"] {
+            assert!(is_timestamp(ok), "{ok}");
+        }
+        for bad in ["2023-02-29", "2023-13-01", "2023-05-12 24:00:00", "2023-05-12 08:30:00.1234567", "12/05/2023", "2023-05-12 08:30:00+02", ""] {
+            assert!(!is_timestamp(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn uuids() {
+        assert!(is_uuid("3f1c7c5e-0000-4000-8000-00000000000A"));
+        assert!(!is_uuid("3f1c7c5e00004000800000000000000A"));
+        assert!(!is_uuid("3f1c7c5e-0000-4000-8000-00000000000G"));
+    }
+}
