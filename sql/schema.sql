@@ -66,6 +66,26 @@ CREATE INDEX run_log_source_idx ON gn2pg.run_log (source, id DESC);
 COMMENT ON TABLE gn2pg.run_log IS
     'One row per harvest run, updated page by page while it runs (like cron.job_run_details).';
 
+-- Key ranges of a run loaded by several background workers (option workers > 1): one row per
+-- range, with its position; the run's checkpoint is derived from these rows.
+CREATE TABLE gn2pg.run_part (
+    run_id          bigint NOT NULL REFERENCES gn2pg.run_log (id) ON DELETE CASCADE,
+    part            integer NOT NULL,
+    lo              bigint NOT NULL,
+    hi              bigint,
+    next_key        bigint NOT NULL,
+    done            boolean NOT NULL DEFAULT false,
+    status          text NOT NULL DEFAULT 'running'
+                    CHECK (status IN ('running', 'success', 'failed', 'cancelled')),
+    error           text,
+    worker_pid      integer,
+    http_requests   integer NOT NULL DEFAULT 0,
+    http_retries    integer NOT NULL DEFAULT 0,
+    bytes_received  bigint  NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, part)
+);
+COMMENT ON TABLE gn2pg.run_part IS 'Key ranges of a run loaded in parallel by several workers.';
+
 CREATE TABLE gn2pg.run_error (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     run_id      bigint NOT NULL REFERENCES gn2pg.run_log (id) ON DELETE CASCADE,
@@ -121,6 +141,7 @@ SELECT pg_catalog.pg_extension_config_dump('gn2pg.source_secret', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.run_log', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.run_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.run_error', '');
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.run_part', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.observation', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.metadata', '');
 

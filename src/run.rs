@@ -15,6 +15,7 @@ use pgrx::prelude::*;
 use serde_json::json;
 
 use crate::guc;
+use crate::worker;
 use crate::source::client::{CancelFlag, Host, Jobs, SourceClient, Stats};
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
 use crate::source::error::redact_url;
@@ -272,8 +273,34 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
         }
     };
     let mut totals = Totals::default();
-    let result = harvest(run_id, &setup, &mut client, &host, &mut totals);
+    let result = harvest(run_id, &setup, &mut client, &host, &mut totals, Role::Lead);
     finish(run_id, name, result, totals.sum(&client.stats));
+}
+
+/// Entry point of a part worker of a parallel run: loads its key range, records its end.
+pub fn execute_part(run_id: i64, part: i32, name: &str) {
+    let prepared = tx(|| {
+        let row = store::load_source(name).map_err(spi_err)?.ok_or_else(|| format!("source \"{name}\" does not exist"))?;
+        let cfg = build_config(&row).map_err(|e| e.to_string())?;
+        let postgis = store::postgis_schema().map_err(|_| "PostGIS is not installed in this database".to_string())?;
+        let range = store::part_range(run_id, part).map_err(spi_err)?.ok_or_else(|| format!("run {run_id} has no part {part}"))?;
+        Ok(Setup { cfg, mode: Mode::Full, since: None, postgis, start: Start::Ranges(vec![range]) })
+    });
+    let result = match prepared {
+        Err(m) => Err(Stop::Failed(m)),
+        Ok(setup) => match SourceClient::new(setup.cfg.clone(), guc::limits(&setup.cfg.options)) {
+            Err(e) => Err(Stop::from(e)),
+            Ok(mut client) => harvest(run_id, &setup, &mut client, &WorkerHost, &mut Totals::default(), Role::Part(part)),
+        },
+    };
+    let (status, error) = match result {
+        Ok(()) => ("success", None),
+        Err(Stop::Cancelled(m)) => ("cancelled", Some(m)),
+        Err(Stop::Failed(m)) => ("failed", Some(m)),
+    };
+    if let Err(e) = tx(|| store::finish_part(run_id, part, status, error.as_deref()).map_err(spi_err)) {
+        pgrx::warning!("gn2pg: could not record the end of part {part} of run {run_id}: {e}");
+    }
 }
 
 fn finish(run_id: i64, name: &str, result: Result<(), Stop>, stats: Stats) {
@@ -374,19 +401,131 @@ fn on_helper<T: Send + 'static>(
     r
 }
 
-fn harvest(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerHost, totals: &mut Totals) -> Result<(), Stop> {
+/// Which share of a run a worker loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The run's own worker: setup, its key range(s), the deletion log, the final status.
+    Lead,
+    /// A helper worker of a parallel run, loading one key range (`gn2pg.run_part`).
+    Part(i32),
+}
+
+fn harvest(
+    run_id: i64,
+    setup: &Setup,
+    client: &mut SourceClient,
+    host: &WorkerHost,
+    totals: &mut Totals,
+    role: Role,
+) -> Result<(), Stop> {
     on_helper(client, host, |c, flag| c.prepare(flag))?;
     let o = &setup.cfg.options;
     let offset = o.paging == PagingMode::Offset;
+    let split = if o.workers > 1 { o.workers } else { o.streams };
     let ranges: Vec<(i64, Option<i64>)> = match &setup.start {
         Start::Page(_) => vec![],
         Start::Ranges(r) if !r.is_empty() => r.clone(),
-        Start::Ranges(_) if setup.mode == Mode::Full && o.streams > 1 => match max_key(client, &o.key_column, host)? {
-            Some(max) => split_key_space(0, max, o.streams),
+        Start::Ranges(_) if setup.mode == Mode::Full && split > 1 => match max_key(client, &o.key_column, host)? {
+            Some(max) => split_key_space(0, max, split),
             None => vec![(0, None)],
         },
         Start::Ranges(_) => vec![(0, None)],
     };
+    // Several workers: this one keeps range 0 and supervises one part worker per other range.
+    let parallel = role == Role::Lead
+        && setup.mode == Mode::Full
+        && !offset
+        && o.workers > 1
+        && ranges.len() > 1
+        && ranges.len() <= o.workers as usize;
+    let mut parts = Vec::new();
+    let (ranges, part) = if parallel {
+        tx(|| store::create_parts(run_id, &ranges).map_err(spi_err)).map_err(Stop::Failed)?;
+        for k in 1..ranges.len() {
+            match worker::launch_part(run_id, k as i32, &setup.cfg.name) {
+                Ok(w) => parts.push(w),
+                Err(e) => {
+                    stop_parts(parts);
+                    return Err(Stop::Failed(e));
+                }
+            }
+        }
+        (vec![ranges[0]], Some(0))
+    } else {
+        match role {
+            Role::Part(k) => (ranges, Some(k)),
+            Role::Lead => (ranges, None),
+        }
+    };
+    let result = load_ranges(run_id, setup, client, host, totals, &ranges, part);
+    if !parallel {
+        return result.and_then(|()| if role == Role::Lead { deletions(run_id, setup, client, host) } else { Ok(()) });
+    }
+    let result = match result {
+        Ok(()) => wait_parts(run_id, parts, host),
+        Err(e) => {
+            stop_parts(parts);
+            Err(e)
+        }
+    };
+    let (status, error) = match &result {
+        Ok(()) => ("success", None),
+        Err(Stop::Cancelled(m)) => ("cancelled", Some(m.clone())),
+        Err(Stop::Failed(m)) => ("failed", Some(m.clone())),
+    };
+    let _ = tx(|| store::finish_part(run_id, 0, status, error.as_deref()).map_err(spi_err));
+    result
+}
+
+fn stop_parts(parts: Vec<pgrx::bgworkers::DynamicBackgroundWorker>) {
+    for p in parts {
+        let _ = p.terminate();
+    }
+}
+
+/// Waits for the part workers of a parallel run; the first failure fails the run.
+fn wait_parts(run_id: i64, parts: Vec<pgrx::bgworkers::DynamicBackgroundWorker>, host: &WorkerHost) -> Result<(), Stop> {
+    use pgrx::bgworkers::BackgroundWorkerStatus;
+    // Bounded by the parts themselves: each turn sleeps on the latch, which the postmaster sets
+    // when a part stops (bgw_notify_pid).
+    loop {
+        if let Err(e) = host.check_interrupts() {
+            stop_parts(parts);
+            return Err(e.into());
+        }
+        let statuses = tx(|| store::parts_status(run_id).map_err(spi_err)).map_err(Stop::Failed)?;
+        if let Some((k, _, err)) = statuses.iter().find(|(_, st, _)| st == "failed" || st == "cancelled") {
+            stop_parts(parts);
+            return Err(Stop::Failed(format!("part {k}: {}", err.as_deref().unwrap_or("stopped"))));
+        }
+        if statuses.iter().all(|(_, st, _)| st == "success") {
+            return Ok(());
+        }
+        let stopped = parts.iter().all(|p| matches!(p.pid(), Err(BackgroundWorkerStatus::Stopped)));
+        if stopped {
+            // Every part process ended, yet one did not record an end: it died.
+            let statuses = tx(|| store::parts_status(run_id).map_err(spi_err)).map_err(Stop::Failed)?;
+            if let Some((k, _, _)) = statuses.iter().find(|(_, st, _)| st == "running") {
+                return Err(Stop::Failed(format!("the worker of part {k} exited without finishing (see the server log)")));
+            }
+            continue;
+        }
+        BackgroundWorker::wait_latch(Some(Duration::from_millis(200)));
+    }
+}
+
+/// Loads key ranges (or the offset walk) page by page; `part` is set in a parallel run.
+fn load_ranges(
+    run_id: i64,
+    setup: &Setup,
+    client: &mut SourceClient,
+    host: &WorkerHost,
+    totals: &mut Totals,
+    ranges: &[(i64, Option<i64>)],
+    part: Option<i32>,
+) -> Result<(), Stop> {
+    let o = &setup.cfg.options;
+    let offset = o.paging == PagingMode::Offset;
     let mut streams: Vec<Stream> = match setup.start {
         Start::Page(p) => vec![Stream { pager: Pager::new(o.paging, &o.key_column, o.page_size, 0, p), client: None, done: false }],
         Start::Ranges(_) => ranges
@@ -466,25 +605,30 @@ fn harvest(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerH
         }
         let spec = PageSpec { source: &setup.cfg.name, run_id, key_column: &o.key_column, sweep };
         let checkpoint = checkpoint_json(&streams, offset);
+        let position = part.map(|p| store::PartPosition { part: p, next_key: streams[i].pager.next_key(), done: streams[i].done });
         let stats = totals.sum(&client.stats);
-        load_page(&fast_sql, &careful_sql, &spec, &cols, &stats, source_wait_ms, checkpoint)
+        load_page(&fast_sql, &careful_sql, &spec, &cols, &stats, source_wait_ms, checkpoint, position)
             .map_err(|e| Stop::Failed(format!("page {pages} could not be loaded: {e}")))?;
     }
-    if setup.mode == Mode::Incremental && matches!(setup.cfg.auth, Auth::Login { .. }) {
-        if let Some(since) = &setup.since {
-            let since_owned = since.clone();
-            match on_helper(client, host, move |c, flag| c.fetch_deletions(&since_owned, flag)) {
-                Ok(ids) if !ids.is_empty() => {
-                    tx(|| store::delete_ids(&setup.cfg.name, run_id, &ids).map_err(spi_err)).map_err(Stop::Failed)?;
-                }
-                Ok(_) => {}
-                // GeoNature < 2.12 has no deletion log; full runs still reconcile deletions.
-                Err(SourceError::NotFound { .. }) => {
-                    pgrx::log!("gn2pg: source \"{}\" has no /synthese/log; deletions wait for the next full run", setup.cfg.name);
-                }
-                Err(e) => return Err(e.into()),
-            }
+    Ok(())
+}
+
+/// Deletions of an incremental run of a login source, from the deletion log.
+fn deletions(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerHost) -> Result<(), Stop> {
+    if setup.mode != Mode::Incremental || !matches!(setup.cfg.auth, Auth::Login { .. }) {
+        return Ok(());
+    }
+    let Some(since) = setup.since.clone() else { return Ok(()) };
+    match on_helper(client, host, move |c, flag| c.fetch_deletions(&since, flag)) {
+        Ok(ids) if !ids.is_empty() => {
+            tx(|| store::delete_ids(&setup.cfg.name, run_id, &ids).map_err(spi_err)).map_err(Stop::Failed)?;
         }
+        Ok(_) => {}
+        // GeoNature < 2.12 has no deletion log; full runs still reconcile deletions.
+        Err(SourceError::NotFound { .. }) => {
+            pgrx::log!("gn2pg: source \"{}\" has no /synthese/log; deletions wait for the next full run", setup.cfg.name);
+        }
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }
@@ -500,6 +644,7 @@ fn load_page(
     stats: &Stats,
     source_wait_ms: i64,
     checkpoint: serde_json::Value,
+    part: Option<store::PartPosition>,
 ) -> Result<PageLoad, String> {
     let attempt = |sql: &str| {
         tx(|| {
@@ -507,6 +652,7 @@ fn load_page(
             let load = store::load_page(sql, spec, cols).map_err(spi_err)?;
             store::record_page(&Progress {
                 run_id: spec.run_id,
+                part,
                 page: &load,
                 requests: stats.requests as i64,
                 retries: stats.retries as i64,

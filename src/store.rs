@@ -370,6 +370,8 @@ pub fn load_page(sql: &str, spec: &PageSpec, cols: &Columns) -> SpiResult<PageLo
 /// run log and the checkpoint never disagree with the data.
 pub struct Progress<'a> {
     pub run_id: i64,
+    /// For a run loaded by several workers: this worker's part and its new position.
+    pub part: Option<PartPosition>,
     pub page: &'a PageLoad,
     pub requests: i64,
     pub retries: i64,
@@ -378,7 +380,17 @@ pub struct Progress<'a> {
     pub checkpoint: serde_json::Value,
 }
 
+#[derive(Debug, Clone, Copy)]
+pub struct PartPosition {
+    pub part: i32,
+    pub next_key: i64,
+    pub done: bool,
+}
+
 pub fn record_page(p: &Progress) -> SpiResult<()> {
+    if let Some(pos) = p.part {
+        return record_part_page(p, pos);
+    }
     Spi::run_with_args(
         "UPDATE gn2pg.run_log
             SET pages_done = pages_done + 1,
@@ -410,6 +422,101 @@ pub fn record_page(p: &Progress) -> SpiResult<()> {
     )
 }
 
+/// A page of one part of a parallel run: the part's row gets its position and transport
+/// counters, the run's row the shared counters and a checkpoint rebuilt from all parts. A part
+/// may see another part's position slightly behind (snapshot): resuming from there re-reads a
+/// page, it never skips one.
+fn record_part_page(p: &Progress, pos: PartPosition) -> SpiResult<()> {
+    Spi::run_with_args(
+        "UPDATE gn2pg.run_part
+            SET next_key = $3, done = $4, http_requests = $5, http_retries = $6, bytes_received = $7
+          WHERE run_id = $1 AND part = $2",
+        &[
+            p.run_id.into(),
+            pos.part.into(),
+            pos.next_key.into(),
+            pos.done.into(),
+            (p.requests as i32).into(),
+            (p.retries as i32).into(),
+            p.bytes.into(),
+        ],
+    )?;
+    Spi::run_with_args(
+        "UPDATE gn2pg.run_log
+            SET pages_done = pages_done + 1,
+                rows_received = rows_received + $2,
+                rows_upserted = rows_upserted + $3,
+                rows_unchanged = rows_unchanged + $4,
+                rows_failed = rows_failed + $5,
+                rows_deleted = rows_deleted + $6,
+                max_source_action = greatest(max_source_action, $7),
+                source_wait_ms = source_wait_ms + $8,
+                load_ms = load_ms + (extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::bigint,
+                checkpoint = (SELECT jsonb_build_object('ranges',
+                                     coalesce(jsonb_agg(jsonb_build_array(q.next_key, q.hi) ORDER BY q.part), '[]'))
+                                FROM gn2pg.run_part q WHERE q.run_id = $1 AND NOT q.done)
+          WHERE id = $1",
+        &[
+            p.run_id.into(),
+            p.page.received.into(),
+            (p.page.inserted + p.page.updated).into(),
+            p.page.unchanged.into(),
+            p.page.failed.into(),
+            p.page.deleted.into(),
+            p.page.max_source_action.as_deref().into(),
+            p.source_wait_ms.into(),
+        ],
+    )
+}
+
+/// Declares the parts of a parallel run.
+pub fn create_parts(run_id: i64, ranges: &[(i64, Option<i64>)]) -> SpiResult<()> {
+    for (i, (lo, hi)) in ranges.iter().enumerate() {
+        Spi::run_with_args(
+            "INSERT INTO gn2pg.run_part (run_id, part, lo, hi, next_key) VALUES ($1, $2, $3, $4, $3)",
+            &[run_id.into(), (i as i32).into(), (*lo).into(), (*hi).into()],
+        )?;
+    }
+    Ok(())
+}
+
+/// (next_key, hi) of a part, for its worker.
+pub fn part_range(run_id: i64, part: i32) -> SpiResult<Option<(i64, Option<i64>)>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT next_key, hi FROM gn2pg.run_part WHERE run_id = $1 AND part = $2",
+            None,
+            &[run_id.into(), part.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok(Some((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?)))
+    })
+}
+
+pub fn finish_part(run_id: i64, part: i32, status: &str, error: Option<&str>) -> SpiResult<()> {
+    Spi::run_with_args(
+        "UPDATE gn2pg.run_part SET status = $3, error = $4, worker_pid = pg_catalog.pg_backend_pid()
+          WHERE run_id = $1 AND part = $2",
+        &[run_id.into(), part.into(), status.into(), error.into()],
+    )
+}
+
+/// (part, status, error) of the other parts of a run.
+pub fn parts_status(run_id: i64) -> SpiResult<Vec<(i32, String, Option<String>)>> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT part, status, error FROM gn2pg.run_part WHERE run_id = $1 AND part > 0 ORDER BY part",
+            None,
+            &[run_id.into()],
+        )?
+        .map(|r| Ok((r.get::<i32>(1)?.unwrap_or(0), r.get::<String>(2)?.unwrap_or_default(), r.get::<String>(3)?)))
+        .collect()
+    })
+}
+
 /// Deletes rows the source reports as deleted (its deletion log), set-based.
 pub fn delete_ids(source: &str, run_id: i64, ids: &[i64]) -> SpiResult<i64> {
     let n = Spi::get_one_with_args::<i64>(
@@ -429,8 +536,10 @@ pub fn finish_run(run_id: i64, status: &str, error: Option<&str>, requests: i64,
     Spi::run_with_args(
         "UPDATE gn2pg.run_log
             SET status = $2, error = $3, finished_at = now(),
-                http_requests = greatest(http_requests, $4), http_retries = greatest(http_retries, $5),
-                bytes_received = greatest(bytes_received, $6)
+                -- A parallel run's transport counters live in its parts.
+                http_requests = coalesce((SELECT sum(http_requests) FROM gn2pg.run_part WHERE run_id = $1), $4),
+                http_retries = coalesce((SELECT sum(http_retries) FROM gn2pg.run_part WHERE run_id = $1), $5),
+                bytes_received = coalesce((SELECT sum(bytes_received) FROM gn2pg.run_part WHERE run_id = $1), $6)
           WHERE id = $1",
         &[
             run_id.into(),

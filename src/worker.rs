@@ -46,6 +46,39 @@ pub fn launch(run_id: i64, source: &str, mode: &str, wait_for_commit: bool) -> R
         })
 }
 
+/// Starts a part worker of a parallel run, from the run's own worker (same database and role).
+pub fn launch_part(run_id: i64, part: i32, source: &str) -> Result<DynamicBackgroundWorker, String> {
+    // SAFETY: reading backend globals of this worker.
+    let (db, user, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetUserId(), pg_sys::MyProcPid) };
+    let extra = format!("{} {} {} {}", u32::from(db), u32::from(user), part, source);
+    BackgroundWorkerBuilder::new(&format!("gn2pg harvest {source} part {part}"))
+        .set_type("gn2pg harvest part")
+        .set_library("gn2pg")
+        .set_function("gn2pg_part_worker")
+        .enable_spi_access()
+        .set_argument(run_id.into_datum())
+        .set_extra(&extra)
+        .set_notify_pid(pid)
+        .load_dynamic()
+        .map_err(|_| format!("no free background worker slot for part {part}: lower options.workers or raise max_worker_processes"))
+}
+
+/// Entry point of a part worker.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn gn2pg_part_worker(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SAFETY: the launcher passed an int8 by value.
+    let run_id = unsafe { i64::from_datum(arg, false) }.unwrap_or(0);
+    let extra = BackgroundWorker::get_extra().to_string();
+    let mut parts = extra.splitn(4, ' ');
+    let mut num = || parts.next().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+    let (db, user, part) = (num(), num(), num());
+    let source = parts.next().unwrap_or("").to_string();
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
+    run::execute_part(run_id, part as i32, &source);
+}
+
 /// Waits for a worker to exit. A cancel of the caller (Ctrl-C, statement_timeout,
 /// pg_cancel_backend) stops the worker too, then raises the usual cancel error.
 pub fn wait(worker: DynamicBackgroundWorker) -> Result<(), String> {

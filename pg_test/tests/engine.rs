@@ -172,6 +172,42 @@ fn parallel_streams_harvest_the_same_rows() {
 }
 
 #[test]
+fn parallel_workers_load_key_ranges_and_the_run_adds_them_up() {
+    let fx = fixture(10_500);
+    let mut db = TestDb::new("workers");
+    add_source(&mut db.client, "multi", &fx, 3, "public", r#"{"workers": 3}"#);
+    let run = harvest(&mut db.client, "multi", "full").unwrap();
+    assert_eq!(n(&run, "rows_upserted"), 10_500, "{run}");
+    assert!(n(&run, "http_requests") >= 12, "the parts' requests are counted: {run}");
+    let parts: Vec<(i32, String)> = db
+        .client
+        .query("SELECT part, status FROM gn2pg.run_part WHERE run_id = $1 ORDER BY part", &[&n(&run, "id")])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(parts, vec![(0, "success".into()), (1, "success".into()), (2, "success".into())]);
+    assert_equal_to_source(&mut db.client, "multi", &fx, 3);
+    // Deletions anywhere in the key space are swept by the part that owns the range.
+    let m = fx.mutate(Mutation { delete: 30, insert: 5, ..Default::default() });
+    let run = harvest(&mut db.client, "multi", "full").unwrap();
+    assert_eq!(n(&run, "rows_deleted"), m.deleted.len() as i64);
+    assert_equal_to_source(&mut db.client, "multi", &fx, 3);
+}
+
+#[test]
+fn a_failing_part_fails_the_parallel_run() {
+    let fx = fixture(6000);
+    let mut db = TestDb::new("workers_fail");
+    add_source(&mut db.client, "multi", &fx, 3, "public", r#"{"workers": 2, "max_retries": 0}"#);
+    fx.faults(Faults { error_every: 3, error_status: 500, ..Default::default() });
+    let err = harvest(&mut db.client, "multi", "full").unwrap_err();
+    assert!(err.contains("source \"multi\"") && err.contains("HTTP 500"), "{err}");
+    let rows = run_rows(&mut db.client, "multi");
+    assert_eq!(rows.last().unwrap().1, "failed");
+}
+
+#[test]
 fn auto_mode_reconciles_with_a_periodic_full_run() {
     let fx = fixture(2000);
     let mut db = TestDb::new("reconcile");

@@ -65,8 +65,12 @@ pub struct SourceOptions {
     pub overlap: Option<Duration>,
     /// `id_application` sent at login (required by GeoNature <= 2.9 only).
     pub id_application: Option<i64>,
-    /// Parallel key-range streams of a keyset full run (1 = sequential).
+    /// Parallel key-range streams of a keyset full run (1 = sequential), fetched concurrently
+    /// by one worker.
     pub streams: u32,
+    /// Background workers loading a keyset full run in parallel, one key range each: uses
+    /// several CPU cores of the database server.
+    pub workers: u32,
     /// `mode => 'auto'` runs a full (reconciling) harvest when the last successful full one is
     /// older than this; None = the default for the access mode, Some(0) = never.
     pub full_every_hours: Option<u64>,
@@ -90,6 +94,7 @@ impl Default for SourceOptions {
             overlap: None,
             id_application: None,
             streams: 1,
+            workers: 1,
             full_every_hours: None,
         }
     }
@@ -101,7 +106,7 @@ const RESERVED_PARAMS: &[&str] = &["limit", "offset", "orderby", "token", "order
 const KNOWN_OPTIONS: &[&str] = &[
     "page_size", "paging", "key_column", "uuid_column", "wkt_column", "updated_column",
     "module_path", "query", "connect_timeout_ms", "timeout_ms", "max_retries", "max_page_bytes",
-    "overlap_seconds", "id_application", "streams", "full_every_hours",
+    "overlap_seconds", "id_application", "streams", "workers", "full_every_hours",
 ];
 
 fn column_name(opt: &str, v: &Value) -> Result<String, SourceError> {
@@ -193,6 +198,7 @@ impl SourceOptions {
                     })?)
                 }
                 "streams" => o.streams = positive(k, val, 16)? as u32,
+                "workers" => o.workers = positive(k, val, 8)? as u32,
                 "full_every_hours" => {
                     o.full_every_hours = Some(val.as_u64().ok_or_else(|| {
                         SourceError::Config("option full_every_hours must be a non-negative integer (0: never)".into())

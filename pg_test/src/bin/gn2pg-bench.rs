@@ -5,7 +5,7 @@
 //! their ratios, the worker's memory, and an incremental run after 1 % of changes.
 //! Figures, not assertions: machines are noisy, so everything runs in one go and is compared.
 //!
-//! Usage (see bench/run.sh): gn2pg-bench [--rows 1000000] [--peer-rows 20000] [--gn2pg-cli PATH]
+//! Usage (see bench/run.sh): gn2pg-bench [--rows 1000000] [--peer-rows 20000] [--workers 2] [--gn2pg-cli PATH]
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,6 +103,23 @@ fn main() {
         run["source_wait_ms"]
     ));
 
+    // (2b) the same full harvest loaded by several workers, into an emptied table.
+    let workers: i32 = arg("--workers").and_then(|v| v.parse().ok()).unwrap_or(2);
+    db.client.batch_execute("TRUNCATE gn2pg.observation").unwrap();
+    db.client
+        .execute(
+            "SELECT gn2pg_add_source('bench', $1, 2, token => $2, options => jsonb_build_object('workers', $3::int))",
+            &[&fx.base_url(), &token, &workers],
+        )
+        .unwrap();
+    let t = Instant::now();
+    let prun: String = db.client.query_one("SELECT gn2pg_harvest('bench', 'full')::text", &[]).unwrap().get(0);
+    let pfull = t.elapsed();
+    let prun: serde_json::Value = serde_json::from_str(&prun).unwrap();
+    let ploaded = prun["rows_upserted"].as_i64().unwrap_or(0);
+    let par_rate = ploaded as f64 / secs(pfull);
+    out(format!("(2b) gn2pg_harvest full, workers => {workers}: {ploaded} rows in {:.1} s = {par_rate:.0} rows/s", secs(pfull)));
+
     // (1) COPY of the same rows into the same layout.
     let file = format!("/tmp/gn2pg-bench-{}.copy", std::process::id());
     db.client.batch_execute(&format!("COPY (SELECT * FROM gn2pg.observation) TO '{file}'")).unwrap();
@@ -195,9 +212,13 @@ fn main() {
     out(String::new());
     out("| figure | value | target |".into());
     out("|---|---|---|".into());
-    out(format!("| (2) / (1): gn2pg vs COPY | {:.2} | >= 0.8 |", gn2pg_rate / copy_rate));
+    out(format!("| (2) / (1): gn2pg (one worker) vs COPY | {:.2} | >= 0.8 |", gn2pg_rate / copy_rate));
+    out(format!("| (2b) / (1): gn2pg ({workers} workers) vs COPY | {:.2} | >= 0.8 |", par_rate / copy_rate));
     match peer_rate {
-        Some(p) => out(format!("| (2) / (3): gn2pg vs GN2PG 4 threads | {:.1} | >= 30 |", gn2pg_rate / p)),
+        Some(p) => {
+            out(format!("| (2) / (3): gn2pg (one worker) vs GN2PG 4 threads | {:.1} | >= 30 |", gn2pg_rate / p));
+            out(format!("| (2b) / (3): gn2pg ({workers} workers) vs GN2PG 4 threads | {:.1} | >= 30 |", par_rate / p));
+        }
         None => out("| (2) / (3): gn2pg vs GN2PG 4 threads | n/a | >= 30 |".into()),
     }
     let growth_mb = mem.peak_anon_kb.saturating_sub(mem.first_anon_kb) as f64 / 1024.0;
