@@ -384,6 +384,24 @@ fn fetch_columns(c: &mut SourceClient, params: &[(String, String)], fields: &Fie
     Ok((summary, cols))
 }
 
+/// Puts the next page request of stream `i` in flight on a helper thread.
+fn spawn_fetch(
+    jobs: &mut Jobs<Fetched>,
+    i: usize,
+    mut c: SourceClient,
+    pager: &Pager,
+    window: &[(String, String)],
+    fields: &Fields,
+) -> Result<(), SourceError> {
+    let mut params = pager.params();
+    params.extend(window.iter().cloned());
+    let fields = fields.clone();
+    jobs.spawn(move |flag| {
+        let r = fetch_columns(&mut c, &params, &fields, flag);
+        (i, c, r)
+    })
+}
+
 /// Runs one protocol step on a helper thread (see `Jobs`), so the backend stays cancellable.
 fn on_helper<T: Send + 'static>(
     client: &mut SourceClient,
@@ -563,14 +581,8 @@ fn load_ranges(
             if s.done {
                 continue;
             }
-            if let Some(mut c) = s.client.take() {
-                let mut params = s.pager.params();
-                params.extend(window.iter().cloned());
-                let fields = fields.clone();
-                jobs.spawn(move |flag| {
-                    let r = fetch_columns(&mut c, &params, &fields, flag);
-                    (i, c, r)
-                })?;
+            if let Some(c) = s.client.take() {
+                spawn_fetch(&mut jobs, i, c, &s.pager, &window, &fields)?;
             }
         }
         if jobs.running() == 0 {
@@ -590,14 +602,7 @@ fn load_ranges(
             stream.client = Some(c);
         } else {
             // Prefetch: the next page of this stream downloads while this one loads.
-            let mut c = c;
-            let mut params = stream.pager.params();
-            params.extend(window.iter().cloned());
-            let fields = fields.clone();
-            jobs.spawn(move |flag| {
-                let r = fetch_columns(&mut c, &params, &fields, flag);
-                (i, c, r)
-            })?;
+            spawn_fetch(&mut jobs, i, c, &stream.pager, &window, &fields)?;
         }
         pages += 1;
         if pages > MAX_PAGES {
@@ -636,6 +641,7 @@ fn deletions(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &Worke
 /// Loads a page with its progress row in one transaction; if the fast statement fails (a bad
 /// geometry raises), the page is loaded again in careful mode, which sends bad items to
 /// run_error instead of failing the page.
+#[allow(clippy::too_many_arguments)]
 fn load_page(
     fast: &str,
     careful: &str,

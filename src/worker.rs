@@ -103,10 +103,9 @@ pub fn wait(worker: DynamicBackgroundWorker) -> Result<(), String> {
         // SAFETY: reading sig_atomic_t flags of this process.
         let cancelled = unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 };
         if cancelled {
-            let stopping = worker.terminate();
+            let _stopping = worker.terminate();
             // Raises "canceling statement due to user request" (or terminates the session).
             pg_sys::check_for_interrupts!();
-            drop(stopping);
             return Err("interrupted".into());
         }
         pg_sys::check_for_interrupts!();

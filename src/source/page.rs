@@ -394,7 +394,7 @@ pub fn is_timestamp(s: &str) -> bool {
     if b.len() == 16 {
         return true;
     }
-    if b.get(16) != Some(&b':') || !num(17..19).is_some_and(|sec| sec < 60) {
+    if b.get(16) != Some(&b':') || num(17..19).is_none_or(|sec| sec >= 60) {
         return false;
     }
     match b.len() {
@@ -438,10 +438,10 @@ pub fn page_columns(body: &str, shape: Shape, f: &Fields) -> Result<Columns, Str
                     Some(format!("invalid acquisition framework uuid {}", short(c)))
                 } else if let Some(j) = jdd.as_deref().filter(|j| !is_uuid(j)) {
                     Some(format!("invalid dataset uuid {}", short(j)))
-                } else if let Some(t) = upd.as_deref().filter(|t| !is_timestamp(t)) {
-                    Some(format!("invalid timestamp {} in {}", short(t), f.updated))
                 } else {
-                    None
+                    upd.as_deref()
+                        .filter(|t| !is_timestamp(t))
+                        .map(|t| format!("invalid timestamp {} in {}", short(t), f.updated))
                 };
             }
         }
