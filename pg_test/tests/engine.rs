@@ -60,6 +60,21 @@ fn bursts_of_5xx_and_cut_answers_are_retried() {
 }
 
 #[test]
+fn an_expired_session_is_renewed_once() {
+    let fx = fixture(5000);
+    let mut db = TestDb::new("relogin");
+    add_source(&mut db.client, "sess", &fx, 1, "login", "{}");
+    fx.faults(Faults { slow_ms: 200, ..Default::default() });
+    let run = harvest_async(&mut db.client, "sess", "full");
+    wait_run(&mut db.client, run, Duration::from_secs(30), "2 pages", |r| n(r, "pages_done") >= 2 || finished(r));
+    fx.expire_sessions();
+    let r = wait_run(&mut db.client, run, Duration::from_secs(60), "end", finished);
+    assert_eq!(r["status"], "success", "{r}");
+    assert!(fx.stats().logins >= 2, "logged in again: {:?}", fx.stats());
+    assert_equal_to_source(&mut db.client, "sess", &fx, 1);
+}
+
+#[test]
 fn persistent_faults_fail_clearly_and_load_nothing_from_the_bad_page() {
     let fx = fixture(2000);
     let mut db = TestDb::new("faults");
