@@ -55,10 +55,10 @@ cat /tmp/gn2pg-demo-fixture.log
 psql_pg -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1 \
     || psql_pg -d postgres -c "CREATE DATABASE $DB" >/dev/null
 psql_pg -d "$DB" -q <<SQL
-CREATE EXTENSION IF NOT EXISTS gn2pg CASCADE;
-ALTER EXTENSION gn2pg UPDATE;
+-- gn2pg_demo is a scratch database: start from a fresh install of the build just made.
+DROP EXTENSION IF EXISTS gn2pg CASCADE;
+CREATE EXTENSION gn2pg CASCADE;
 CREATE EXTENSION IF NOT EXISTS pg_cron;
-SELECT gn2pg_remove_source('demo', drop_data => true) \gset
 SELECT gn2pg_add_source(
     name      => 'demo',
     url       => 'http://127.0.0.1:$PORT/geonature',
