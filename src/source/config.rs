@@ -65,6 +65,13 @@ pub struct SourceOptions {
     pub overlap: Option<Duration>,
     /// `id_application` sent at login (required by GeoNature <= 2.9 only).
     pub id_application: Option<i64>,
+    /// Name of the organisation that publishes the export (shown by `gn2pg.flow_status`).
+    pub organism: Option<String>,
+    /// Its id in the national organisms referential (free text: a number or a uuid).
+    pub organism_id: Option<String>,
+    /// Staleness limit of this source: no successful run for longer raises a `stale` alert.
+    /// `Some(ZERO)` means never stale; `None` falls back to `gn2pg.stale_after`.
+    pub stale_after: Option<Duration>,
 }
 
 impl Default for SourceOptions {
@@ -84,6 +91,9 @@ impl Default for SourceOptions {
             max_page_bytes: None,
             overlap: None,
             id_application: None,
+            organism: None,
+            organism_id: None,
+            stale_after: None,
         }
     }
 }
@@ -94,7 +104,7 @@ const RESERVED_PARAMS: &[&str] = &["limit", "offset", "orderby", "token", "order
 const KNOWN_OPTIONS: &[&str] = &[
     "page_size", "paging", "key_column", "uuid_column", "wkt_column", "updated_column",
     "module_path", "query", "connect_timeout_ms", "timeout_ms", "max_retries", "max_page_bytes",
-    "overlap_seconds", "id_application",
+    "overlap_seconds", "id_application", "organism", "organism_id", "stale_after_hours",
 ];
 
 fn column_name(opt: &str, v: &Value) -> Result<String, SourceError> {
@@ -110,6 +120,14 @@ fn column_name(opt: &str, v: &Value) -> Result<String, SourceError> {
         )));
     }
     Ok(s.to_string())
+}
+
+/// A short non-empty text without control characters (labels shown on dashboards).
+fn label(opt: &str, v: &Value, max: usize) -> Result<String, SourceError> {
+    match v.as_str().map(str::trim) {
+        Some(s) if !s.is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control) => Ok(s.to_string()),
+        _ => Err(SourceError::Config(format!("option {opt} must be a non-empty text of at most {max} characters"))),
+    }
 }
 
 fn positive(opt: &str, v: &Value, max: u64) -> Result<u64, SourceError> {
@@ -184,6 +202,22 @@ impl SourceOptions {
                     o.id_application = Some(val.as_i64().ok_or_else(|| {
                         SourceError::Config("option id_application must be an integer".into())
                     })?)
+                }
+                "organism" => o.organism = Some(label(k, val, 200)?),
+                "organism_id" => {
+                    o.organism_id = Some(match val {
+                        Value::Number(n) if n.is_u64() => n.to_string(),
+                        _ => label(k, val, 100)?,
+                    })
+                }
+                "stale_after_hours" => {
+                    o.stale_after = Some(Duration::from_secs(
+                        val.as_u64().filter(|n| *n <= 87_600).ok_or_else(|| {
+                            SourceError::Config(
+                                "option stale_after_hours must be an integer between 0 (never stale) and 87600".into(),
+                            )
+                        })? * 3600,
+                    ))
                 }
                 other => {
                     return Err(SourceError::Config(format!(
@@ -322,6 +356,30 @@ mod tests {
         assert!(SourceOptions::from_json(&json!({"page_size": 5000})).is_err());
         assert!(SourceOptions::from_json(&json!({"key_column": "id; drop"})).is_err());
         assert!(SourceOptions::from_json(&json!({"query": {"limit": 5}})).is_err());
+    }
+
+    #[test]
+    fn organisation_and_staleness_options() {
+        let o = SourceOptions::from_json(&json!({"organism": " PN Écrins ", "organism_id": 1234, "stale_after_hours": 36})).unwrap();
+        assert_eq!(o.organism.as_deref(), Some("PN Écrins"));
+        assert_eq!(o.organism_id.as_deref(), Some("1234"));
+        assert_eq!(o.stale_after, Some(Duration::from_secs(36 * 3600)));
+        let o = SourceOptions::from_json(&json!({"organism_id": "5a7e3b9c-0000-4000-8000-000000000001", "stale_after_hours": 0})).unwrap();
+        assert_eq!(o.organism_id.as_deref(), Some("5a7e3b9c-0000-4000-8000-000000000001"));
+        assert_eq!(o.stale_after, Some(Duration::ZERO), "0 means never stale");
+        assert_eq!(SourceOptions::from_json(&json!({})).unwrap().stale_after, None);
+        for bad in [
+            json!({"organism": ""}),
+            json!({"organism": 12}),
+            json!({"organism": "a\nb"}),
+            json!({"organism_id": -3}),
+            json!({"organism_id": ["x"]}),
+            json!({"stale_after_hours": -1}),
+            json!({"stale_after_hours": "2 days"}),
+            json!({"stale_after_hours": 100000}),
+        ] {
+            assert!(SourceOptions::from_json(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
