@@ -385,10 +385,14 @@ REVOKE ALL ON FUNCTION public.gn2pg_add_source(text, text, integer, text, text, 
 REVOKE ALL ON FUNCTION public.gn2pg_remove_source(text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.gn2pg_schedule(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.gn2pg_unschedule(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.gn2pg_schedule_check_flows(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.gn2pg_unschedule_check_flows() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.gn2pg_add_source(text, text, integer, text, text, text, text, jsonb, text) TO gn2pg_admin;
 GRANT EXECUTE ON FUNCTION public.gn2pg_remove_source(text, boolean) TO gn2pg_admin;
 GRANT EXECUTE ON FUNCTION public.gn2pg_schedule(text, text, text) TO gn2pg_admin;
 GRANT EXECUTE ON FUNCTION public.gn2pg_unschedule(text) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION public.gn2pg_schedule_check_flows(text) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION public.gn2pg_unschedule_check_flows() TO gn2pg_admin;
 
 REVOKE ALL ON FUNCTION public.gn2pg_harvest(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.gn2pg_harvest_async(text, text) FROM PUBLIC;
@@ -417,6 +421,9 @@ COMMENT ON FUNCTION public.gn2pg_harvest_scheduled(text, text) IS
 COMMENT ON FUNCTION public.gn2pg_schedule(text, text, text) IS
     'Creates or replaces the pg_cron job gn2pg:<source> (cron format, UTC); returns its job id. Admin only.';
 COMMENT ON FUNCTION public.gn2pg_unschedule(text) IS 'Removes the pg_cron job of a source; false if there was none. Admin only.';
+COMMENT ON FUNCTION public.gn2pg_schedule_check_flows(text) IS
+    'Creates or replaces the pg_cron job gn2pg:check-flows:<database> that runs gn2pg_check_flows(); returns its job id. Admin only.';
+COMMENT ON FUNCTION public.gn2pg_unschedule_check_flows() IS 'Removes the job of gn2pg_schedule_check_flows(); false if there was none. Admin only.';
 COMMENT ON FUNCTION public.gn2pg_check_flows() IS
     'Raises stale alerts for sources without a recent successful run (schedule it with pg_cron); returns the number raised.';
 COMMENT ON FUNCTION gn2pg._cron_next(text, timestamptz) IS 'Next time a pg_cron 1.4 schedule fires after a time (UTC); NULL if never.';

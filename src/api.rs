@@ -374,6 +374,19 @@ mod public {
         crate::schedule::unschedule(source)
     }
 
+    /// Creates or replaces the pg_cron job gn2pg:check-flows:<database>, which runs
+    /// gn2pg_check_flows(); returns its job id.
+    #[pg_extern]
+    fn gn2pg_schedule_check_flows(schedule: default!(&str, "'*/15 * * * *'")) -> i64 {
+        crate::schedule::schedule_check_flows(schedule)
+    }
+
+    /// Removes the job created by gn2pg_schedule_check_flows(); false if there was none.
+    #[pg_extern]
+    fn gn2pg_unschedule_check_flows() -> bool {
+        crate::schedule::unschedule_check_flows()
+    }
+
     /// Raises 'stale' alerts for sources without a recent successful run (schedule it with
     /// pg_cron); returns the number of alerts raised.
     #[pg_extern]

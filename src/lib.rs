@@ -44,6 +44,8 @@ extension_sql_file!(
         api::public::gn2pg_schedule,
         api::public::gn2pg_unschedule,
         api::public::gn2pg_check_flows,
+        api::public::gn2pg_schedule_check_flows,
+        api::public::gn2pg_unschedule_check_flows,
         schedule::cron_next,
         alert::stale_after_minutes,
     ]

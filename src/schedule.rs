@@ -159,13 +159,13 @@ fn cron_op(req: &Value) -> Result<Value, String> {
     Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('gn2pg:cron'))").map_err(|e| e.to_string())?;
     // Jobs of this name for this database, or for a database that was dropped since.
     let remove = "SELECT count(cron.unschedule(j.jobid))::bigint FROM cron.job j
-                   WHERE j.jobname = $1
+                   WHERE j.jobname = $1::name
                      AND (j.database = $2 OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_database d WHERE d.datname = j.database))";
     match op.as_str() {
         "schedule" => {
             let other = Spi::get_one_with_args::<String>(
                 "SELECT (SELECT j.database::text FROM cron.job j
-                          WHERE j.jobname = $1 AND j.database <> $2
+                          WHERE j.jobname = $1::name AND j.database <> $2
                             AND EXISTS (SELECT 1 FROM pg_catalog.pg_database d WHERE d.datname = j.database) LIMIT 1)",
                 &[job.as_str().into(), db.as_str().into()],
             )
@@ -252,8 +252,49 @@ pub extern "C-unwind" fn gn2pg_cron_worker(arg: pg_sys::Datum) {
     }
 }
 
+/// pg_cron job names are of type name: longer ones are cut at 63 bytes (queries compare
+/// with `$1::name`, which cuts the same way).
 fn job_name(source: &str) -> String {
     format!("gn2pg:{source}")
+}
+
+/// The job that runs gn2pg_check_flows() for this database.
+fn check_job_name(db: &str) -> String {
+    format!("gn2pg:check-flows:{db}")
+}
+
+fn check_schedule_expr(expr: &str) -> &str {
+    let expr = expr.trim();
+    if let Err(e) = crate::cron::parse(expr) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("gn2pg: invalid schedule {expr:?}: {e}"),
+            Some("Use cron format in UTC, e.g. '*/30 * * * *' (every 30 minutes) or '0 3 * * *' (03:00 UTC daily); pg_cron 1.4 has minute granularity."),
+        );
+    }
+    expr
+}
+
+/// Creates or replaces job `job` of this database, running `command` as the session user;
+/// returns (job id, cron database, role). Runs as the extension owner.
+fn schedule_job(job: &str, expr: &str, command: &str) -> (i64, String, String) {
+    // The job runs as the role that scheduled it: a login role (a background worker cannot
+    // connect as a NOLOGIN role on PostgreSQL 15), which needs gn2pg_operator to run harvests.
+    let run_as = Spi::get_one::<String>("SELECT session_user::text").ok().flatten().unwrap_or_default();
+    let (cron_db, cron_oid) = cron_database();
+    let db = current_database();
+    let answer = call_cron_worker(
+        cron_oid,
+        &json!({"op": "schedule", "job": job, "schedule": expr, "command": command, "database": db, "username": run_as}),
+    );
+    (answer["jobid"].as_i64().unwrap_or(0), cron_db, run_as)
+}
+
+/// Removes job `job` of this database; returns how many jobs were removed.
+fn unschedule_job(job: &str) -> i64 {
+    let (_, cron_oid) = cron_database();
+    let db = current_database();
+    call_cron_worker(cron_oid, &json!({"op": "unschedule", "job": job, "database": db}))["removed"].as_i64().unwrap_or(0)
 }
 
 fn current_database() -> String {
@@ -265,20 +306,8 @@ pub fn schedule(source: &str, expr: &str, mode: &str) -> i64 {
     access::require(access::ADMIN, "gn2pg_schedule()");
     crate::api::require_source(source);
     crate::api::parse_mode(mode);
-    let expr = expr.trim();
-    if let Err(e) = crate::cron::parse(expr) {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("gn2pg: invalid schedule {expr:?}: {e}"),
-            Some("Use cron format in UTC, e.g. '*/30 * * * *' (every 30 minutes) or '0 3 * * *' (03:00 UTC daily); pg_cron 1.4 has minute granularity."),
-        );
-    }
-    // The job runs as the role that scheduled it: a login role (a background worker cannot
-    // connect as a NOLOGIN role on PostgreSQL 15), which needs gn2pg_operator to run harvests.
-    let run_as = Spi::get_one::<String>("SELECT session_user::text").ok().flatten().unwrap_or_default();
+    let expr = check_schedule_expr(expr);
     access::as_owner(|| {
-        let (cron_db, cron_oid) = cron_database();
-        let db = current_database();
         let command = Spi::get_one_with_args::<String>(
             "SELECT pg_catalog.format('SELECT public.gn2pg_harvest_scheduled(%L, %L)', $1::text, $2::text)",
             &[source.into(), mode.into()],
@@ -286,11 +315,7 @@ pub fn schedule(source: &str, expr: &str, mode: &str) -> i64 {
         .ok()
         .flatten()
         .unwrap_or_default();
-        let answer = call_cron_worker(
-            cron_oid,
-            &json!({"op": "schedule", "job": job_name(source), "schedule": expr, "command": command, "database": db, "username": run_as}),
-        );
-        let jobid = answer["jobid"].as_i64().unwrap_or(0);
+        let (jobid, cron_db, run_as) = schedule_job(&job_name(source), expr, &command);
         Spi::run_with_args(
             "INSERT INTO gn2pg.schedule (source, schedule, mode, job_name, cron_jobid, cron_database, run_as)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -312,10 +337,7 @@ pub fn unschedule_unchecked(source: &str) -> bool {
         .ok()
         .flatten()
         .unwrap_or(false);
-    let (_, cron_oid) = cron_database();
-    let db = current_database();
-    let answer = call_cron_worker(cron_oid, &json!({"op": "unschedule", "job": job_name(source), "database": db}));
-    let removed = answer["removed"].as_i64().unwrap_or(0);
+    let removed = unschedule_job(&job_name(source));
     let _ = Spi::run_with_args("DELETE FROM gn2pg.schedule WHERE source = $1", &[source.into()]);
     had_row || removed > 0
 }
@@ -329,6 +351,20 @@ pub fn unschedule(source: &str) -> bool {
         pgrx::notice!("gn2pg: source \"{source}\" has no schedule, nothing removed");
     }
     removed
+}
+
+/// `gn2pg_schedule_check_flows`: creates or replaces the job `gn2pg:check-flows:<database>`
+/// that runs gn2pg_check_flows(); returns its job id.
+pub fn schedule_check_flows(expr: &str) -> i64 {
+    access::require(access::ADMIN, "gn2pg_schedule_check_flows()");
+    let expr = check_schedule_expr(expr);
+    access::as_owner(|| schedule_job(&check_job_name(&current_database()), expr, "SELECT public.gn2pg_check_flows()").0)
+}
+
+/// `gn2pg_unschedule_check_flows`: removes that job; false if there was none.
+pub fn unschedule_check_flows() -> bool {
+    access::require(access::ADMIN, "gn2pg_unschedule_check_flows()");
+    access::as_owner(|| unschedule_job(&check_job_name(&current_database())) > 0)
 }
 
 /// Whether pg_cron can be reached at all (for gn2pg_remove_source, which must work without it).

@@ -265,6 +265,32 @@ fn a_schedule_is_one_cron_job_and_rescheduling_replaces_it() {
     let again: bool = c.query_one("SELECT gn2pg_unschedule($1)", &[&src]).unwrap().get(0);
     assert!(!again);
 
+    // Job names are cut at 63 bytes by pg_cron; a long source name still gets exactly one job.
+    let long = format!("{}_{}", unique("long"), "x".repeat(63)).chars().take(63).collect::<String>();
+    c.execute("SELECT gn2pg_add_source($1, $2, 4)", &[&long, &fx.base_url()]).unwrap();
+    let _cleanup_long = Unschedule(&db, long.clone());
+    let cut: String = format!("gn2pg:{long}").chars().take(63).collect();
+    for expr in ["0 1 * * *", "0 2 * * *"] {
+        c.execute("SELECT gn2pg_schedule($1, $2)", &[&long, &expr]).unwrap();
+        let jobs = cron_jobs(&cut);
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        assert_eq!(jobs[0].1, expr);
+    }
+    assert!(c.query_one("SELECT gn2pg_unschedule($1)", &[&long]).unwrap().get::<_, bool>(0));
+    assert!(cron_jobs(&cut).is_empty());
+
+    // The staleness check has its job too, one per database.
+    let check_job = format!("gn2pg:check-flows:{}", db.name);
+    let check_id: i64 = c.query_one("SELECT gn2pg_schedule_check_flows()", &[]).unwrap().get(0);
+    let again_id: i64 = c.query_one("SELECT gn2pg_schedule_check_flows('*/5 * * * *')", &[]).unwrap().get(0);
+    let jobs = cron_jobs(&check_job);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert!(again_id > check_id);
+    assert_eq!((jobs[0].1.as_str(), jobs[0].2.as_str()), ("*/5 * * * *", "SELECT public.gn2pg_check_flows()"));
+    assert!(c.query_one("SELECT gn2pg_unschedule_check_flows()", &[]).unwrap().get::<_, bool>(0));
+    assert!(cron_jobs(&check_job).is_empty());
+    assert!(!c.query_one("SELECT gn2pg_unschedule_check_flows()", &[]).unwrap().get::<_, bool>(0));
+
     // Removing a scheduled source removes its job too.
     c.execute("SELECT gn2pg_schedule($1, '0 4 * * *')", &[&src]).unwrap();
     assert_eq!(cron_jobs(&job).len(), 1);
@@ -446,6 +472,39 @@ fn a_failing_source_raises_an_alert_notify_and_webhook_and_recovery_clears_it() 
         .unwrap()
         .get(0);
     assert_eq!(leaks, 0);
+}
+
+#[test]
+fn an_abandoned_run_raises_an_alert_that_the_next_success_resolves() {
+    let db = TestDb::new("abandoned");
+    let mut c = db.session();
+    let mut listener = db.session();
+    listener.batch_execute("LISTEN gn2pg_alert").unwrap();
+    let fx = fixture(100);
+    c.execute("SELECT gn2pg_add_source('crash', $1, 3)", &[&fx.base_url()]).unwrap();
+    // A run whose worker died (server crash, kill -9): still 'running', with a pid that is gone.
+    let dead: i64 = c
+        .query_one(
+            "INSERT INTO gn2pg.run_log (id, source, mode, status, worker_pid)
+             VALUES (nextval('gn2pg.run_log_id_seq'), 'crash', 'full', 'running', 2147483000) RETURNING id",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(flow(&mut c, "crash")["health"], "never_run");
+    // The next run marks it abandoned (alert), then succeeds (resolution).
+    let run = harvest(&mut c, "crash").unwrap();
+    let (kind, run_id, resolved_by): (String, i64, Option<i64>) = {
+        let r = c.query_one("SELECT kind, run_id, resolved_by_run FROM gn2pg.alert WHERE source = 'crash'", &[]).unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((kind.as_str(), run_id, resolved_by), ("abandoned", dead, run["id"].as_i64()));
+    let raised = next_alert(&mut listener, 10).expect("raised");
+    let resolved = next_alert(&mut listener, 10).expect("resolved");
+    assert_eq!((raised["event"].as_str(), raised["kind"].as_str()), (Some("raised"), Some("abandoned")));
+    assert_eq!((resolved["event"].as_str(), resolved["kind"].as_str()), (Some("resolved"), Some("abandoned")));
+    assert!(raised["message"].as_str().unwrap().contains("ended without finishing"), "{raised}");
+    assert_eq!(flow(&mut c, "crash")["health"], "ok");
 }
 
 #[test]
