@@ -647,6 +647,12 @@ fn hosts_not_in_allowed_hosts_are_refused() {
         .unwrap();
     let n: i64 = a.query_one("SELECT count(*) FROM gn2pg.source", &[]).unwrap().get(0);
     assert_eq!(n, 1);
+    // The list is superuser-only: a session cannot widen it, even before gn2pg is loaded.
+    let (mut fresh, _) = connect_as(&db.name, &admin);
+    let _ = fresh.batch_execute("SET gn2pg.allowed_hosts = '*'");
+    refused(&mut fresh, "SELECT gn2pg_add_source('far', 'https://geonature.forbidden.example/', 1)", "forbidden");
+    let e = fresh.batch_execute("SET gn2pg.allowed_hosts = '*'").map(|_| String::new()).unwrap_or_else(|e| error_text(&e));
+    assert!(e.contains("permission denied to set parameter"), "{e}");
     // A superuser decides the list, and is not bound by it.
     db.session().batch_execute("SELECT gn2pg_add_source('su', 'https://geonature.forbidden.example/', 1)").unwrap();
 }
