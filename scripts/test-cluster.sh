@@ -30,6 +30,11 @@ CONF
         printf '%s\n' "fsync = off" "full_page_writes = off" "synchronous_commit = off" >> "$DIR/data/postgresql.conf"
     fi
     as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 start >/dev/null
+    # pg_cron's own database (cron.database_name): the launcher starts once the extension exists.
+    as_pg "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -qX -v ON_ERROR_STOP=1 \
+        -c "CREATE DATABASE gn2pg_cron" >/dev/null
+    as_pg "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d gn2pg_cron -qX -v ON_ERROR_STOP=1 \
+        -c "CREATE EXTENSION pg_cron" >/dev/null
     echo "test cluster on 127.0.0.1:$PORT (data $DIR/data, log $DIR/server.log)"
     ;;
 stop)

@@ -1,11 +1,16 @@
 //! The SQL API (sql-api.md). Functions are created in `public` so that `SELECT
 //! gn2pg_harvest('pne')` works with the default search_path; tables stay in schema gn2pg.
 //! Each function validates its arguments, then hands over to the engine or the registry.
+//!
+//! Permissions (access.rs): each function checks the caller's role, then works as the
+//! extension owner: the tables are read-only for the gn2pg roles, and these functions are the
+//! only way to change them.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::{function_name, JsonB, PgLogLevel, PgSqlErrorCode};
 
+use crate::access::{self, ADMIN, OPERATOR};
 use crate::run::Requested;
 use crate::source::config::{api_root, auth_from_parts, SourceOptions};
 use crate::worker;
@@ -24,7 +29,7 @@ fn spi<T>(r: Result<T, pgrx::spi::Error>) -> T {
     r.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("gn2pg: SPI failed: {e}"), None))
 }
 
-fn check_name(name: &str) {
+pub(crate) fn check_name(name: &str) {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
@@ -45,7 +50,7 @@ fn source_exists(name: &str) -> bool {
     .unwrap_or(false)
 }
 
-fn require_source(name: &str) {
+pub(crate) fn require_source(name: &str) {
     check_name(name);
     if !source_exists(name) {
         raise(
@@ -66,7 +71,9 @@ pub fn add_source(
     password: Option<&str>,
     token: Option<&str>,
     options: Option<JsonB>,
+    alert_webhook: Option<&str>,
 ) -> i32 {
+    access::require(ADMIN, "gn2pg_add_source()");
     check_name(name);
     let bad = |m: String, hint: Option<&str>| -> ! { raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, m, hint) };
     let api = api_root(url).unwrap_or_else(|e| bad(format!("gn2pg: source \"{name}\": {e}"), Some("Give the GeoNature URL, e.g. https://geonature.example.org (with or without /api).")));
@@ -84,6 +91,31 @@ pub fn add_source(
     let auth = auth_from_parts(kind, login, password, token).unwrap_or_else(|e| bad(format!("gn2pg: source \"{name}\": {e}"), None));
     let options = options.map(|j| j.0).unwrap_or_else(|| serde_json::json!({}));
     SourceOptions::from_json(&options).unwrap_or_else(|e| bad(format!("gn2pg: source \"{name}\": {e}"), None));
+    // Only a superuser, or a host gn2pg.allowed_hosts lists, may make the server send requests.
+    access::check_host(&api, "source URL");
+    let webhook = alert_webhook.map(str::trim).filter(|s| !s.is_empty());
+    if let Some(w) = webhook {
+        let u = url::Url::parse(w)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()))
+            .unwrap_or_else(|| bad(format!("gn2pg: source \"{name}\": alert_webhook is not an http(s) URL"), None));
+        access::check_host(&u, "alert_webhook");
+    }
+    access::as_owner(|| store_source(name, &api, export_id, auth.kind(), options, login, password, token, webhook))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn store_source(
+    name: &str,
+    api: &url::Url,
+    export_id: i32,
+    kind: &str,
+    options: serde_json::Value,
+    login: Option<&str>,
+    password: Option<&str>,
+    token: Option<&str>,
+    webhook: Option<&str>,
+) -> i32 {
     let id = spi(Spi::get_one_with_args::<i32>(
         "INSERT INTO gn2pg.source (name, url, export_id, auth, options)
          VALUES ($1, $2, $3, $4, $5)
@@ -91,14 +123,15 @@ pub fn add_source(
             SET url = EXCLUDED.url, export_id = EXCLUDED.export_id, auth = EXCLUDED.auth,
                 options = EXCLUDED.options, updated_at = now()
          RETURNING id",
-        &[name.into(), api.as_str().into(), export_id.into(), auth.kind().into(), JsonB(options).into()],
+        &[name.into(), api.as_str().into(), export_id.into(), kind.into(), JsonB(options).into()],
     ))
     .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "gn2pg: source row not returned".into(), None));
     spi(Spi::run_with_args(
-        "INSERT INTO gn2pg.source_secret (source_id, login, password, token) VALUES ($1, $2, $3, $4)
+        "INSERT INTO gn2pg.source_secret (source_id, login, password, token, alert_webhook) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (source_id) DO UPDATE
-            SET login = EXCLUDED.login, password = EXCLUDED.password, token = EXCLUDED.token",
-        &[id.into(), login.into(), password.into(), token.into()],
+            SET login = EXCLUDED.login, password = EXCLUDED.password, token = EXCLUDED.token,
+                alert_webhook = EXCLUDED.alert_webhook",
+        &[id.into(), login.into(), password.into(), token.into(), webhook.into()],
     ));
     id
 }
@@ -115,7 +148,12 @@ fn active_run(name: &str) -> Option<i64> {
 }
 
 pub fn remove_source(name: &str, drop_data: bool) -> bool {
+    access::require(ADMIN, "gn2pg_remove_source()");
     check_name(name);
+    access::as_owner(|| remove_source_owned(name, drop_data))
+}
+
+fn remove_source_owned(name: &str, drop_data: bool) -> bool {
     if !source_exists(name) {
         pgrx::notice!("gn2pg: source \"{name}\" does not exist, nothing removed");
         return false;
@@ -127,6 +165,16 @@ pub fn remove_source(name: &str, drop_data: bool) -> bool {
             Some(&format!("Stop it with SELECT gn2pg_cancel({run}); or wait for it to end.")),
         );
     }
+    // Its pg_cron job would fire for a source that is gone.
+    let scheduled = spi(Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM gn2pg.schedule WHERE source = $1)", &[name.into()]))
+        .unwrap_or(false);
+    if scheduled {
+        if crate::schedule::cron_available() {
+            crate::schedule::unschedule_unchecked(name);
+        } else {
+            pgrx::warning!("gn2pg: pg_cron is not loaded: remove job gn2pg:{name} from cron.job yourself if it still exists");
+        }
+    }
     if drop_data {
         spi(Spi::run_with_args("DELETE FROM gn2pg.observation WHERE source = $1", &[name.into()]));
         spi(Spi::run_with_args("DELETE FROM gn2pg.metadata WHERE source = $1", &[name.into()]));
@@ -135,7 +183,7 @@ pub fn remove_source(name: &str, drop_data: bool) -> bool {
     true
 }
 
-fn parse_mode(mode: &str) -> Requested {
+pub(crate) fn parse_mode(mode: &str) -> Requested {
     Requested::parse(mode).unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -156,6 +204,11 @@ fn start_worker(run_id: i64, source: &str, mode: &str, wait_for_commit: bool) ->
 }
 
 pub fn harvest(source: &str, mode: &str) -> JsonB {
+    access::require(OPERATOR, "gn2pg_harvest()");
+    access::as_owner(|| harvest_owned(source, mode))
+}
+
+fn harvest_owned(source: &str, mode: &str) -> JsonB {
     require_source(source);
     let requested = parse_mode(mode);
     let run_id = next_run_id();
@@ -189,14 +242,56 @@ pub fn harvest(source: &str, mode: &str) -> JsonB {
 }
 
 pub fn harvest_async(source: &str, mode: &str) -> i64 {
-    require_source(source);
-    parse_mode(mode);
-    let run_id = next_run_id();
-    start_worker(run_id, source, mode, true);
-    run_id
+    access::require(OPERATOR, "gn2pg_harvest_async()");
+    access::as_owner(|| {
+        require_source(source);
+        parse_mode(mode);
+        let run_id = next_run_id();
+        start_worker(run_id, source, mode, true);
+        run_id
+    })
+}
+
+/// What a pg_cron job runs: like gn2pg_harvest_async, but a source that is disabled or still
+/// being harvested (by the previous scheduled run, or by hand) is skipped quietly (NULL), so
+/// scheduled runs never overlap and a long run is not reported as a failure.
+pub fn harvest_scheduled(source: &str, mode: &str) -> Option<i64> {
+    access::require(OPERATOR, "gn2pg_harvest_scheduled()");
+    access::as_owner(|| {
+        require_source(source);
+        parse_mode(mode);
+        let (id, enabled) = Spi::connect(|c| {
+            let r = c.select("SELECT id, enabled FROM gn2pg.source WHERE name = $1", Some(1), &[source.into()])?.first();
+            Ok::<_, pgrx::spi::Error>((r.get::<i32>(1)?.unwrap_or(0), r.get::<bool>(2)?.unwrap_or(true)))
+        })
+        .unwrap_or((0, false));
+        if !enabled {
+            pgrx::log!("gn2pg: scheduled harvest of \"{source}\" skipped: the source is disabled");
+            return None;
+        }
+        // The engine's own per-source lock, tried and released at once: free means no run holds it.
+        let free = spi(Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('gn2pg.source'), $1)
+                    AND pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('gn2pg.source'), $1)",
+            &[id.into()],
+        ))
+        .unwrap_or(false);
+        if !free {
+            pgrx::log!("gn2pg: scheduled harvest of \"{source}\" skipped: a run is still going on");
+            return None;
+        }
+        let run_id = next_run_id();
+        start_worker(run_id, source, mode, true);
+        Some(run_id)
+    })
 }
 
 pub fn cancel(run_id: i64) -> bool {
+    access::require(OPERATOR, "gn2pg_cancel()");
+    access::as_owner(|| cancel_owned(run_id))
+}
+
+fn cancel_owned(run_id: i64) -> bool {
     let pid = spi(Spi::get_one_with_args::<i32>(
         "SELECT (SELECT r.worker_pid FROM gn2pg.run_log r
                   WHERE r.id = $1 AND r.status = 'running'
@@ -230,8 +325,9 @@ mod public {
         password: default!(Option<&str>, "NULL"),
         token: default!(Option<&str>, "NULL"),
         options: default!(Option<JsonB>, "'{}'"),
+        alert_webhook: default!(Option<&str>, "NULL"),
     ) -> i32 {
-        crate::api::add_source(name, url, export_id, auth, login, password, token, options)
+        crate::api::add_source(name, url, export_id, auth, login, password, token, options, alert_webhook)
     }
 
     /// Removes a source (refused while it runs). Harvested rows are kept unless drop_data.
@@ -257,5 +353,44 @@ mod public {
     #[pg_extern]
     fn gn2pg_cancel(run_id: i64) -> bool {
         crate::api::cancel(run_id)
+    }
+
+    /// What the pg_cron job of a source runs: starts a harvest like gn2pg_harvest_async, or
+    /// returns NULL without a run when the source is disabled or still being harvested.
+    #[pg_extern]
+    fn gn2pg_harvest_scheduled(source: &str, mode: default!(&str, "'auto'")) -> Option<i64> {
+        crate::api::harvest_scheduled(source, mode)
+    }
+
+    /// Creates or replaces the pg_cron job gn2pg:<source> (UTC cron format); returns its job id.
+    #[pg_extern]
+    fn gn2pg_schedule(source: &str, schedule: &str, mode: default!(&str, "'auto'")) -> i64 {
+        crate::schedule::schedule(source, schedule, mode)
+    }
+
+    /// Removes the pg_cron job of a source. Returns false if it had none.
+    #[pg_extern]
+    fn gn2pg_unschedule(source: &str) -> bool {
+        crate::schedule::unschedule(source)
+    }
+
+    /// Creates or replaces the pg_cron job gn2pg:check-flows:<database>, which runs
+    /// gn2pg_check_flows(); returns its job id.
+    #[pg_extern]
+    fn gn2pg_schedule_check_flows(schedule: default!(&str, "'*/15 * * * *'")) -> i64 {
+        crate::schedule::schedule_check_flows(schedule)
+    }
+
+    /// Removes the job created by gn2pg_schedule_check_flows(); false if there was none.
+    #[pg_extern]
+    fn gn2pg_unschedule_check_flows() -> bool {
+        crate::schedule::unschedule_check_flows()
+    }
+
+    /// Raises 'stale' alerts for sources without a recent successful run (schedule it with
+    /// pg_cron); returns the number of alerts raised.
+    #[pg_extern]
+    fn gn2pg_check_flows() -> i32 {
+        crate::alert::check_flows()
     }
 }

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use std::ffi::CString;
+
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 use crate::source::client::Limits;
@@ -14,6 +16,14 @@ static HTTP_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
 static MAX_PAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 << 20);
 static INCREMENTAL_OVERLAP_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
+/// Hosts that non-superusers may register (sources, webhooks). Empty: none.
+static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// Webhook of sources without their own (`alert_webhook` of gn2pg_add_source). Empty: none.
+static ALERT_WEBHOOK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+static ALERT_WEBHOOK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+static ALERT_WEBHOOK_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(2);
+/// Minutes without a successful run after which a source is late. 0: never.
+static STALE_AFTER_MIN: GucSetting<i32> = GucSetting::<i32>::new(2 * 24 * 60);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -66,6 +76,77 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_string_guc(
+        c"gn2pg.allowed_hosts",
+        c"Hosts that non-superusers may register as source or webhook URLs (comma-separated).",
+        c"'*' allows any host, '*.example.org' any sub-domain, otherwise exact host names or IP addresses. \
+Empty (the default): only superusers may register URLs. Set it in postgresql.conf or with ALTER SYSTEM.",
+        &ALLOWED_HOSTS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"gn2pg.alert_webhook",
+        c"URL that receives alerts (JSON POST) for sources without their own alert_webhook.",
+        c"Empty: alerts are only recorded in gn2pg.alert and sent with NOTIFY gn2pg_alert. Hidden from non-superusers.",
+        &ALERT_WEBHOOK,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"gn2pg.alert_webhook_timeout_ms",
+        c"Timeout of each alert webhook request.",
+        c"",
+        &ALERT_WEBHOOK_TIMEOUT_MS,
+        100,
+        600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"gn2pg.alert_webhook_retries",
+        c"Retries of an alert webhook request after a connection error, a timeout, HTTP 429 or 5xx.",
+        c"Waits double from 1 s between attempts.",
+        &ALERT_WEBHOOK_RETRIES,
+        0,
+        10,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"gn2pg.stale_after",
+        c"A source without a successful run for this long is late (health 'late', alert 'stale').",
+        c"0 disables. Per-source override: options.stale_after_hours.",
+        &STALE_AFTER_MIN,
+        0,
+        i32::MAX / 2,
+        GucContext::Suset,
+        GucFlags::UNIT_MIN,
+    );
+}
+
+fn text(s: &GucSetting<Option<CString>>) -> String {
+    s.get().map(|c| c.to_string_lossy().trim().to_string()).unwrap_or_default()
+}
+
+pub fn allowed_hosts() -> String {
+    text(&ALLOWED_HOSTS)
+}
+
+pub fn alert_webhook() -> Option<String> {
+    Some(text(&ALERT_WEBHOOK)).filter(|s| !s.is_empty())
+}
+
+pub fn alert_webhook_timeout() -> Duration {
+    Duration::from_millis(ALERT_WEBHOOK_TIMEOUT_MS.get().max(100) as u64)
+}
+
+pub fn alert_webhook_retries() -> u32 {
+    ALERT_WEBHOOK_RETRIES.get().max(0) as u32
+}
+
+pub fn stale_after_minutes() -> i32 {
+    STALE_AFTER_MIN.get().max(0)
 }
 
 /// Effective transport limits for a source: its options first, then these settings.

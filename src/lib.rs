@@ -6,12 +6,20 @@
 //! - `worker`: launching, waiting for and entering background workers.
 //! - `api`: the SQL functions users call.
 //! - `guc`: `gn2pg.*` settings.
+//! - `access`: roles, running as the extension owner, `gn2pg.allowed_hosts`.
+//! - `cron`: cron expressions (validation, next run time); no PostgreSQL calls.
+//! - `schedule`: pg_cron jobs, created through a worker connected to the cron database.
+//! - `alert`: alert webhooks, delivered by a worker after commit.
 
 use pgrx::prelude::*;
 
+mod access;
+mod alert;
 mod api;
+mod cron;
 mod guc;
 mod run;
+mod schedule;
 mod source;
 mod store;
 mod worker;
@@ -20,7 +28,28 @@ pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/metadata.sql", name = "metadata", requires = ["schema"]);
-extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["schema", "metadata"]);
+extension_sql_file!(
+    "../sql/operations.sql",
+    name = "operations",
+    requires = [
+        "schema",
+        "metadata",
+        // Granted or used by sql/operations.sql.
+        api::public::gn2pg_add_source,
+        api::public::gn2pg_remove_source,
+        api::public::gn2pg_harvest,
+        api::public::gn2pg_harvest_async,
+        api::public::gn2pg_cancel,
+        api::public::gn2pg_harvest_scheduled,
+        api::public::gn2pg_schedule,
+        api::public::gn2pg_unschedule,
+        api::public::gn2pg_check_flows,
+        api::public::gn2pg_schedule_check_flows,
+        api::public::gn2pg_unschedule_check_flows,
+        schedule::cron_next,
+        alert::stale_after_minutes,
+    ]
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

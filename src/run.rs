@@ -260,6 +260,7 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
             if let Err(e) = tx(|| store::record_failed_start(run_id, name, requested.label(), &msg).map_err(spi_err)) {
                 pgrx::warning!("gn2pg: run {run_id} of source \"{name}\" failed ({msg}) and could not be logged: {e}");
             }
+            crate::alert::after_run();
             return;
         }
     };
@@ -317,6 +318,8 @@ fn finish(run_id: i64, name: &str, result: Result<(), Stop>, stats: Stats) {
     if let Err(e) = recorded {
         pgrx::warning!("gn2pg: could not record the end of run {run_id}: {e}");
     }
+    // Alerts were recorded with the status (trigger on run_log); their webhooks go out now.
+    crate::alert::after_run();
 }
 
 /// Transport counters of the stream clients, summed for the run log.

@@ -74,6 +74,13 @@ pub struct SourceOptions {
     /// `mode => 'auto'` runs a full (reconciling) harvest when the last successful full one is
     /// older than this; None = the default for the access mode, Some(0) = never.
     pub full_every_hours: Option<u64>,
+    /// Name of the organisation that publishes the export (shown by `gn2pg.flow_status`).
+    pub organism: Option<String>,
+    /// Its id in the national organisms referential (free text: a number or a uuid).
+    pub organism_id: Option<String>,
+    /// Staleness limit of this source: no successful run for longer raises a `stale` alert.
+    /// `Some(ZERO)` means never stale; `None` falls back to `gn2pg.stale_after`.
+    pub stale_after: Option<Duration>,
 }
 
 impl Default for SourceOptions {
@@ -96,6 +103,9 @@ impl Default for SourceOptions {
             streams: 1,
             workers: 1,
             full_every_hours: None,
+            organism: None,
+            organism_id: None,
+            stale_after: None,
         }
     }
 }
@@ -107,6 +117,7 @@ const KNOWN_OPTIONS: &[&str] = &[
     "page_size", "paging", "key_column", "uuid_column", "wkt_column", "updated_column",
     "module_path", "query", "connect_timeout_ms", "timeout_ms", "max_retries", "max_page_bytes",
     "overlap_seconds", "id_application", "streams", "workers", "full_every_hours",
+    "organism", "organism_id", "stale_after_hours",
 ];
 
 fn column_name(opt: &str, v: &Value) -> Result<String, SourceError> {
@@ -122,6 +133,14 @@ fn column_name(opt: &str, v: &Value) -> Result<String, SourceError> {
         )));
     }
     Ok(s.to_string())
+}
+
+/// A short non-empty text without control characters (labels shown on dashboards).
+fn label(opt: &str, v: &Value, max: usize) -> Result<String, SourceError> {
+    match v.as_str().map(str::trim) {
+        Some(s) if !s.is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control) => Ok(s.to_string()),
+        _ => Err(SourceError::Config(format!("option {opt} must be a non-empty text of at most {max} characters"))),
+    }
 }
 
 fn positive(opt: &str, v: &Value, max: u64) -> Result<u64, SourceError> {
@@ -203,6 +222,22 @@ impl SourceOptions {
                     o.full_every_hours = Some(val.as_u64().ok_or_else(|| {
                         SourceError::Config("option full_every_hours must be a non-negative integer (0: never)".into())
                     })?)
+                }
+                "organism" => o.organism = Some(label(k, val, 200)?),
+                "organism_id" => {
+                    o.organism_id = Some(match val {
+                        Value::Number(n) if n.is_u64() => n.to_string(),
+                        _ => label(k, val, 100)?,
+                    })
+                }
+                "stale_after_hours" => {
+                    o.stale_after = Some(Duration::from_secs(
+                        val.as_u64().filter(|n| *n <= 87_600).ok_or_else(|| {
+                            SourceError::Config(
+                                "option stale_after_hours must be an integer between 0 (never stale) and 87600".into(),
+                            )
+                        })? * 3600,
+                    ))
                 }
                 other => {
                     return Err(SourceError::Config(format!(
@@ -344,6 +379,30 @@ mod tests {
         let o = SourceOptions::from_json(&json!({"streams": 4, "full_every_hours": 0})).unwrap();
         assert_eq!((o.streams, o.full_every_hours), (4, Some(0)));
         assert!(SourceOptions::from_json(&json!({"streams": 0})).is_err());
+    }
+
+    #[test]
+    fn organisation_and_staleness_options() {
+        let o = SourceOptions::from_json(&json!({"organism": " PN Écrins ", "organism_id": 1234, "stale_after_hours": 36})).unwrap();
+        assert_eq!(o.organism.as_deref(), Some("PN Écrins"));
+        assert_eq!(o.organism_id.as_deref(), Some("1234"));
+        assert_eq!(o.stale_after, Some(Duration::from_secs(36 * 3600)));
+        let o = SourceOptions::from_json(&json!({"organism_id": "5a7e3b9c-0000-4000-8000-000000000001", "stale_after_hours": 0})).unwrap();
+        assert_eq!(o.organism_id.as_deref(), Some("5a7e3b9c-0000-4000-8000-000000000001"));
+        assert_eq!(o.stale_after, Some(Duration::ZERO), "0 means never stale");
+        assert_eq!(SourceOptions::from_json(&json!({})).unwrap().stale_after, None);
+        for bad in [
+            json!({"organism": ""}),
+            json!({"organism": 12}),
+            json!({"organism": "a\nb"}),
+            json!({"organism_id": -3}),
+            json!({"organism_id": ["x"]}),
+            json!({"stale_after_hours": -1}),
+            json!({"stale_after_hours": "2 days"}),
+            json!({"stale_after_hours": 100000}),
+        ] {
+            assert!(SourceOptions::from_json(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

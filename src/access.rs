@@ -1,0 +1,136 @@
+//! Who may do what. Three roles, created by the extension script (sql/operations.sql):
+//! `gn2pg_reader` (read status and data), `gn2pg_operator` (+ run and cancel harvests),
+//! `gn2pg_admin` (+ manage sources and schedules, read secrets). EXECUTE grants are the first
+//! gate; the SQL functions check the role again (a broad GRANT by mistake must not open them),
+//! then do their privileged work as the extension owner, like a SECURITY DEFINER function
+//! would, but only after the check.
+//!
+//! `gn2pg.allowed_hosts` limits which hosts a non-superuser may make the server talk to.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::{function_name, PgLogLevel, PgSqlErrorCode};
+use url::Url;
+
+pub const ADMIN: &str = "gn2pg_admin";
+pub const OPERATOR: &str = "gn2pg_operator";
+
+fn raise(code: PgSqlErrorCode, msg: String, hint: &str) -> ! {
+    pgrx::pg_sys::panic::ErrorReport::new(code, msg, function_name!()).set_hint(hint).report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+/// Refuses the call unless the current user has the privileges of `role` (superusers do).
+pub fn require(role: &str, function: &str) {
+    let ok = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.pg_has_role(current_user, $1::name, 'USAGE')",
+        &[role.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !ok {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("gn2pg: permission denied for {function}"),
+            &format!("{function} needs the privileges of role {role}: GRANT {role} TO <login role>;"),
+        );
+    }
+}
+
+pub fn is_superuser() -> bool {
+    // SAFETY: reads the current user id of this backend.
+    unsafe { pg_sys::superuser() }
+}
+
+/// Owner of the gn2pg extension: the role harvest workers run as.
+pub fn extension_owner() -> pg_sys::Oid {
+    Spi::get_one::<pg_sys::Oid>("SELECT (SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'gn2pg')")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "gn2pg: extension gn2pg is not installed in this database".into(), "CREATE EXTENSION gn2pg CASCADE;")
+        })
+}
+
+struct RestoreUser(pg_sys::Oid, i32);
+
+impl Drop for RestoreUser {
+    fn drop(&mut self) {
+        // SAFETY: puts back the user id and security context saved by `as_owner`; runs on return
+        // and while an ERROR unwinds (transaction abort would restore them too).
+        unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) }
+    }
+}
+
+/// Runs `f` as the extension owner, as the body of a SECURITY DEFINER function would run.
+/// Callers check the caller's role first (`require`).
+pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
+    let owner = extension_owner();
+    let mut uid = pg_sys::Oid::INVALID;
+    let mut ctx: i32 = 0;
+    // SAFETY: standard save / switch of the current user, as fmgr_security_definer does.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
+        pg_sys::SetUserIdAndSecContext(owner, ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    }
+    let _restore = RestoreUser(uid, ctx);
+    f()
+}
+
+/// Whether `host` (as `Url::host_str` gives it) matches the comma-separated `allowed` list:
+/// `*` allows any host, `*.example.org` any sub-domain of example.org, anything else one host
+/// name or IP address. Case and a trailing dot are ignored; IPv6 may be written with or without
+/// brackets.
+pub fn host_allowed(allowed: &str, host: &str) -> bool {
+    let norm = |s: &str| s.trim().trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    let host = norm(host);
+    if host.is_empty() {
+        return false;
+    }
+    allowed.split(',').map(norm).filter(|e| !e.is_empty()).any(|e| {
+        if e == "*" {
+            true
+        } else if let Some(domain) = e.strip_prefix("*.") {
+            host.len() > domain.len() + 1 && host.ends_with(domain) && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+        } else {
+            e == host
+        }
+    })
+}
+
+/// Refuses a URL whose host `gn2pg.allowed_hosts` does not allow, unless the caller is a
+/// superuser (who could change the setting anyway). `what` names the URL in the message.
+pub fn check_host(url: &Url, what: &str) {
+    if is_superuser() {
+        return;
+    }
+    let host = url.host_str().unwrap_or("");
+    let allowed = crate::guc::allowed_hosts();
+    if !host_allowed(&allowed, host) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("gn2pg: {what} host \"{host}\" is not allowed by gn2pg.allowed_hosts"),
+            "A superuser lists the hosts gn2pg may reach: ALTER SYSTEM SET gn2pg.allowed_hosts = 'geonature.example.org, *.example.net'; SELECT pg_reload_conf();",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn allowed_hosts_matching() {
+        let list = "geonature.example.org, *.sinp.fr ,127.0.0.1,[::1], Other.Example.NET.";
+        for ok in ["geonature.example.org", "GeoNature.Example.org", "a.sinp.fr", "x.y.sinp.fr", "127.0.0.1", "[::1]", "::1", "other.example.net"] {
+            assert!(host_allowed(list, ok), "{ok}");
+        }
+        for no in ["example.org", "sinp.fr", "evilsinp.fr", "geonature.example.org.evil.com", "127.0.0.2", "localhost", ""] {
+            assert!(!host_allowed(list, no), "{no}");
+        }
+        assert!(!host_allowed("", "geonature.example.org"), "empty list allows nothing");
+        assert!(!host_allowed(" , ", "a"), "blank entries are ignored");
+        assert!(host_allowed("*", "anything.example"));
+    }
+}
