@@ -65,6 +65,12 @@ pub struct SourceOptions {
     pub overlap: Option<Duration>,
     /// `id_application` sent at login (required by GeoNature <= 2.9 only).
     pub id_application: Option<i64>,
+    /// A second export of the same instance serving one row per acquisition framework with
+    /// its nested `datasets` (GN2PG's `metadata_only` view), harvested in full at the start of
+    /// every run into `gn2pg.metadata`.
+    pub metadata_export_id: Option<i32>,
+    /// Unique integer column of the metadata export, for paging (`id_ca`).
+    pub metadata_key_column: String,
 }
 
 impl Default for SourceOptions {
@@ -84,6 +90,8 @@ impl Default for SourceOptions {
             max_page_bytes: None,
             overlap: None,
             id_application: None,
+            metadata_export_id: None,
+            metadata_key_column: "id_ca".into(),
         }
     }
 }
@@ -94,7 +102,7 @@ const RESERVED_PARAMS: &[&str] = &["limit", "offset", "orderby", "token", "order
 const KNOWN_OPTIONS: &[&str] = &[
     "page_size", "paging", "key_column", "uuid_column", "wkt_column", "updated_column",
     "module_path", "query", "connect_timeout_ms", "timeout_ms", "max_retries", "max_page_bytes",
-    "overlap_seconds", "id_application",
+    "overlap_seconds", "id_application", "metadata_export_id", "metadata_key_column",
 ];
 
 fn column_name(opt: &str, v: &Value) -> Result<String, SourceError> {
@@ -185,6 +193,8 @@ impl SourceOptions {
                         SourceError::Config("option id_application must be an integer".into())
                     })?)
                 }
+                "metadata_export_id" => o.metadata_export_id = Some(positive(k, val, i32::MAX as u64)? as i32),
+                "metadata_key_column" => o.metadata_key_column = column_name(k, val)?,
                 other => {
                     return Err(SourceError::Config(format!(
                         "unknown option {other:?} (known: {})",
@@ -322,6 +332,18 @@ mod tests {
         assert!(SourceOptions::from_json(&json!({"page_size": 5000})).is_err());
         assert!(SourceOptions::from_json(&json!({"key_column": "id; drop"})).is_err());
         assert!(SourceOptions::from_json(&json!({"query": {"limit": 5}})).is_err());
+    }
+
+    #[test]
+    fn metadata_export_options() {
+        let o = SourceOptions::default();
+        assert_eq!((o.metadata_export_id, o.metadata_key_column.as_str()), (None, "id_ca"));
+        let o = SourceOptions::from_json(&json!({"metadata_export_id": 4, "metadata_key_column": "id_af"})).unwrap();
+        assert_eq!((o.metadata_export_id, o.metadata_key_column.as_str()), (Some(4), "id_af"));
+        for bad in [json!({"metadata_export_id": 0}), json!({"metadata_export_id": "4"}), json!({"metadata_export_id": -1}),
+                    json!({"metadata_key_column": "id ca"})] {
+            assert!(SourceOptions::from_json(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
