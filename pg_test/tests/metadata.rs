@@ -89,8 +89,11 @@ fn catalog(fx: &FixtureServer) -> Catalog {
     c
 }
 
-/// gn2pg.metadata of a source, keyed by (level, uuid): (name, parent, item, xmin).
-fn metadata(db: &mut Client, source: &str) -> BTreeMap<(String, String), (Option<String>, Option<String>, Option<Value>, String)> {
+/// A gn2pg.metadata row: (name, parent, item, xmin).
+type MetaRow = (Option<String>, Option<String>, Option<Value>, String);
+
+/// gn2pg.metadata of a source, keyed by (level, uuid).
+fn metadata(db: &mut Client, source: &str) -> BTreeMap<(String, String), MetaRow> {
     db.query(
         "SELECT level, uuid::text, name, parent_uuid::text, item::text, xmin::text FROM gn2pg.metadata WHERE source = $1",
         &[&source],
