@@ -19,8 +19,10 @@
 -- Functions run with search_path = pg_catalog (or are fully qualified), as background workers
 -- use the default search_path.
 
+-- An explicit sequence (not an identity) so that pg_dump keeps its state with the table.
+CREATE SEQUENCE gn2pg.mapping_id_seq AS integer;
 CREATE TABLE gn2pg.mapping (
-    id          integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          integer PRIMARY KEY DEFAULT nextval('gn2pg.mapping_id_seq'),
     source      text NOT NULL REFERENCES gn2pg.source (name) ON DELETE CASCADE ON UPDATE CASCADE,
     level       text NOT NULL CHECK (level IN ('ca', 'jdd')),
     source_uuid uuid,                       -- NULL: every CA (or JDD) of the source
@@ -28,6 +30,7 @@ CREATE TABLE gn2pg.mapping (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+ALTER SEQUENCE gn2pg.mapping_id_seq OWNED BY gn2pg.mapping.id;
 CREATE UNIQUE INDEX mapping_key ON gn2pg.mapping (source, level, source_uuid) NULLS NOT DISTINCT;
 COMMENT ON TABLE gn2pg.mapping IS
     'Where the rows of a source CA or JDD land. Manage with gn2pg_map_ca() / gn2pg_map_jdd() and their unmap counterparts.';
@@ -60,6 +63,7 @@ COMMENT ON TABLE gn2pg.mapping_state IS
     'Per source: whether harvested rows reflect the current mappings (version = applied_version). A pending remap is done by gn2pg_remap() or at the start of the next run.';
 
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.mapping', '');
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.mapping_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.target_metadata', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.mapping_state', '');
 

@@ -80,7 +80,8 @@ CREATE TABLE gn2pg.observation (
     source            text NOT NULL,
     id_data           bigint NOT NULL,       -- the source key (id_synthese)
     uuid              uuid,                  -- id_perm_sinp
-    item              jsonb NOT NULL,        -- the row as received, feature geometry excluded
+    item              jsonb NOT NULL,        -- the row as received, minus the feature geometry and
+                                             -- the nested ca_data/jdd_data (in gn2pg.metadata)
     geom              geometry(Geometry, 4326),
     ca_uuid           uuid,                  -- after mapping
     jdd_uuid          uuid,
