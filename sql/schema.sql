@@ -103,8 +103,9 @@ CREATE TABLE gn2pg.observation (
     source            text NOT NULL,
     id_data           bigint NOT NULL,       -- the source key (id_synthese)
     uuid              uuid,                  -- id_perm_sinp
-    -- The row as received, feature geometry excluded. lz4: items are ~1-3 KB, just over the
-    -- TOAST threshold, and pglz would cost more CPU than the rest of the load.
+    -- The row as received, minus the feature geometry and the nested ca_data/jdd_data (kept in
+    -- gn2pg.metadata). lz4: items are ~1-3 KB, just over the TOAST threshold, and pglz would
+    -- cost more CPU than the rest of the load.
     item              jsonb COMPRESSION lz4 NOT NULL,
     geom              geometry(Geometry, 4326),
     ca_uuid           uuid,                  -- after mapping

@@ -19,7 +19,7 @@ use crate::worker;
 use crate::source::client::{CancelFlag, Host, Jobs, SourceClient, Stats};
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
 use crate::source::error::redact_url;
-use crate::source::page::{page_columns, parse_page, Columns, Fields, PageSummary};
+use crate::source::page::{page_columns, parse_page, Columns, Fields, PageSummary, Shape};
 use crate::source::paging::{split_key_space, Pager, Step};
 use crate::source::SourceError;
 use crate::store::{self, PageLoad, PageSpec, Progress, RunStart};
@@ -72,6 +72,9 @@ impl From<SourceError> for Stop {
 /// Hard bound on pages in one run (a billion rows at 1000 per page): a runaway source cannot
 /// keep a worker busy forever.
 const MAX_PAGES: u64 = 1_000_000;
+
+/// Bound on pages of a metadata export (one item per acquisition framework).
+const MAX_METADATA_PAGES: u64 = 10_000;
 
 /// Cancellation and sleeping for a background worker: SIGTERM (gn2pg_cancel, shutdown) sets
 /// ShutdownRequestPending, which pgrx's handler does not turn into an ERROR, so we poll it.
@@ -204,6 +207,11 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String>
         });
     }
     store::mark_abandoned(name, run_id).map_err(spi_err)?;
+    // Mappings changed since the last remap move already harvested rows first.
+    let remapped = store::remap_if_pending(name).map_err(spi_err)?;
+    if remapped > 0 {
+        pgrx::log!("gn2pg: source \"{name}\": {remapped} harvested rows remapped to the current mappings");
+    }
     let hist = store::history(name, run_id).map_err(spi_err)?;
     let incremental_possible = hist.has_success && hist.max_source_action.is_some();
     let every = full_every_hours(&cfg);
@@ -441,6 +449,11 @@ fn harvest(
 ) -> Result<(), Stop> {
     on_helper(client, host, |c, flag| c.prepare(flag))?;
     let o = &setup.cfg.options;
+    if role == Role::Lead {
+        if let Some(export_id) = o.metadata_export_id {
+            harvest_metadata(run_id, setup, client, host, export_id)?;
+        }
+    }
     let offset = o.paging == PagingMode::Offset;
     let split = if o.workers > 1 { o.workers } else { o.streams };
     let ranges: Vec<(i64, Option<i64>)> = match &setup.start {
@@ -639,6 +652,53 @@ fn deletions(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &Worke
         Err(e) => return Err(e.into()),
     }
     Ok(())
+}
+
+/// The metadata export (`options.metadata_export_id`: one row per CA with its datasets) is
+/// small, so every run reads it in full, before the data, into gn2pg.metadata.
+fn harvest_metadata(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerHost, export_id: i32) -> Result<(), Stop> {
+    let o = &setup.cfg.options;
+    let key = o.metadata_key_column.as_str();
+    let failed = |m: String| Stop::Failed(format!("metadata export {export_id}: {m}"));
+    let mut pager = Pager::new(o.paging, key, o.page_size, 0, 0);
+    let sql = store::load_metadata_page_sql();
+    for _ in 0..MAX_METADATA_PAGES {
+        host.check_interrupts()?;
+        let params = pager.params();
+        let fetch_params = params.clone();
+        let fetched = on_helper(client, host, move |c, flag| c.fetch_other_export_page(export_id, &fetch_params, flag));
+        let body = fetched.map_err(|e| match e {
+            SourceError::Cancelled(m) => Stop::Cancelled(m),
+            other => failed(other.to_string()),
+        })?;
+        let summary = parse_page(&body, key).map_err(|cause| {
+            let url = redact_url(client.other_export_url(export_id, &params).as_str());
+            failed(SourceError::BadAnswer { url, cause }.to_string())
+        })?;
+        let step = pager.step_for(&summary).map_err(failed)?;
+        pager.advance(&summary);
+        let spec = store::MetadataPageSpec {
+            source: &setup.cfg.name,
+            run_id,
+            key_column: key,
+            feature_collection: summary.shape == Shape::FeatureCollection,
+        };
+        let s = &client.stats;
+        tx(|| {
+            let load = store::load_metadata_page(&sql, &spec, &body).map_err(spi_err)?;
+            pgrx::debug1!(
+                "gn2pg: run {run_id}: metadata page: {} items, {} CA/JDD rows written, {} rejected",
+                load.received, load.written, load.failed
+            );
+            store::record_metadata_page(run_id, load.failed, s.requests as i64, s.retries as i64, s.bytes as i64)
+                .map_err(spi_err)
+        })
+        .map_err(|e| failed(format!("page could not be loaded: {e}")))?;
+        if step == Step::Done {
+            return Ok(());
+        }
+    }
+    Err(failed(format!("more than {MAX_METADATA_PAGES} pages")))
 }
 
 /// Loads a page with its progress row in one transaction; if the fast statement fails (a bad

@@ -224,10 +224,32 @@ const CAREFUL_GEOM_ERROR: &str = "pg_geom.error";
 
 const UUID_RE: &str = "'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'";
 
+/// Upsert of gn2pg.metadata rows, shared by both loaders. One row per (source, level, uuid)
+/// holds the latest content; it is rewritten only when the content changed, and flat columns
+/// (a name, no object) never erase an object received earlier.
+const METADATA_UPSERT: &str = "
+    ON CONFLICT (source, level, uuid) DO UPDATE
+       SET name = coalesce(EXCLUDED.name, m.name),
+           parent_uuid = coalesce(EXCLUDED.parent_uuid, m.parent_uuid),
+           item = coalesce(EXCLUDED.item, m.item),
+           updated_at = now(), run_id = EXCLUDED.run_id
+     WHERE (EXCLUDED.name IS NOT NULL AND EXCLUDED.name IS DISTINCT FROM m.name)
+        OR (EXCLUDED.parent_uuid IS NOT NULL AND EXCLUDED.parent_uuid IS DISTINCT FROM m.parent_uuid)
+        OR (EXCLUDED.item IS NOT NULL AND EXCLUDED.item IS DISTINCT FROM m.item)
+    RETURNING 1";
+
+/// Join key standing for a NULL uuid (the IS NULL tests keep it apart from a real nil uuid).
+const NIL_UUID: &str = "00000000-0000-0000-0000-000000000000";
+
 /// $1 items (JSON text), $2 feature geometries (GeoJSON text), $3 keys, $4 uuids, $5 WKT,
 /// $6 source timestamps, $7 CA uuids, $8 JDD uuids, $9 rejection reasons: the columns of
 /// `page::Columns`, already validated; $10 source, $11 run id, $12 key column name (for
 /// messages), $13/$14 sweep range (NULL: no sweep / no upper bound).
+///
+/// Besides the rows, the statement upserts the CA and JDD the page carries into gn2pg.metadata,
+/// strips the nested `ca_data` / `jdd_data` objects from the stored item, and applies the
+/// mappings (gn2pg._resolve_mapping, sql/metadata.sql): `ca_uuid`/`jdd_uuid` hold the
+/// destination, `source_ca_uuid`/`source_jdd_uuid` what was received.
 const LOAD_PAGE_SQL: &str = r#"
 WITH input AS (
     SELECT t.ord, t.item::jsonb AS p, t.geojson::jsonb AS g, t.id_data, t.uuid_text, t.wkt,
@@ -276,13 +298,47 @@ WITH input AS (
     UNION ALL
     SELECT $11, $10, NULL, j.uuid_text, j.p, j.reason FROM judged j WHERE j.id_data IS NULL
     RETURNING 1
+), pairs AS (
+    -- The mapping is resolved once per page, for the few distinct (CA, JDD) pairs it holds.
+    SELECT array_agg(k.ca) AS cas, array_agg(k.jdd) AS jdds
+      FROM (SELECT DISTINCT v.ca, v.jdd FROM verdict v WHERE v.why IS NULL) k
+), resolved AS MATERIALIZED (
+    -- Computed once: inlined, the planner may rerun it for every row of the page.
+    SELECT r.source_ca, r.source_jdd, r.ca_uuid, r.jdd_uuid
+      FROM pairs, gn2pg._resolve_mapping($10, pairs.cas, pairs.jdds) r
+), meta_pick AS (
+    -- Each CA and JDD of the page once, from the last accepted row carrying it.
+    SELECT DISTINCT ON (k.level, k.uuid) k.level, k.uuid, k.ord
+      FROM verdict v
+     CROSS JOIN LATERAL (VALUES ('ca', v.ca, v.ord), ('jdd', v.jdd, v.ord)) AS k(level, uuid, ord)
+     WHERE v.why IS NULL AND k.uuid IS NOT NULL
+     ORDER BY k.level, k.uuid, k.ord DESC
+), meta_written AS (
+    -- Flat views give a name (ca_nom, jdd_nom); views with metadata give the whole object.
+    INSERT INTO gn2pg.metadata AS m (source, level, uuid, name, parent_uuid, item, run_id)
+    SELECT $10, k.level, k.uuid,
+           CASE WHEN k.level = 'ca' THEN coalesce(v.p ->> 'ca_nom', v.p -> 'ca_data' ->> 'name')
+                ELSE coalesce(v.p ->> 'jdd_nom', v.p -> 'jdd_data' ->> 'name') END,
+           CASE WHEN k.level = 'jdd' THEN v.ca END,
+           CASE WHEN k.level = 'ca' AND jsonb_typeof(v.p -> 'ca_data') = 'object' THEN v.p -> 'ca_data'
+                WHEN k.level = 'jdd' AND jsonb_typeof(v.p -> 'jdd_data') = 'object' THEN v.p -> 'jdd_data' END,
+           $11
+      FROM meta_pick k JOIN verdict v ON v.ord = k.ord
+    {meta_upsert}
 ), written AS (
+    -- The nested metadata objects live in gn2pg.metadata only, not in every row.
     INSERT INTO gn2pg.observation AS o
            (source, id_data, uuid, item, geom, ca_uuid, jdd_uuid, source_ca_uuid, source_jdd_uuid,
             source_updated_at, updated_at, run_id)
-    SELECT $10, v.id_data, v.uuid, v.p, v.geom, v.ca, v.jdd, v.ca, v.jdd,
+    SELECT $10, v.id_data, v.uuid,
+           CASE WHEN v.p ? 'ca_data' OR v.p ? 'jdd_data' THEN v.p - '{ca_data,jdd_data}'::text[] ELSE v.p END,
+           v.geom, coalesce(r.ca_uuid, v.ca), coalesce(r.jdd_uuid, v.jdd), v.ca, v.jdd,
            v.source_updated_at, now(), $11
-      FROM verdict v WHERE v.why IS NULL
+      FROM verdict v
+      LEFT JOIN resolved r
+             ON coalesce(r.source_ca, '{nil}') = coalesce(v.ca, '{nil}') AND (r.source_ca IS NULL) = (v.ca IS NULL)
+            AND coalesce(r.source_jdd, '{nil}') = coalesce(v.jdd, '{nil}') AND (r.source_jdd IS NULL) = (v.jdd IS NULL)
+     WHERE v.why IS NULL
     ON CONFLICT (source, id_data) DO UPDATE
        SET uuid = EXCLUDED.uuid, item = EXCLUDED.item, geom = EXCLUDED.geom,
            ca_uuid = EXCLUDED.ca_uuid, jdd_uuid = EXCLUDED.jdd_uuid,
@@ -293,6 +349,9 @@ WITH input AS (
      WHERE o.item IS DISTINCT FROM EXCLUDED.item
         OR coalesce(NOT (o.geom OPERATOR({pg}.=) EXCLUDED.geom), (o.geom IS NULL) <> (EXCLUDED.geom IS NULL))
         OR o.uuid IS DISTINCT FROM EXCLUDED.uuid
+        OR o.ca_uuid IS DISTINCT FROM EXCLUDED.ca_uuid OR o.jdd_uuid IS DISTINCT FROM EXCLUDED.jdd_uuid
+        OR o.source_ca_uuid IS DISTINCT FROM EXCLUDED.source_ca_uuid
+        OR o.source_jdd_uuid IS DISTINCT FROM EXCLUDED.source_jdd_uuid
     RETURNING (o.xmax = 0) AS inserted
 ), swept AS (
     DELETE FROM gn2pg.observation o
@@ -322,6 +381,8 @@ pub fn load_page_sql(postgis_schema: &str, careful: bool) -> String {
         .replace("{geom_error}", err)
         .replace("{geom}", geom)
         .replace("{uuid_re}", UUID_RE)
+        .replace("{meta_upsert}", METADATA_UPSERT)
+        .replace("{nil}", NIL_UUID)
         .replace("{pg}", &quote_identifier(postgis_schema))
 }
 
@@ -364,6 +425,132 @@ pub fn load_page(sql: &str, spec: &PageSpec, cols: &Columns) -> SpiResult<PageLo
             max_source_action: r.get::<String>(7)?,
         })
     })
+}
+
+/// $1 body, $2 source, $3 run id, $4 key column, $5 FeatureCollection?
+///
+/// One page of a metadata export (GN2PG's `metadata_only` view): one item per CA (`ca_uuid`,
+/// `ca_nom`, `ca_data`) with its datasets nested in `datasets` (`jdd_uuid`, `jdd_nom`,
+/// `jdd_data`). Everything goes to gn2pg.metadata; bad entries go to gn2pg.run_error.
+const LOAD_METADATA_PAGE_SQL: &str = r#"
+WITH doc AS (
+    SELECT $1::jsonb AS j
+), elems AS (
+    SELECT t.ord, CASE WHEN $5 THEN t.e -> 'properties' ELSE t.e END AS p
+      FROM doc,
+           jsonb_array_elements(CASE WHEN $5 THEN doc.j -> 'items' -> 'features'
+                                     ELSE doc.j -> 'items' END) WITH ORDINALITY AS t(e, ord)
+), cas AS (
+    SELECT e.ord, e.p,
+           CASE WHEN jsonb_typeof(e.p -> $4) IN ('number', 'string') AND (e.p ->> $4) ~ '^-?[0-9]{1,18}$'
+                THEN (e.p ->> $4)::bigint END AS id_data,
+           coalesce(e.p ->> 'ca_uuid', e.p -> 'ca_data' ->> 'uuid') AS uuid_text
+      FROM elems e
+), entries AS (
+    SELECT c.ord, 0::bigint AS sub, 'ca'::text AS level, c.id_data, c.p AS raw, c.uuid_text,
+           coalesce(c.p ->> 'ca_nom', c.p -> 'ca_data' ->> 'name') AS name,
+           NULL::text AS parent_text,
+           CASE WHEN jsonb_typeof(c.p -> 'ca_data') = 'object' THEN c.p -> 'ca_data' END AS item
+      FROM cas c
+    UNION ALL
+    SELECT c.ord, d.ord, 'jdd', c.id_data, d.e,
+           coalesce(d.e ->> 'jdd_uuid', d.e -> 'jdd_data' ->> 'uuid'),
+           coalesce(d.e ->> 'jdd_nom', d.e -> 'jdd_data' ->> 'name'),
+           c.uuid_text,
+           CASE WHEN jsonb_typeof(d.e -> 'jdd_data') = 'object' THEN d.e -> 'jdd_data' END
+      FROM cas c
+     CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(c.p -> 'datasets') = 'array'
+                                                  THEN c.p -> 'datasets' ELSE '[]'::jsonb END)
+                        WITH ORDINALITY AS d(e, ord)
+), typed AS (
+    SELECT x.*,
+           CASE WHEN x.uuid_text ~ {uuid_re} THEN x.uuid_text::uuid END AS uuid,
+           CASE WHEN x.parent_text ~ {uuid_re} THEN x.parent_text::uuid END AS parent,
+           CASE WHEN jsonb_typeof(x.raw) IS DISTINCT FROM 'object'
+                     THEN CASE x.level WHEN 'ca' THEN 'item' ELSE 'dataset entry' END || ' is not a JSON object'
+                WHEN x.uuid_text IS NULL
+                     THEN CASE x.level WHEN 'ca' THEN 'missing acquisition framework uuid (ca_uuid)'
+                                       ELSE 'missing dataset uuid (jdd_uuid)' END
+                WHEN NOT (x.uuid_text ~ {uuid_re})
+                     THEN format('invalid %s uuid %s',
+                                 CASE x.level WHEN 'ca' THEN 'acquisition framework' ELSE 'dataset' END,
+                                 left(x.uuid_text, 80))
+           END AS reason
+      FROM entries x
+), rejected AS (
+    INSERT INTO gn2pg.run_error (run_id, source, id_data, uuid, item, error)
+    SELECT $3, $2, t.id_data, t.uuid_text, t.raw, 'metadata export: ' || t.reason
+      FROM typed t WHERE t.reason IS NOT NULL
+    RETURNING 1
+), picked AS (
+    SELECT DISTINCT ON (t.level, t.uuid) t.*
+      FROM typed t WHERE t.reason IS NULL ORDER BY t.level, t.uuid, t.ord DESC, t.sub DESC
+), written AS (
+    INSERT INTO gn2pg.metadata AS m (source, level, uuid, name, parent_uuid, item, run_id)
+    SELECT $2, p.level, p.uuid, p.name, p.parent, p.item, $3 FROM picked p
+    {meta_upsert}
+)
+SELECT (SELECT count(*) FROM elems), (SELECT count(*) FROM written), (SELECT count(*) FROM rejected)
+"#;
+
+pub fn load_metadata_page_sql() -> String {
+    LOAD_METADATA_PAGE_SQL
+        .replace("{uuid_re}", UUID_RE)
+        .replace("{meta_upsert}", METADATA_UPSERT)
+}
+
+/// Where the items of a metadata export are.
+pub struct MetadataPageSpec<'a> {
+    pub source: &'a str,
+    pub run_id: i64,
+    pub key_column: &'a str,
+    pub feature_collection: bool,
+}
+
+/// Counters of one metadata page.
+#[derive(Debug, Default, Clone)]
+pub struct MetadataLoad {
+    /// CA items in the page.
+    pub received: i64,
+    /// CA and JDD rows inserted or changed.
+    pub written: i64,
+    /// CA items and dataset entries rejected.
+    pub failed: i64,
+}
+
+pub fn load_metadata_page(sql: &str, spec: &MetadataPageSpec, body: &str) -> SpiResult<MetadataLoad> {
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            sql,
+            None,
+            &[
+                body.into(),
+                spec.source.into(),
+                spec.run_id.into(),
+                spec.key_column.into(),
+                spec.feature_collection.into(),
+            ],
+        )?;
+        let r = t.first();
+        let n = |i| -> SpiResult<i64> { Ok(r.get::<i64>(i)?.unwrap_or(0)) };
+        Ok(MetadataLoad { received: n(1)?, written: n(2)?, failed: n(3)? })
+    })
+}
+
+/// Run log progress of a metadata page: its rejected entries and the transport counters.
+pub fn record_metadata_page(run_id: i64, failed: i64, requests: i64, retries: i64, bytes: i64) -> SpiResult<()> {
+    Spi::run_with_args(
+        "UPDATE gn2pg.run_log
+            SET rows_failed = rows_failed + $2, http_requests = $3, http_retries = $4, bytes_received = $5
+          WHERE id = $1",
+        &[run_id.into(), failed.into(), (requests as i32).into(), (retries as i32).into(), bytes.into()],
+    )
+}
+
+/// Applies mappings changed since the last remap to every harvested row of the source (the
+/// caller holds the source lock). Returns the rows changed.
+pub fn remap_if_pending(source: &str) -> SpiResult<i64> {
+    Ok(Spi::get_one_with_args::<i64>("SELECT gn2pg._remap_if_pending($1)", &[source.into()])?.unwrap_or(0))
 }
 
 /// Progress of a run, written in the same transaction as the page it accounts for, so the

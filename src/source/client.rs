@@ -252,6 +252,40 @@ impl SourceClient {
         }
     }
 
+    /// URL of another export of the same instance (the metadata export): same module and
+    /// credentials, but without the data filters of `options.query`.
+    pub fn other_export_url(&self, export_id: i32, params: &[(String, String)]) -> Url {
+        let path = self.module_path.as_deref().unwrap_or("exports");
+        let mut url = self.cfg.endpoint(&format!("{path}/api/{export_id}"));
+        {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in params {
+                q.append_pair(k, v);
+            }
+            if let Auth::Token(t) = &self.cfg.auth {
+                q.append_pair("token", t);
+            }
+        }
+        url
+    }
+
+    /// Fetches one page of another export of the same instance, like [`Self::fetch_export_page`].
+    pub fn fetch_other_export_page(
+        &mut self,
+        export_id: i32,
+        params: &[(String, String)],
+        host: &dyn Host,
+    ) -> Result<String, SourceError> {
+        let url = self.other_export_url(export_id, params);
+        match self.get_json(&url, host) {
+            Err(SourceError::AuthRequired { .. }) if matches!(self.cfg.auth, Auth::Login { .. }) => {
+                self.login(host)?;
+                self.get_json(&url, host)
+            }
+            other => other,
+        }
+    }
+
     /// Ids deleted at the source since `since` (`/synthese/log`, login sources, GN >= 2.12).
     pub fn fetch_deletions(&mut self, since: &str, host: &dyn Host) -> Result<Vec<i64>, SourceError> {
         const LIMIT: usize = 1000;

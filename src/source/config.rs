@@ -81,6 +81,12 @@ pub struct SourceOptions {
     /// Staleness limit of this source: no successful run for longer raises a `stale` alert.
     /// `Some(ZERO)` means never stale; `None` falls back to `gn2pg.stale_after`.
     pub stale_after: Option<Duration>,
+    /// A second export of the same instance serving one row per acquisition framework with
+    /// its nested `datasets` (GN2PG's `metadata_only` view), harvested in full at the start of
+    /// every run into `gn2pg.metadata`.
+    pub metadata_export_id: Option<i32>,
+    /// Unique integer column of the metadata export, for paging (`id_ca`).
+    pub metadata_key_column: String,
 }
 
 impl Default for SourceOptions {
@@ -106,6 +112,8 @@ impl Default for SourceOptions {
             organism: None,
             organism_id: None,
             stale_after: None,
+            metadata_export_id: None,
+            metadata_key_column: "id_ca".into(),
         }
     }
 }
@@ -117,7 +125,7 @@ const KNOWN_OPTIONS: &[&str] = &[
     "page_size", "paging", "key_column", "uuid_column", "wkt_column", "updated_column",
     "module_path", "query", "connect_timeout_ms", "timeout_ms", "max_retries", "max_page_bytes",
     "overlap_seconds", "id_application", "streams", "workers", "full_every_hours",
-    "organism", "organism_id", "stale_after_hours",
+    "organism", "organism_id", "stale_after_hours", "metadata_export_id", "metadata_key_column",
 ];
 
 fn column_name(opt: &str, v: &Value) -> Result<String, SourceError> {
@@ -239,6 +247,8 @@ impl SourceOptions {
                         })? * 3600,
                     ))
                 }
+                "metadata_export_id" => o.metadata_export_id = Some(positive(k, val, i32::MAX as u64)? as i32),
+                "metadata_key_column" => o.metadata_key_column = column_name(k, val)?,
                 other => {
                     return Err(SourceError::Config(format!(
                         "unknown option {other:?} (known: {})",
@@ -401,6 +411,18 @@ mod tests {
             json!({"stale_after_hours": "2 days"}),
             json!({"stale_after_hours": 100000}),
         ] {
+            assert!(SourceOptions::from_json(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metadata_export_options() {
+        let o = SourceOptions::default();
+        assert_eq!((o.metadata_export_id, o.metadata_key_column.as_str()), (None, "id_ca"));
+        let o = SourceOptions::from_json(&json!({"metadata_export_id": 4, "metadata_key_column": "id_af"})).unwrap();
+        assert_eq!((o.metadata_export_id, o.metadata_key_column.as_str()), (Some(4), "id_af"));
+        for bad in [json!({"metadata_export_id": 0}), json!({"metadata_export_id": "4"}), json!({"metadata_export_id": -1}),
+                    json!({"metadata_key_column": "id ca"})] {
             assert!(SourceOptions::from_json(&bad).is_err(), "{bad}");
         }
     }
