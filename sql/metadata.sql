@@ -309,6 +309,21 @@ COMMENT ON FUNCTION gn2pg._remap_if_pending(text) IS 'Internal: called by the ha
 -- ------------------------------------------------------------------------------------------
 -- User-facing functions (public, so they are callable without qualification)
 
+-- Refuses the call unless the caller has the privileges of p_role. Mapping functions call it
+-- first: EXECUTE granted by mistake is not enough (roles and grants: sql/operations.sql).
+CREATE FUNCTION gn2pg._require(p_role text, p_fn text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF NOT pg_has_role(current_user, p_role, 'USAGE') THEN
+        RAISE EXCEPTION 'gn2pg: permission denied for %()', p_fn
+              USING ERRCODE = 'insufficient_privilege',
+                    HINT = format('%s needs the privileges of role %s: GRANT %s TO <login role>;', p_fn, p_role, p_role);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION gn2pg._require(text, text) IS 'Internal: role check of the mapping functions.';
+
+
 CREATE FUNCTION public.gn2pg_describe_target(level text, target_uuid text, name text DEFAULT NULL,
                                              description text DEFAULT NULL, parent_ca text DEFAULT NULL)
 RETURNS void
@@ -318,6 +333,7 @@ DECLARE
     v_uuid   uuid := gn2pg._uuid_arg('gn2pg_describe_target', 'target_uuid', $2);
     v_parent uuid := gn2pg._uuid_arg('gn2pg_describe_target', 'parent_ca', $5);
 BEGIN
+    PERFORM gn2pg._require('gn2pg_admin', 'gn2pg_describe_target');
     IF v_uuid IS NULL THEN
         RAISE EXCEPTION 'gn2pg_describe_target: target_uuid must not be NULL'
               USING ERRCODE = 'null_value_not_allowed', HINT = 'Give the uuid of the CA or JDD on this platform.';
@@ -341,6 +357,7 @@ DECLARE
     v_src    uuid;
     v_tgt    uuid;
 BEGIN
+    PERFORM gn2pg._require('gn2pg_admin', 'gn2pg_map_ca');
     PERFORM gn2pg._check_source('gn2pg_map_ca', v_source);
     v_src := gn2pg._uuid_arg('gn2pg_map_ca', 'source_ca', $2);
     IF $3 IS NULL THEN
@@ -366,6 +383,7 @@ DECLARE
     v_tgt    uuid;
     v_ca     uuid;
 BEGIN
+    PERFORM gn2pg._require('gn2pg_admin', 'gn2pg_map_jdd');
     PERFORM gn2pg._check_source('gn2pg_map_jdd', v_source);
     v_src := gn2pg._uuid_arg('gn2pg_map_jdd', 'source_jdd', $2);
     IF $3 IS NULL THEN
@@ -385,6 +403,7 @@ COMMENT ON FUNCTION public.gn2pg_map_jdd(text, text, text, text, text, text) IS
 CREATE FUNCTION public.gn2pg_unmap_ca(source text, source_ca text) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
+    PERFORM gn2pg._require('gn2pg_admin', 'gn2pg_unmap_ca');
     PERFORM gn2pg._check_source('gn2pg_unmap_ca', $1);
     RETURN gn2pg._unmap('gn2pg_unmap_ca', $1, 'ca', gn2pg._uuid_arg('gn2pg_unmap_ca', 'source_ca', $2));
 END
@@ -395,6 +414,7 @@ COMMENT ON FUNCTION public.gn2pg_unmap_ca(text, text) IS
 CREATE FUNCTION public.gn2pg_unmap_jdd(source text, source_jdd text) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
+    PERFORM gn2pg._require('gn2pg_admin', 'gn2pg_unmap_jdd');
     PERFORM gn2pg._check_source('gn2pg_unmap_jdd', $1);
     RETURN gn2pg._unmap('gn2pg_unmap_jdd', $1, 'jdd', gn2pg._uuid_arg('gn2pg_unmap_jdd', 'source_jdd', $2));
 END
@@ -409,6 +429,7 @@ DECLARE
     v_id     integer := gn2pg._check_source('gn2pg_remap', $1);
     v_run    bigint;
 BEGIN
+    PERFORM gn2pg._require('gn2pg_admin', 'gn2pg_remap');
     -- The harvest worker holds this lock for a whole run; it remaps pending changes itself.
     IF NOT pg_try_advisory_xact_lock(hashtext('gn2pg.source'), v_id) THEN
         SELECT max(r.id) INTO v_run FROM gn2pg.run_log r WHERE r.source = v_source AND r.status = 'running';

@@ -428,3 +428,34 @@ COMMENT ON FUNCTION public.gn2pg_check_flows() IS
     'Raises stale alerts for sources without a recent successful run (schedule it with pg_cron); returns the number raised.';
 COMMENT ON FUNCTION gn2pg._cron_next(text, timestamptz) IS 'Next time a pg_cron 1.4 schedule fires after a time (UTC); NULL if never.';
 COMMENT ON FUNCTION gn2pg._stale_after_minutes() IS 'The gn2pg.stale_after setting, in minutes.';
+
+-- Mappings (sql/metadata.sql) are managed by admins. The public functions check the caller's
+-- role and write through these SECURITY DEFINER helpers, so the tables stay read-only.
+ALTER FUNCTION gn2pg._map(text, text, uuid, uuid) SECURITY DEFINER;
+ALTER FUNCTION gn2pg._unmap(text, text, text, uuid) SECURITY DEFINER;
+ALTER FUNCTION gn2pg._describe(text, uuid, text, text, uuid) SECURITY DEFINER;
+ALTER FUNCTION gn2pg._remap(text) SECURITY DEFINER;
+ALTER FUNCTION gn2pg._mapping_changed(text) SECURITY DEFINER;
+REVOKE ALL ON FUNCTION gn2pg._map(text, text, uuid, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._unmap(text, text, text, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._describe(text, uuid, text, text, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._remap(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._remap_if_pending(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._mapping_changed(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION gn2pg._map(text, text, uuid, uuid) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION gn2pg._unmap(text, text, text, uuid) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION gn2pg._describe(text, uuid, text, text, uuid) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION gn2pg._remap(text) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION gn2pg._mapping_changed(text) TO gn2pg_admin;
+REVOKE ALL ON FUNCTION public.gn2pg_describe_target(text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.gn2pg_map_ca(text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.gn2pg_map_jdd(text, text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.gn2pg_unmap_ca(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.gn2pg_unmap_jdd(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.gn2pg_remap(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.gn2pg_describe_target(text, text, text, text, text) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION public.gn2pg_map_ca(text, text, text, text, text) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION public.gn2pg_map_jdd(text, text, text, text, text, text) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION public.gn2pg_unmap_ca(text, text) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION public.gn2pg_unmap_jdd(text, text) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION public.gn2pg_remap(text) TO gn2pg_admin;

@@ -598,6 +598,11 @@ fn roles_separate_readers_operators_and_admins() {
     denied(&mut o, "SELECT gn2pg_remove_source('pne')", "gn2pg_remove_source");
     denied(&mut o, "SELECT gn2pg_schedule('pne', '0 3 * * *')", "gn2pg_schedule");
     denied(&mut o, "UPDATE gn2pg.source SET url = 'http://evil.example/api'", "source");
+    let ca = "5e4d3c2b-1a09-4f8e-b7d6-c5b4a3928170";
+    denied(&mut o, &format!("SELECT gn2pg_map_ca('pne', NULL, '{ca}')"), "gn2pg_map_ca");
+    denied(&mut o, "SELECT gn2pg_remap('pne')", "gn2pg_remap");
+    denied(&mut o, &format!("SELECT gn2pg._map('pne', 'ca', NULL, '{ca}')"), "_map");
+    o.batch_execute("SELECT * FROM gn2pg.metadata_mapping; SELECT * FROM gn2pg.mapping").unwrap();
 
     // Admin: manages sources and reads secrets.
     let (mut a, _) = connect_as(&db.name, &admin);
@@ -608,6 +613,12 @@ fn roles_separate_readers_operators_and_admins() {
         .get(0);
     assert_eq!(pw, "secret");
     assert!(a.query_one("SELECT gn2pg_remove_source('byadmin')", &[]).unwrap().get::<_, bool>(0));
+    // Admin: manages mappings, through functions only.
+    a.query_one(&format!("SELECT gn2pg_map_ca('pne', NULL, '{ca}', target_name => 'Partenaires')"), &[]).unwrap();
+    let moved: i64 = a.query_one("SELECT gn2pg_remap('pne')", &[]).unwrap().get(0);
+    assert_eq!(moved, 200);
+    assert!(a.query_one("SELECT gn2pg_unmap_ca('pne', NULL)", &[]).unwrap().get::<_, bool>(0));
+    denied(&mut a, "DELETE FROM gn2pg.mapping", "mapping");
     denied(&mut a, "INSERT INTO gn2pg.source (name, url, export_id, auth) VALUES ('direct', 'http://evil.example/api', 1, 'public')", "source");
 
     // A role outside the three can do nothing at all.
