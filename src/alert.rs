@@ -10,7 +10,6 @@
 //! are read from `gn2pg.source_secret` or the superuser-only `gn2pg.alert_webhook` at send
 //! time and never written anywhere; errors name the host only.
 
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
@@ -20,30 +19,11 @@ use reqwest::blocking::Client;
 use reqwest::header::CONTENT_TYPE;
 
 use crate::guc;
+use crate::source::client::error_chain;
+use crate::worker::tx;
 
 /// Events claimed per transaction.
 const BATCH: i64 = 50;
-
-/// Runs `f` in its own transaction (worker context). An ERROR rolls it back and comes back as
-/// `Err(message)`.
-fn tx<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
-    let f = AssertUnwindSafe(f);
-    PgTryBuilder::new(AssertUnwindSafe(|| {
-        Ok(BackgroundWorker::transaction(AssertUnwindSafe(|| match (f.0)() {
-            Ok(v) => v,
-            Err(m) => pgrx::error!("{m}"),
-        })))
-    }))
-    .catch_others(|e| {
-        // SAFETY: BackgroundWorker::transaction re-raised without closing the transaction.
-        unsafe { pg_sys::AbortCurrentTransaction() };
-        use pg_sys::panic::CaughtError::*;
-        Err(match &e {
-            PostgresError(r) | ErrorReport(r) | RustPanic { ereport: r, .. } => r.message().to_string(),
-        })
-    })
-    .execute()
-}
 
 struct Pending {
     id: i64,
@@ -129,20 +109,6 @@ pub fn url_origin(url: &str) -> String {
         }
         Err(_) => "<invalid url>".into(),
     }
-}
-
-/// reqwest's top-level message is vague ("error sending request"); the cause is in the chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let m = s.to_string();
-        if !parts.iter().any(|p| p.contains(&m)) {
-            parts.push(m);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 fn stopping() -> bool {
@@ -293,16 +259,8 @@ pub extern "C-unwind" fn gn2pg_alert_worker(_arg: pg_sys::Datum) {
     let mut parts = extra.split(' ').map(|s| s.parse::<u32>().unwrap_or(0));
     let (db, user, xid) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
-    if xid != 0 {
-        let xid = pg_sys::TransactionId::from(xid);
-        let committed = BackgroundWorker::transaction(|| unsafe {
-            // SAFETY: waits on the launcher's xid lock, then reads the commit log.
-            pg_sys::XactLockTableWait(xid, std::ptr::null_mut(), std::ptr::null_mut(), pg_sys::XLTW_Oper::XLTW_None);
-            pg_sys::TransactionIdDidCommit(xid)
-        });
-        if !committed {
-            return;
-        }
+    if !crate::worker::launcher_committed(xid) {
+        return;
     }
     deliver_pending();
 }

@@ -6,7 +6,6 @@
 //! create the run_log row); *pages* are then loaded one transaction each; *finish* records the
 //! final status.
 
-use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::BackgroundWorker;
@@ -15,7 +14,7 @@ use pgrx::prelude::*;
 use serde_json::json;
 
 use crate::guc;
-use crate::worker;
+use crate::worker::{self, tx};
 use crate::source::client::{CancelFlag, Host, Jobs, SourceClient, Stats};
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
 use crate::source::error::redact_url;
@@ -103,34 +102,6 @@ impl Host for WorkerHost {
             self.check_interrupts()?;
         }
         Ok(())
-    }
-}
-
-/// Runs `f` in its own transaction. Any ERROR (or an `Err`) rolls the transaction back and
-/// comes back as `Err(message)`, so the engine can record it and carry on.
-fn tx<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
-    let f = AssertUnwindSafe(f);
-    PgTryBuilder::new(AssertUnwindSafe(|| {
-        Ok(BackgroundWorker::transaction(AssertUnwindSafe(|| match (f.0)() {
-            Ok(v) => v,
-            Err(m) => pgrx::error!("{m}"),
-        })))
-    }))
-    .catch_others(|e| {
-        // SAFETY: BackgroundWorker::transaction re-raised without closing the transaction.
-        unsafe { pg_sys::AbortCurrentTransaction() };
-        Err(caught_message(&e))
-    })
-    .execute()
-}
-
-fn caught_message(e: &pg_sys::panic::CaughtError) -> String {
-    use pg_sys::panic::CaughtError::*;
-    match e {
-        PostgresError(r) | ErrorReport(r) | RustPanic { ereport: r, .. } => match r.detail() {
-            Some(d) if !d.is_empty() => format!("{} ({d})", r.message()),
-            _ => r.message().to_string(),
-        },
     }
 }
 

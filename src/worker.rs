@@ -6,6 +6,8 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorke
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use std::panic::AssertUnwindSafe;
+
 use crate::run::{self, Requested};
 
 /// Starts a harvest worker in the caller's database. With `wait_for_commit` the worker first waits for the caller's
@@ -126,17 +128,51 @@ pub extern "C-unwind" fn gn2pg_harvest_worker(arg: pg_sys::Datum) {
     let mode = parts.next().and_then(Requested::parse).unwrap_or(Requested::Auto);
     let source = parts.next().unwrap_or("").to_string();
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
-    if xid != 0 {
-        let xid = pg_sys::TransactionId::from(xid);
-        let committed = BackgroundWorker::transaction(|| unsafe {
-            // SAFETY: waits on the launcher's xid lock, then reads the commit log.
-            pg_sys::XactLockTableWait(xid, std::ptr::null_mut(), std::ptr::null_mut(), pg_sys::XLTW_Oper::XLTW_None);
-            pg_sys::TransactionIdDidCommit(xid)
-        });
-        if !committed {
-            pgrx::log!("gn2pg: the launch of run {run_id} was rolled back; nothing to do");
-            return;
-        }
+    if !launcher_committed(xid) {
+        pgrx::log!("gn2pg: the launch of run {run_id} was rolled back; nothing to do");
+        return;
     }
     run::execute(run_id, &source, mode);
+}
+
+/// Runs `f` in its own transaction. Any ERROR (or an `Err`) rolls the transaction back and
+/// comes back as `Err(message)`, so the engine can record it and carry on.
+pub fn tx<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    let f = AssertUnwindSafe(f);
+    PgTryBuilder::new(AssertUnwindSafe(|| {
+        Ok(BackgroundWorker::transaction(AssertUnwindSafe(|| match (f.0)() {
+            Ok(v) => v,
+            Err(m) => pgrx::error!("{m}"),
+        })))
+    }))
+    .catch_others(|e| {
+        // SAFETY: BackgroundWorker::transaction re-raised without closing the transaction.
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        Err(caught_message(&e))
+    })
+    .execute()
+}
+
+pub fn caught_message(e: &pg_sys::panic::CaughtError) -> String {
+    use pg_sys::panic::CaughtError::*;
+    match e {
+        PostgresError(r) | ErrorReport(r) | RustPanic { ereport: r, .. } => match r.detail() {
+            Some(d) if !d.is_empty() => format!("{} ({d})", r.message()),
+            _ => r.message().to_string(),
+        },
+    }
+}
+
+/// Waits for the launching transaction `xid` (0: none to wait for) and tells whether it
+/// committed: a worker launched from a transaction that rolled back must do nothing.
+pub fn launcher_committed(xid: u32) -> bool {
+    if xid == 0 {
+        return true;
+    }
+    let xid = pg_sys::TransactionId::from(xid);
+    BackgroundWorker::transaction(|| unsafe {
+        // SAFETY: waits on the launcher's xid lock, then reads the commit log.
+        pg_sys::XactLockTableWait(xid, std::ptr::null_mut(), std::ptr::null_mut(), pg_sys::XLTW_Oper::XLTW_None);
+        pg_sys::TransactionIdDidCommit(xid)
+    })
 }

@@ -588,7 +588,7 @@ fn transport_error(url: &Url, e: reqwest::Error) -> SourceError {
 }
 
 /// reqwest's top-level message is vague ("error sending request"); the cause is in the chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(s) = cur {
