@@ -360,10 +360,8 @@ type Fetched = (usize, SourceClient, Result<(PageSummary, Columns), SourceError>
 /// Fetches a page and splits it into columns, all on the helper thread.
 fn fetch_columns(c: &mut SourceClient, params: &[(String, String)], fields: &Fields, flag: &CancelFlag) -> Result<(PageSummary, Columns), SourceError> {
     let body = c.fetch_export_page(params, flag)?;
-    let bad = |cause: String| SourceError::BadAnswer { url: redact_url(c.export_url(params).as_str()), cause };
-    let summary = parse_page(&body, &fields.key).map_err(bad)?;
-    let cols = page_columns(&body, summary.shape, fields).map_err(bad)?;
-    Ok((summary, cols))
+    page_columns(&body, fields)
+        .map_err(|cause| SourceError::BadAnswer { url: redact_url(c.export_url(params).as_str()), cause })
 }
 
 /// Puts the next page request of stream `i` in flight on a helper thread.

@@ -52,14 +52,22 @@ struct FeatureCollection<'a> {
     features: Vec<&'a RawValue>,
 }
 
-/// Errors are plain strings: the caller wraps them with the (redacted) URL.
-pub fn parse_page(body: &str, key: &str) -> Result<PageSummary, String> {
+/// The envelope of a page with its items split, not yet decoded.
+struct Items<'a> {
+    shape: Shape,
+    raw: Vec<&'a RawValue>,
+    limit: Option<u64>,
+    total: Option<u64>,
+    total_filtered: Option<u64>,
+}
+
+fn split_items(body: &str) -> Result<Items<'_>, String> {
     let env: Envelope = serde_json::from_str(body).map_err(|e| describe_json_error(body, &e))?;
     let items = env
         .items
         .ok_or_else(|| "the answer has no \"items\" (not an export API answer)".to_string())?;
     let text = items.get().trim_start();
-    let (shape, raw_items): (Shape, Vec<&RawValue>) = if text.starts_with('[') {
+    let (shape, raw): (Shape, Vec<&RawValue>) = if text.starts_with('[') {
         (Shape::Array, serde_json::from_str(items.get()).map_err(|e| format!("items: {e}"))?)
     } else if text.starts_with('{') {
         let fc: FeatureCollection =
@@ -71,13 +79,15 @@ pub fn parse_page(body: &str, key: &str) -> Result<PageSummary, String> {
     } else {
         return Err(format!("items must be an array or a FeatureCollection, got {}", snippet(text, 40)));
     };
+    let n = |x: Option<serde_json::Number>| x.and_then(|n| n.as_u64());
+    Ok(Items { shape, raw, limit: n(env.limit), total: n(env.total), total_filtered: n(env.total_filtered) })
+}
 
-    let path_props = ["properties", key];
-    let path_flat = [key];
-    let path: &[&str] = if shape == Shape::FeatureCollection { &path_props } else { &path_flat };
+/// The summary of a page whose items have the given keys (None: absent or not an integer).
+fn summarize(items: &Items, keys: impl Iterator<Item = Option<i64>>) -> PageSummary {
     let (mut max_key, mut min_key, mut missing) = (None::<i64>, None::<i64>, 0usize);
-    for it in &raw_items {
-        match item_key(it.get(), path) {
+    for k in keys {
+        match k {
             Some(k) => {
                 max_key = Some(max_key.map_or(k, |m| m.max(k)));
                 min_key = Some(min_key.map_or(k, |m| m.min(k)));
@@ -85,17 +95,26 @@ pub fn parse_page(body: &str, key: &str) -> Result<PageSummary, String> {
             None => missing += 1,
         }
     }
-    let n = |x: Option<serde_json::Number>| x.and_then(|n| n.as_u64());
-    Ok(PageSummary {
-        shape,
-        len: raw_items.len(),
-        limit: n(env.limit),
-        total: n(env.total),
-        total_filtered: n(env.total_filtered),
+    PageSummary {
+        shape: items.shape,
+        len: items.raw.len(),
+        limit: items.limit,
+        total: items.total,
+        total_filtered: items.total_filtered,
         max_key,
         min_key,
         missing_keys: missing,
-    })
+    }
+}
+
+/// Reads only the envelope and each item's key. Errors are plain strings: the caller wraps them
+/// with the (redacted) URL.
+pub fn parse_page(body: &str, key: &str) -> Result<PageSummary, String> {
+    let items = split_items(body)?;
+    let path_props = ["properties", key];
+    let path_flat = [key];
+    let path: &[&str] = if items.shape == Shape::FeatureCollection { &path_props } else { &path_flat };
+    Ok(summarize(&items, items.raw.iter().map(|it| item_key(it.get(), path))))
 }
 
 fn snippet(s: &str, max: usize) -> String {
@@ -404,10 +423,10 @@ pub fn is_timestamp(s: &str) -> bool {
     }
 }
 
-/// Splits a page into [`Columns`], deciding which items are rejected and why.
-pub fn page_columns(body: &str, shape: Shape, f: &Fields) -> Result<Columns, String> {
-    let env: Envelope = serde_json::from_str(body).map_err(|e| describe_json_error(body, &e))?;
-    let items = env.items.ok_or_else(|| "the answer has no \"items\"".to_string())?;
+/// Splits a page into [`Columns`], deciding which items are rejected and why, with the page's
+/// summary: one pass over the body.
+pub fn page_columns(body: &str, f: &Fields) -> Result<(PageSummary, Columns), String> {
+    let items = split_items(body)?;
     let mut cols = Columns::default();
     let push_item = |cols: &mut Columns, text: &str, geo: Option<String>| -> Result<(), String> {
         let fields = item_fields(text, f)?;
@@ -456,10 +475,9 @@ pub fn page_columns(body: &str, shape: Shape, f: &Fields) -> Result<Columns, Str
         cols.reason.push(reason);
         Ok(())
     };
-    match shape {
+    match items.shape {
         Shape::Array => {
-            let raw: Vec<&RawValue> = serde_json::from_str(items.get()).map_err(|e| format!("items: {e}"))?;
-            for it in raw {
+            for it in &items.raw {
                 push_item(&mut cols, it.get(), None)?;
             }
         }
@@ -471,15 +489,14 @@ pub fn page_columns(body: &str, shape: Shape, f: &Fields) -> Result<Columns, Str
                 #[serde(borrow)]
                 properties: Option<&'a RawValue>,
             }
-            let fc: FeatureCollection = serde_json::from_str(items.get()).map_err(|e| format!("items: {e}"))?;
-            for raw in fc.features {
+            for raw in &items.raw {
                 let feat: Feature = serde_json::from_str(raw.get()).map_err(|e| format!("feature: {e}"))?;
                 let geo = feat.geometry.map(|g| g.get().to_string()).filter(|g| g != "null");
                 push_item(&mut cols, feat.properties.map_or("null", |p| p.get()), geo)?;
             }
         }
     }
-    Ok(cols)
+    Ok((summarize(&items, cols.id_data.iter().copied()), cols))
 }
 
 #[cfg(test)]
@@ -500,7 +517,8 @@ mod column_tests {
             {"id_synthese":5,"ca_uuid":"bad"},
             "scalar"
         ],"limit":1000}"#;
-        let c = page_columns(body, Shape::Array, &fields()).unwrap();
+        let (summary, c) = page_columns(body, &fields()).unwrap();
+        assert_eq!(summary, parse_page(body, "id_synthese").unwrap(), "one pass gives the same summary");
         assert_eq!(c.items.len(), 6);
         assert_eq!(c.id_data, vec![Some(1), None, Some(3), Some(4), Some(5), None]);
         assert_eq!(c.ca[0].as_deref(), Some("57b7d0f2-4183-4b7b-8f08-6e105d476dc5"));
@@ -521,7 +539,9 @@ mod column_tests {
         let body = r#"{"items":{"type":"FeatureCollection","features":[
             {"type":"Feature","geometry":{"type":"Point","coordinates":[4.8,45.7]},"properties":{"id_synthese":12}},
             {"type":"Feature","geometry":null,"properties":{"id_synthese":"15"}}]}}"#;
-        let c = page_columns(body, Shape::FeatureCollection, &fields()).unwrap();
+        let (summary, c) = page_columns(body, &fields()).unwrap();
+        assert_eq!(summary, parse_page(body, "id_synthese").unwrap(), "one pass gives the same summary");
+        assert_eq!(summary.shape, Shape::FeatureCollection);
         assert_eq!(c.items, vec![r#"{"id_synthese":12}"#, r#"{"id_synthese":"15"}"#]);
         assert_eq!(c.geojson[0].as_deref(), Some(r#"{"type":"Point","coordinates":[4.8,45.7]}"#));
         assert_eq!(c.geojson[1], None);
