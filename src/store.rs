@@ -574,9 +574,27 @@ pub struct PartPosition {
     pub done: bool,
 }
 
+/// A page of a parallel run also moves its part's row (position and transport counters); the
+/// run's transport counters are then the parts' sum (`finish_run`) and its checkpoint is rebuilt
+/// from every part. A part may see another part's position slightly behind (snapshot): resuming
+/// from there re-reads a page, it never skips one.
 pub fn record_page(p: &Progress) -> SpiResult<()> {
+    let own = |v: i64| if p.part.is_some() { None } else { Some(v) };
     if let Some(pos) = p.part {
-        return record_part_page(p, pos);
+        Spi::run_with_args(
+            "UPDATE gn2pg.run_part
+                SET next_key = $3, done = $4, http_requests = $5, http_retries = $6, bytes_received = $7
+              WHERE run_id = $1 AND part = $2",
+            &[
+                p.run_id.into(),
+                pos.part.into(),
+                pos.next_key.into(),
+                pos.done.into(),
+                (p.requests as i32).into(),
+                (p.retries as i32).into(),
+                p.bytes.into(),
+            ],
+        )?;
     }
     Spi::run_with_args(
         "UPDATE gn2pg.run_log
@@ -586,9 +604,14 @@ pub fn record_page(p: &Progress) -> SpiResult<()> {
                 rows_unchanged = rows_unchanged + $4,
                 rows_failed = rows_failed + $5,
                 rows_deleted = rows_deleted + $6,
-                http_requests = $7, http_retries = $8, bytes_received = $9,
+                http_requests = coalesce($7, http_requests),
+                http_retries = coalesce($8, http_retries),
+                bytes_received = coalesce($9, bytes_received),
                 max_source_action = greatest(max_source_action, $10),
-                checkpoint = $11,
+                checkpoint = coalesce($11,
+                    (SELECT jsonb_build_object('ranges',
+                             coalesce(jsonb_agg(jsonb_build_array(q.next_key, q.hi) ORDER BY q.part), '[]'))
+                       FROM gn2pg.run_part q WHERE q.run_id = $1 AND NOT q.done)),
                 source_wait_ms = source_wait_ms + $12,
                 load_ms = load_ms + (extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::bigint
           WHERE id = $1",
@@ -599,58 +622,11 @@ pub fn record_page(p: &Progress) -> SpiResult<()> {
             p.page.unchanged.into(),
             p.page.failed.into(),
             p.page.deleted.into(),
-            (p.requests as i32).into(),
-            (p.retries as i32).into(),
-            p.bytes.into(),
+            own(p.requests).map(|v| v as i32).into(),
+            own(p.retries).map(|v| v as i32).into(),
+            own(p.bytes).into(),
             p.page.max_source_action.as_deref().into(),
-            pgrx::JsonB(p.checkpoint.clone()).into(),
-            p.source_wait_ms.into(),
-        ],
-    )
-}
-
-/// A page of one part of a parallel run: the part's row gets its position and transport
-/// counters, the run's row the shared counters and a checkpoint rebuilt from all parts. A part
-/// may see another part's position slightly behind (snapshot): resuming from there re-reads a
-/// page, it never skips one.
-fn record_part_page(p: &Progress, pos: PartPosition) -> SpiResult<()> {
-    Spi::run_with_args(
-        "UPDATE gn2pg.run_part
-            SET next_key = $3, done = $4, http_requests = $5, http_retries = $6, bytes_received = $7
-          WHERE run_id = $1 AND part = $2",
-        &[
-            p.run_id.into(),
-            pos.part.into(),
-            pos.next_key.into(),
-            pos.done.into(),
-            (p.requests as i32).into(),
-            (p.retries as i32).into(),
-            p.bytes.into(),
-        ],
-    )?;
-    Spi::run_with_args(
-        "UPDATE gn2pg.run_log
-            SET pages_done = pages_done + 1,
-                rows_received = rows_received + $2,
-                rows_upserted = rows_upserted + $3,
-                rows_unchanged = rows_unchanged + $4,
-                rows_failed = rows_failed + $5,
-                rows_deleted = rows_deleted + $6,
-                max_source_action = greatest(max_source_action, $7),
-                source_wait_ms = source_wait_ms + $8,
-                load_ms = load_ms + (extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::bigint,
-                checkpoint = (SELECT jsonb_build_object('ranges',
-                                     coalesce(jsonb_agg(jsonb_build_array(q.next_key, q.hi) ORDER BY q.part), '[]'))
-                                FROM gn2pg.run_part q WHERE q.run_id = $1 AND NOT q.done)
-          WHERE id = $1",
-        &[
-            p.run_id.into(),
-            p.page.received.into(),
-            (p.page.inserted + p.page.updated).into(),
-            p.page.unchanged.into(),
-            p.page.failed.into(),
-            p.page.deleted.into(),
-            p.page.max_source_action.as_deref().into(),
+            p.part.is_none().then(|| pgrx::JsonB(p.checkpoint.clone())).into(),
             p.source_wait_ms.into(),
         ],
     )
