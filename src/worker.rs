@@ -32,20 +32,26 @@ pub fn launch(run_id: i64, source: &str, mode: &str, wait_for_commit: bool) -> R
     if extra.len() > 127 {
         return Err(format!("source name too long for a worker: {source}"));
     }
-    BackgroundWorkerBuilder::new(&format!("gn2pg harvest {source}"))
-        .set_type("gn2pg harvest")
+    start_worker(&format!("gn2pg harvest {source}"), "gn2pg harvest", "gn2pg_harvest_worker", run_id, &extra, pid).ok_or_else(|| {
+        "no free background worker slot: raise max_worker_processes (and restart) \
+         or wait for running harvests to end"
+            .to_string()
+    })
+}
+
+/// Registers a dynamic worker of this library that receives a run id and `extra` (at most 127
+/// bytes: `bgw_extra`) and notifies `notify_pid` of its start and end. None: no free slot.
+fn start_worker(name: &str, kind: &str, function: &str, run_id: i64, extra: &str, notify_pid: i32) -> Option<DynamicBackgroundWorker> {
+    BackgroundWorkerBuilder::new(name)
+        .set_type(kind)
         .set_library("gn2pg")
-        .set_function("gn2pg_harvest_worker")
+        .set_function(function)
         .enable_spi_access()
         .set_argument(run_id.into_datum())
-        .set_extra(&extra)
-        .set_notify_pid(pid)
+        .set_extra(extra)
+        .set_notify_pid(notify_pid)
         .load_dynamic()
-        .map_err(|_| {
-            "no free background worker slot: raise max_worker_processes (and restart) \
-             or wait for running harvests to end"
-                .to_string()
-        })
+        .ok()
 }
 
 /// Starts a part worker of a parallel run, from the run's own worker (same database and role).
@@ -53,16 +59,8 @@ pub fn launch_part(run_id: i64, part: i32, source: &str) -> Result<DynamicBackgr
     // SAFETY: reading backend globals of this worker.
     let (db, user, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetUserId(), pg_sys::MyProcPid) };
     let extra = format!("{} {} {} {}", u32::from(db), u32::from(user), part, source);
-    BackgroundWorkerBuilder::new(&format!("gn2pg harvest {source} part {part}"))
-        .set_type("gn2pg harvest part")
-        .set_library("gn2pg")
-        .set_function("gn2pg_part_worker")
-        .enable_spi_access()
-        .set_argument(run_id.into_datum())
-        .set_extra(&extra)
-        .set_notify_pid(pid)
-        .load_dynamic()
-        .map_err(|_| format!("no free background worker slot for part {part}: lower options.workers or raise max_worker_processes"))
+    start_worker(&format!("gn2pg harvest {source} part {part}"), "gn2pg harvest part", "gn2pg_part_worker", run_id, &extra, pid)
+        .ok_or_else(|| format!("no free background worker slot for part {part}: lower options.workers or raise max_worker_processes"))
 }
 
 /// Entry point of a part worker.
