@@ -6,6 +6,16 @@
 -- This file runs inside CREATE EXTENSION with search_path = gn2pg, <postgis schema>, so the
 -- geometry type resolves without qualification here (and only here).
 
+-- Harvested items are stored as jsonb built from their UTF-8 text (src/encode/jsonb.rs).
+DO $$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION 'gn2pg needs a database with UTF8 encoding, this one is %', pg_catalog.getdatabaseencoding()
+              USING HINT = 'CREATE DATABASE ... ENCODING ''UTF8'' TEMPLATE template0';
+    END IF;
+END
+$$;
+
 CREATE TABLE gn2pg.source (
     id          integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name        text NOT NULL UNIQUE
@@ -115,8 +125,13 @@ CREATE TABLE gn2pg.observation (
     source_updated_at timestamp,             -- derniere_action, source clock
     updated_at        timestamptz NOT NULL DEFAULT now(),
     run_id            bigint,                -- the run that last wrote the row
+    -- Hash of what was stored from the source (item, geometry, CA, JDD): a page compares it
+    -- instead of the rows themselves, and rows with an equal hash are not rewritten.
+    content_hash      bigint,
     PRIMARY KEY (source, id_data)
 );
+COMMENT ON COLUMN gn2pg.observation.content_hash IS
+    'Hash of what was stored from the source (item, geometry, CA, JDD); rows with an equal hash are not rewritten.';
 CREATE INDEX observation_geom_idx ON gn2pg.observation USING gist (geom);
 CREATE INDEX observation_uuid_idx ON gn2pg.observation (uuid);
 COMMENT ON TABLE gn2pg.observation IS 'Harvested observations, one row per source row.';

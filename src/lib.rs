@@ -1,7 +1,10 @@
 //! gn2pg: harvests GeoNature Export API sources into PostgreSQL.
 //!
 //! - `source`: the remote API (HTTP, auth, pages, paging); no PostgreSQL calls.
-//! - `store`: every SQL statement of the engine, including the set-based page loader.
+//! - `encode`: a page's items as PostgreSQL values (jsonb, EWKB, arrays), built off the
+//!   backend thread; no PostgreSQL calls.
+//! - `loader`: every statement that writes harvested rows, metadata and rejections.
+//! - `store`: the engine's bookkeeping statements (registry, run log, parts).
 //! - `run`: the harvest engine executed by a background worker.
 //! - `worker`: launching, waiting for and entering background workers.
 //! - `api`: the SQL functions users call.
@@ -10,6 +13,7 @@
 //! - `cron`: cron expressions (validation, next run time); no PostgreSQL calls.
 //! - `schedule`: pg_cron jobs, created through a worker connected to the cron database.
 //! - `alert`: alert webhooks, delivered by a worker after commit.
+//! - `diagnostics`: self-checks callable from SQL (`gn2pg._jsonb_selftest`).
 
 use pgrx::prelude::*;
 
@@ -17,7 +21,10 @@ mod access;
 mod alert;
 mod api;
 mod cron;
+mod diagnostics;
+mod encode;
 mod guc;
+mod loader;
 mod run;
 mod schedule;
 mod source;

@@ -18,10 +18,12 @@ use crate::worker::{self, tx};
 use crate::source::client::{CancelFlag, Host, Jobs, SourceClient, Stats};
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
 use crate::source::error::redact_url;
-use crate::source::page::{page_columns, parse_page, Columns, Fields, PageSummary, Shape};
+use crate::encode::rows::{self, PageRows};
+use crate::loader::{Loader, PageLoad, PageSpec};
+use crate::source::page::{parse_page, Fields, PageSummary, Shape};
 use crate::source::paging::{split_key_space, Pager, Step};
 use crate::source::SourceError;
-use crate::store::{self, PageLoad, PageSpec, Progress, RunStart};
+use crate::store::{self, Progress, RunStart};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requested {
@@ -159,6 +161,19 @@ pub fn build_config(row: &store::SourceRow) -> Result<SourceConfig, SourceError>
 }
 
 fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String> {
+    // Items are turned into jsonb from their UTF-8 text in Rust (encode::jsonb).
+    // SAFETY: reads a backend-global set at connection.
+    if unsafe { pg_sys::GetDatabaseEncoding() } != pg_sys::pg_enc::PG_UTF8 as i32 {
+        return Err("gn2pg needs a database with UTF8 encoding (CREATE DATABASE … ENCODING 'UTF8')".into());
+    }
+    // After a package upgrade the library is new but the tables are not, until ALTER EXTENSION.
+    let installed = store::extension_version().map_err(spi_err)?.unwrap_or_default();
+    if installed != env!("CARGO_PKG_VERSION") {
+        return Err(format!(
+            "the gn2pg library is version {} but this database has gn2pg {installed}: run ALTER EXTENSION gn2pg UPDATE",
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
     let row = store::load_source(name).map_err(spi_err)?.ok_or_else(|| {
         format!("source \"{name}\" does not exist (if it was added in the same transaction, commit first)")
     })?;
@@ -355,12 +370,12 @@ fn max_key(client: &mut SourceClient, key: &str, host: &WorkerHost) -> Result<Op
     })
 }
 
-type Fetched = (usize, SourceClient, Result<(PageSummary, Columns), SourceError>);
+type Fetched = (usize, SourceClient, Result<(PageSummary, PageRows), SourceError>);
 
-/// Fetches a page and splits it into columns, all on the helper thread.
-fn fetch_columns(c: &mut SourceClient, params: &[(String, String)], fields: &Fields, flag: &CancelFlag) -> Result<(PageSummary, Columns), SourceError> {
+/// Fetches a page and prepares its rows (checked, encoded, hashed), all on the helper thread.
+fn fetch_rows(c: &mut SourceClient, params: &[(String, String)], fields: &Fields, flag: &CancelFlag) -> Result<(PageSummary, PageRows), SourceError> {
     let body = c.fetch_export_page(params, flag)?;
-    page_columns(&body, fields)
+    rows::prepare(&body, fields)
         .map_err(|cause| SourceError::BadAnswer { url: redact_url(c.export_url(params).as_str()), cause })
 }
 
@@ -377,7 +392,7 @@ fn spawn_fetch(
     params.extend(window.iter().cloned());
     let fields = fields.clone();
     jobs.spawn(move |flag| {
-        let r = fetch_columns(&mut c, &params, &fields, flag);
+        let r = fetch_rows(&mut c, &params, &fields, flag);
         (i, c, r)
     })
 }
@@ -546,8 +561,7 @@ fn load_ranges(
         s.client = Some(c);
     }
     totals.streams = vec![Stats::default(); streams.len()];
-    let fast_sql = store::load_page_sql(&setup.postgis, false);
-    let careful_sql = store::load_page_sql(&setup.postgis, true);
+    let loader = tx(|| Loader::prepare(&setup.postgis).map_err(spi_err)).map_err(Stop::Failed)?;
     let window: Vec<(String, String)> = match &setup.since {
         Some(since) => vec![(format!("filter_d_up_{}", o.updated_column), since.clone())],
         None => vec![],
@@ -577,7 +591,7 @@ fn load_ranges(
         let (i, c, fetched) = jobs.next(host)?;
         let source_wait_ms = waited.elapsed().as_millis() as i64;
         totals.streams[i] = c.stats.clone();
-        let (summary, cols) = fetched?;
+        let (summary, page) = fetched?;
         let stream = &mut streams[i];
         let step = stream.pager.step_for(&summary).map_err(SourceError::Paging)?;
         let sweep = if setup.mode == Mode::Full { stream.pager.covered_range(&summary, &step) } else { None };
@@ -597,7 +611,7 @@ fn load_ranges(
         let checkpoint = checkpoint_json(&streams, offset);
         let position = part.map(|p| store::PartPosition { part: p, next_key: streams[i].pager.next_key(), done: streams[i].done });
         let stats = totals.sum(&client.stats);
-        load_page(&fast_sql, &careful_sql, &spec, &cols, &stats, source_wait_ms, checkpoint, position)
+        load_page(&loader, &spec, &page, &stats, source_wait_ms, checkpoint, position)
             .map_err(|e| Stop::Failed(format!("page {pages} could not be loaded: {e}")))?;
     }
     Ok(())
@@ -670,40 +684,35 @@ fn harvest_metadata(run_id: i64, setup: &Setup, client: &mut SourceClient, host:
     Err(failed(format!("more than {MAX_METADATA_PAGES} pages")))
 }
 
-/// Loads a page with its progress row in one transaction; if the fast statement fails (a bad
-/// geometry raises), the page is loaded again in careful mode, which sends bad items to
-/// run_error instead of failing the page.
-#[allow(clippy::too_many_arguments)]
+/// Loads a page with its progress row and checkpoint in one transaction.
 fn load_page(
-    fast: &str,
-    careful: &str,
+    loader: &Loader,
     spec: &PageSpec,
-    cols: &Columns,
+    page: &PageRows,
     stats: &Stats,
     source_wait_ms: i64,
     checkpoint: serde_json::Value,
     part: Option<store::PartPosition>,
 ) -> Result<PageLoad, String> {
-    let attempt = |sql: &str| {
-        tx(|| {
-            Spi::run("SET LOCAL synchronous_commit = off").map_err(spi_err)?;
-            let load = store::load_page(sql, spec, cols).map_err(spi_err)?;
-            store::record_page(&Progress {
-                run_id: spec.run_id,
-                part,
-                page: &load,
-                requests: stats.requests as i64,
-                retries: stats.retries as i64,
-                bytes: stats.bytes as i64,
-                source_wait_ms,
-                checkpoint: checkpoint.clone(),
-            })
-            .map_err(spi_err)?;
-            Ok(load)
+    tx(|| {
+        // A lost commit loses a page that the next run fetches again.
+        Spi::run("SET LOCAL synchronous_commit = off").map_err(spi_err)?;
+        // The loader's statements are all driven by the page's keys: their generic plans (index
+        // lookups per key) suit any table size, whereas a custom plan for a 1000-key array can
+        // pick a hash join over the whole table while it is still small, and replans every page.
+        Spi::run("SET LOCAL plan_cache_mode = force_generic_plan").map_err(spi_err)?;
+        let load = loader.load(spec, page).map_err(spi_err)?;
+        store::record_page(&Progress {
+            run_id: spec.run_id,
+            part,
+            page: &load,
+            requests: stats.requests as i64,
+            retries: stats.retries as i64,
+            bytes: stats.bytes as i64,
+            source_wait_ms,
+            checkpoint,
         })
-    };
-    match attempt(fast) {
-        Ok(l) => Ok(l),
-        Err(first) => attempt(careful).map_err(|e| if e == first { e } else { format!("{e} (fast path: {first})") }),
-    }
+        .map_err(spi_err)?;
+        Ok(load)
+    })
 }

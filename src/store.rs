@@ -1,15 +1,13 @@
-//! Every statement the harvest engine runs against PostgreSQL, in one place. The page loader
-//! is a single set-based `INSERT … SELECT … FROM jsonb_array_elements(…) ON CONFLICT` per page:
-//! the raw body goes in as one TEXT parameter and is parsed once by PostgreSQL.
+//! The engine's bookkeeping statements: the source registry, locks, the run log and its
+//! progress, parallel parts, and the metadata export. Writing harvested rows is `loader`.
 //!
 //! All objects are schema-qualified: workers run with the default search_path, and PostGIS may
 //! live in any schema, so its functions are qualified with the schema looked up at run start.
 
 use pgrx::prelude::*;
-use pgrx::spi::{self, quote_identifier};
+use pgrx::spi;
 
-use crate::source::page::Columns;
-use crate::source::paging::KeyRange;
+use crate::loader::PageLoad;
 
 type SpiResult<T> = Result<T, spi::Error>;
 
@@ -54,6 +52,11 @@ pub fn load_source(name: &str) -> SpiResult<Option<SourceRow>> {
             enabled: r.get::<bool>(10)?.unwrap_or(true),
         }))
     })
+}
+
+/// The version of the extension's objects in this database (`ALTER EXTENSION … UPDATE` moves it).
+pub fn extension_version() -> SpiResult<Option<String>> {
+    Spi::get_one::<String>("SELECT extversion::text FROM pg_catalog.pg_extension WHERE extname = 'gn2pg'")
 }
 
 /// Session-level advisory lock: one run per source at a time, released when the worker exits.
@@ -174,28 +177,6 @@ pub fn begin_run(r: &RunStart) -> SpiResult<()> {
     )
 }
 
-/// Counters of one loaded page.
-#[derive(Debug, Default, Clone)]
-pub struct PageLoad {
-    pub received: i64,
-    pub inserted: i64,
-    pub updated: i64,
-    pub unchanged: i64,
-    pub failed: i64,
-    pub deleted: i64,
-    pub max_source_action: Option<String>,
-}
-
-/// One page to load, for one source.
-pub struct PageSpec<'a> {
-    pub source: &'a str,
-    pub run_id: i64,
-    pub key_column: &'a str,
-    /// Keyset full runs: local rows in this key range that are absent from the page are gone
-    /// from the export and are deleted.
-    pub sweep: Option<KeyRange>,
-}
-
 pub fn postgis_schema() -> SpiResult<String> {
     Spi::get_one::<String>(
         "SELECT (SELECT n.nspname::text FROM pg_catalog.pg_extension e
@@ -205,227 +186,7 @@ pub fn postgis_schema() -> SpiResult<String> {
     .ok_or(spi::Error::NoTupleTable)
 }
 
-/// Geometry expressions: the fast one raises on a bad geometry (and the page is retried in
-/// careful mode); the careful one traps errors per row with a PL/pgSQL helper, which costs a
-/// subtransaction per row and is therefore only used for pages that need it.
-const FAST_GEOM_JOIN: &str = "";
-const FAST_GEOM: &str = "CASE WHEN jsonb_typeof(c.g) = 'object'
-                              THEN {pg}.ST_SetSRID({pg}.ST_GeomFromGeoJSON(c.g), 4326)
-                            WHEN c.wkt ~* '^SRID='
-                              THEN {pg}.ST_Transform(c.wkt::{pg}.geometry, 4326)
-                            -- The text cast parses WKT like ST_GeomFromText(wkt, 4326), which
-                            -- looks the SRID up on every call and costs ~100 µs per row.
-                            WHEN c.wkt IS NOT NULL
-                              THEN {pg}.ST_SetSRID(c.wkt::{pg}.geometry, 4326) END";
-const FAST_GEOM_ERROR: &str = "NULL::text";
-const CAREFUL_GEOM_JOIN: &str = "LEFT JOIN LATERAL gn2pg._parse_geometry(c.g, c.wkt) AS pg_geom ON true";
-const CAREFUL_GEOM: &str = "pg_geom.geom";
-const CAREFUL_GEOM_ERROR: &str = "pg_geom.error";
-
 const UUID_RE: &str = "'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'";
-
-/// Upsert of gn2pg.metadata rows, shared by both loaders. One row per (source, level, uuid)
-/// holds the latest content; it is rewritten only when the content changed, and flat columns
-/// (a name, no object) never erase an object received earlier.
-const METADATA_UPSERT: &str = "
-    ON CONFLICT (source, level, uuid) DO UPDATE
-       SET name = coalesce(EXCLUDED.name, m.name),
-           parent_uuid = coalesce(EXCLUDED.parent_uuid, m.parent_uuid),
-           item = coalesce(EXCLUDED.item, m.item),
-           updated_at = now(), run_id = EXCLUDED.run_id
-     WHERE (EXCLUDED.name IS NOT NULL AND EXCLUDED.name IS DISTINCT FROM m.name)
-        OR (EXCLUDED.parent_uuid IS NOT NULL AND EXCLUDED.parent_uuid IS DISTINCT FROM m.parent_uuid)
-        OR (EXCLUDED.item IS NOT NULL AND EXCLUDED.item IS DISTINCT FROM m.item)
-    RETURNING 1";
-
-/// Join key standing for a NULL uuid (the IS NULL tests keep it apart from a real nil uuid).
-const NIL_UUID: &str = "00000000-0000-0000-0000-000000000000";
-
-/// $1 items (JSON text), $2 feature geometries (GeoJSON text), $3 keys, $4 uuids, $5 WKT,
-/// $6 source timestamps, $7 CA uuids, $8 JDD uuids, $9 rejection reasons: the columns of
-/// `page::Columns`, already validated; $10 source, $11 run id, $12 key column name (for
-/// messages), $13/$14 sweep range (NULL: no sweep / no upper bound).
-///
-/// Besides the rows, the statement upserts the CA and JDD the page carries into gn2pg.metadata,
-/// strips the nested `ca_data` / `jdd_data` objects from the stored item, and applies the
-/// mappings (gn2pg._resolve_mapping, sql/metadata.sql): `ca_uuid`/`jdd_uuid` hold the
-/// destination, `source_ca_uuid`/`source_jdd_uuid` what was received.
-const LOAD_PAGE_SQL: &str = r#"
-WITH input AS (
-    SELECT t.ord, t.item::jsonb AS p, t.geojson::jsonb AS g, t.id_data, t.uuid_text, t.wkt,
-           t.updated_text, t.ca_text, t.jdd_text, t.reason AS rust_reason
-      FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-                  $7::text[], $8::text[], $9::text[])
-           WITH ORDINALITY AS t(item, geojson, id_data, uuid_text, wkt, updated_text, ca_text, jdd_text, reason, ord)
-), typed AS (
-    -- Values were validated in Rust: these casts cannot fail for items without a reason.
-    SELECT c.*,
-           CASE WHEN c.rust_reason IS NULL THEN c.uuid_text::uuid END AS uuid,
-           CASE WHEN c.rust_reason IS NULL THEN c.ca_text::uuid END AS ca,
-           CASE WHEN c.rust_reason IS NULL THEN c.jdd_text::uuid END AS jdd,
-           CASE WHEN c.rust_reason IS NULL THEN c.updated_text::timestamp END AS source_updated_at,
-           CASE WHEN c.rust_reason IS NULL THEN {geom} END AS geom,
-           {geom_error} AS geom_error
-      FROM input c {geom_join}
-), judged AS (
-    SELECT t.*, coalesce(t.rust_reason, t.geom_error) AS reason FROM typed t
-), dedup AS (
-    -- Views joining several protocols repeat a row (source-api.md §3.4): the last copy wins.
-    SELECT DISTINCT ON (id_data) * FROM judged WHERE id_data IS NOT NULL ORDER BY id_data, ord DESC
-), candidates AS (
-    SELECT d.*, w.owner_source, w.owner_id,
-           CASE WHEN d.uuid IS NULL THEN 1
-                ELSE row_number() OVER (PARTITION BY d.uuid ORDER BY d.id_data) END AS uuid_rank
-      FROM dedup d
-      LEFT JOIN LATERAL (
-            SELECT o.source AS owner_source, o.id_data AS owner_id
-              FROM gn2pg.observation o
-             WHERE o.uuid = d.uuid AND (o.source <> $10 OR o.id_data <> d.id_data)
-             LIMIT 1) w ON d.reason IS NULL AND d.uuid IS NOT NULL
-), verdict AS (
-    SELECT c.*,
-           coalesce(c.reason,
-                    CASE WHEN c.owner_source IS NOT NULL
-                              THEN format('uuid %s already belongs to source %s, %s %s',
-                                          c.uuid, c.owner_source, $12, c.owner_id)
-                         WHEN c.uuid_rank > 1
-                              THEN format('uuid %s appears under two keys in the same page', c.uuid)
-                    END) AS why
-      FROM candidates c
-), rejected AS (
-    INSERT INTO gn2pg.run_error (run_id, source, id_data, uuid, item, error)
-    SELECT $11, $10, v.id_data, v.uuid_text, v.p, v.why FROM verdict v WHERE v.why IS NOT NULL
-    UNION ALL
-    SELECT $11, $10, NULL, j.uuid_text, j.p, j.reason FROM judged j WHERE j.id_data IS NULL
-    RETURNING 1
-), pairs AS (
-    -- The mapping is resolved once per page, for the few distinct (CA, JDD) pairs it holds.
-    SELECT array_agg(k.ca) AS cas, array_agg(k.jdd) AS jdds
-      FROM (SELECT DISTINCT v.ca, v.jdd FROM verdict v WHERE v.why IS NULL) k
-), resolved AS MATERIALIZED (
-    -- Computed once: inlined, the planner may rerun it for every row of the page.
-    SELECT r.source_ca, r.source_jdd, r.ca_uuid, r.jdd_uuid
-      FROM pairs, gn2pg._resolve_mapping($10, pairs.cas, pairs.jdds) r
-), meta_pick AS (
-    -- Each CA and JDD of the page once, from the last accepted row carrying it.
-    SELECT DISTINCT ON (k.level, k.uuid) k.level, k.uuid, k.ord
-      FROM verdict v
-     CROSS JOIN LATERAL (VALUES ('ca', v.ca, v.ord), ('jdd', v.jdd, v.ord)) AS k(level, uuid, ord)
-     WHERE v.why IS NULL AND k.uuid IS NOT NULL
-     ORDER BY k.level, k.uuid, k.ord DESC
-), meta_written AS (
-    -- Flat views give a name (ca_nom, jdd_nom); views with metadata give the whole object.
-    INSERT INTO gn2pg.metadata AS m (source, level, uuid, name, parent_uuid, item, run_id)
-    SELECT $10, k.level, k.uuid,
-           CASE WHEN k.level = 'ca' THEN coalesce(v.p ->> 'ca_nom', v.p -> 'ca_data' ->> 'name')
-                ELSE coalesce(v.p ->> 'jdd_nom', v.p -> 'jdd_data' ->> 'name') END,
-           CASE WHEN k.level = 'jdd' THEN v.ca END,
-           CASE WHEN k.level = 'ca' AND jsonb_typeof(v.p -> 'ca_data') = 'object' THEN v.p -> 'ca_data'
-                WHEN k.level = 'jdd' AND jsonb_typeof(v.p -> 'jdd_data') = 'object' THEN v.p -> 'jdd_data' END,
-           $11
-      FROM meta_pick k JOIN verdict v ON v.ord = k.ord
-    {meta_upsert}
-), written AS (
-    -- The nested metadata objects live in gn2pg.metadata only, not in every row.
-    INSERT INTO gn2pg.observation AS o
-           (source, id_data, uuid, item, geom, ca_uuid, jdd_uuid, source_ca_uuid, source_jdd_uuid,
-            source_updated_at, updated_at, run_id)
-    SELECT $10, v.id_data, v.uuid,
-           CASE WHEN v.p ? 'ca_data' OR v.p ? 'jdd_data' THEN v.p - '{ca_data,jdd_data}'::text[] ELSE v.p END,
-           v.geom, coalesce(r.ca_uuid, v.ca), coalesce(r.jdd_uuid, v.jdd), v.ca, v.jdd,
-           v.source_updated_at, now(), $11
-      FROM verdict v
-      LEFT JOIN resolved r
-             ON coalesce(r.source_ca, '{nil}') = coalesce(v.ca, '{nil}') AND (r.source_ca IS NULL) = (v.ca IS NULL)
-            AND coalesce(r.source_jdd, '{nil}') = coalesce(v.jdd, '{nil}') AND (r.source_jdd IS NULL) = (v.jdd IS NULL)
-     WHERE v.why IS NULL
-    ON CONFLICT (source, id_data) DO UPDATE
-       SET uuid = EXCLUDED.uuid, item = EXCLUDED.item, geom = EXCLUDED.geom,
-           ca_uuid = EXCLUDED.ca_uuid, jdd_uuid = EXCLUDED.jdd_uuid,
-           source_ca_uuid = EXCLUDED.source_ca_uuid, source_jdd_uuid = EXCLUDED.source_jdd_uuid,
-           source_updated_at = EXCLUDED.source_updated_at, updated_at = EXCLUDED.updated_at,
-           run_id = EXCLUDED.run_id
-     -- Unchanged rows are not rewritten: no WAL, no bloat, no trigger downstream.
-     WHERE o.item IS DISTINCT FROM EXCLUDED.item
-        OR coalesce(NOT (o.geom OPERATOR({pg}.=) EXCLUDED.geom), (o.geom IS NULL) <> (EXCLUDED.geom IS NULL))
-        OR o.uuid IS DISTINCT FROM EXCLUDED.uuid
-        OR o.ca_uuid IS DISTINCT FROM EXCLUDED.ca_uuid OR o.jdd_uuid IS DISTINCT FROM EXCLUDED.jdd_uuid
-        OR o.source_ca_uuid IS DISTINCT FROM EXCLUDED.source_ca_uuid
-        OR o.source_jdd_uuid IS DISTINCT FROM EXCLUDED.source_jdd_uuid
-    RETURNING (o.xmax = 0) AS inserted
-), swept AS (
-    DELETE FROM gn2pg.observation o
-     WHERE $13::bigint IS NOT NULL AND o.source = $10 AND o.id_data >= $13
-       AND ($14::bigint IS NULL OR o.id_data <= $14)
-       AND NOT EXISTS (SELECT 1 FROM input c WHERE c.id_data = o.id_data)
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM input),
-       (SELECT count(*) FROM written WHERE inserted),
-       (SELECT count(*) FROM written WHERE NOT inserted),
-       (SELECT count(*) FROM verdict WHERE why IS NULL),
-       (SELECT count(*) FROM rejected),
-       (SELECT count(*) FROM swept),
-       (SELECT to_char(max(source_updated_at), 'YYYY-MM-DD HH24:MI:SS.US') FROM judged)
-"#;
-
-/// The loading statement for a PostGIS schema, fast or careful.
-pub fn load_page_sql(postgis_schema: &str, careful: bool) -> String {
-    let (join, geom, err) = if careful {
-        (CAREFUL_GEOM_JOIN, CAREFUL_GEOM, CAREFUL_GEOM_ERROR)
-    } else {
-        (FAST_GEOM_JOIN, FAST_GEOM, FAST_GEOM_ERROR)
-    };
-    LOAD_PAGE_SQL
-        .replace("{geom_join}", join)
-        .replace("{geom_error}", err)
-        .replace("{geom}", geom)
-        .replace("{uuid_re}", UUID_RE)
-        .replace("{meta_upsert}", METADATA_UPSERT)
-        .replace("{nil}", NIL_UUID)
-        .replace("{pg}", &quote_identifier(postgis_schema))
-}
-
-pub fn load_page(sql: &str, spec: &PageSpec, cols: &Columns) -> SpiResult<PageLoad> {
-    let (lo, hi) = match spec.sweep {
-        Some(r) => (Some(r.lo), r.hi),
-        None => (None, None),
-    };
-    Spi::connect_mut(|c| {
-        let t = c.update(
-            sql,
-            None,
-            &[
-                cols.items.clone().into(),
-                cols.geojson.clone().into(),
-                cols.id_data.clone().into(),
-                cols.uuid.clone().into(),
-                cols.wkt.clone().into(),
-                cols.updated.clone().into(),
-                cols.ca.clone().into(),
-                cols.jdd.clone().into(),
-                cols.reason.clone().into(),
-                spec.source.into(),
-                spec.run_id.into(),
-                spec.key_column.into(),
-                lo.into(),
-                hi.into(),
-            ],
-        )?;
-        let r = t.first();
-        let n = |i| -> SpiResult<i64> { Ok(r.get::<i64>(i)?.unwrap_or(0)) };
-        let (inserted, updated, good) = (n(2)?, n(3)?, n(4)?);
-        Ok(PageLoad {
-            received: n(1)?,
-            inserted,
-            updated,
-            unchanged: good - inserted - updated,
-            failed: n(5)?,
-            deleted: n(6)?,
-            max_source_action: r.get::<String>(7)?,
-        })
-    })
-}
 
 /// $1 body, $2 source, $3 run id, $4 key column, $5 FeatureCollection?
 ///
@@ -489,6 +250,7 @@ WITH doc AS (
     INSERT INTO gn2pg.metadata AS m (source, level, uuid, name, parent_uuid, item, run_id)
     SELECT $2, p.level, p.uuid, p.name, p.parent, p.item, $3 FROM picked p
     {meta_upsert}
+    RETURNING 1
 )
 SELECT (SELECT count(*) FROM elems), (SELECT count(*) FROM written), (SELECT count(*) FROM rejected)
 "#;
@@ -496,7 +258,7 @@ SELECT (SELECT count(*) FROM elems), (SELECT count(*) FROM written), (SELECT cou
 pub fn load_metadata_page_sql() -> String {
     LOAD_METADATA_PAGE_SQL
         .replace("{uuid_re}", UUID_RE)
-        .replace("{meta_upsert}", METADATA_UPSERT)
+        .replace("{meta_upsert}", crate::loader::METADATA_UPSERT)
 }
 
 /// Where the items of a metadata export are.

@@ -63,7 +63,8 @@ pub fn wait_run(db: &mut Client, run_id: i64, limit: Duration, what: &str, cond:
 }
 
 /// Asserts that the source's local rows are exactly what the export serves: same keys, uuids,
-/// items (without the nested `ca_data` / `jdd_data`, kept in gn2pg.metadata) and geometries.
+/// items (without the nested `ca_data` / `jdd_data`, kept in gn2pg.metadata) and geometries
+/// (byte-identical EWKB).
 pub fn assert_equal_to_source(db: &mut Client, source: &str, fx: &FixtureServer, export: u32) {
     let exp = fx.expected_rows(export);
     let ids: Vec<i64> = exp.iter().map(|r| r.id_synthese).collect();
@@ -80,8 +81,8 @@ pub fn assert_equal_to_source(db: &mut Client, source: &str, fx: &FixtureServer,
                                 WHEN e.id IS NULL THEN 'extra locally'
                                 WHEN o.uuid::text IS DISTINCT FROM e.uuid THEN 'uuid differs'
                                 WHEN o.item IS DISTINCT FROM e.item::jsonb - '{ca_data,jdd_data}'::text[] THEN 'item differs'
-                                WHEN NOT coalesce(ST_Equals(o.geom, ST_GeomFromText(e.wkt, 4326)),
-                                                  o.geom IS NULL AND e.wkt IS NULL) THEN 'geometry differs'
+                                -- Byte for byte: what gn2pg builds in Rust must be what PostGIS makes of the text.
+                                WHEN ST_AsEWKB(o.geom) IS DISTINCT FROM ST_AsEWKB(ST_GeomFromText(e.wkt, 4326)) THEN 'geometry differs'
                            END AS why
                       FROM e FULL JOIN o ON o.id_data = e.id)
              SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM o),

@@ -57,8 +57,17 @@ pub struct TestDb {
 
 impl TestDb {
     pub fn new(prefix: &str) -> TestDb {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
         ensure_template();
+        Self::create(prefix, &format!("TEMPLATE {TEMPLATE}"))
+    }
+
+    /// A database without gn2pg (`options`: extra CREATE DATABASE options, e.g. an encoding).
+    pub fn empty(prefix: &str, options: &str) -> TestDb {
+        Self::create(prefix, options)
+    }
+
+    fn create(prefix: &str, options: &str) -> TestDb {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "t_{}_{}_{}",
             prefix.to_ascii_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
@@ -69,7 +78,7 @@ impl TestDb {
         // CREATE DATABASE ... TEMPLATE fails while another session is connected to the template.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}")) {
+            match admin.batch_execute(&format!("CREATE DATABASE {name} {options}")) {
                 Ok(()) => break,
                 Err(e) if Instant::now() < deadline && e.to_string().contains("being accessed") => {
                     std::thread::sleep(Duration::from_millis(100))

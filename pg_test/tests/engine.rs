@@ -2,10 +2,9 @@
 //! concurrent calls, incremental cost, parallel streams and item-level errors.
 //! Each scenario reproduced against GN2PG in peer-gn2pg.md §3/§5.5 has a test here.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use gn2pg_pg_test::canned::one_page_source;
 use gn2pg_pg_test::checks::{add_source, assert_equal_to_source, harvest, n, run_rows, wait_run};
 use gn2pg_pg_test::db::{connect, error_text, Client, TestDb};
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer, Mutation};
@@ -241,53 +240,6 @@ fn auto_mode_reconciles_with_a_periodic_full_run() {
     assert_equal_to_source(&mut db.client, "pub", &fx, 3);
 }
 
-/// A one-export source serving canned pages: the first data request gets `page`, later ones
-/// an empty page. Used for items the fixture never produces.
-fn canned_source(page: String) -> (String, std::thread::JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/gn", l.local_addr().unwrap());
-    let h = std::thread::spawn(move || {
-        let mut served = 0;
-        // Bounded: module lookup + two data pages per harvest, two harvests.
-        for _ in 0..8 {
-            let Ok((mut s, _)) = l.accept() else { return };
-            let mut rd = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            if rd.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut len = 0;
-            loop {
-                let mut h = String::new();
-                if rd.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = rd.read_exact(&mut body);
-            let (status, out) = if line.contains("/api/exports/api/") {
-                served += 1;
-                if served % 2 == 1 {
-                    ("200 OK", page.clone())
-                } else {
-                    ("200 OK", r#"{"items":[],"limit":1000,"page":0,"total":0,"total_filtered":0}"#.to_string())
-                }
-            } else {
-                ("404 NOT FOUND", r#"{"code":404,"name":"Not Found","description":"nope"}"#.to_string())
-            };
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{out}",
-                out.len()
-            );
-        }
-    });
-    (url, h)
-}
-
 #[test]
 fn bad_items_go_to_run_error_and_the_rest_of_the_page_loads() {
     let good = |id: i64, uuid: &str| format!(r#"{{"id_synthese":{id},"id_perm_sinp":"{uuid}","wkt_4326":"POINT(5 45)","derniere_action":"2025-01-01 10:00:00"}}"#);
@@ -301,7 +253,7 @@ fn bad_items_go_to_run_error_and_the_rest_of_the_page_loads() {
         good(7, "77777777-7777-4777-8777-777777777777"),
     ];
     let page = format!(r#"{{"items":[{}],"limit":1000,"page":0,"total":7,"total_filtered":7}}"#, items.join(","));
-    let (url, server) = canned_source(page);
+    let (url, server) = one_page_source(page);
     let mut db = TestDb::new("bad_items");
     // Another source already owns uuid 7777...: the row is reported, not silently skipped.
     db.client

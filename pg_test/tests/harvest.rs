@@ -77,7 +77,7 @@ fn every_total_filtered_profile_is_harvested_completely() {
         let export = 10 + i as u32;
         fx.set_export(
             export,
-            ExportConfig { access: Access::Public, shape: Shape::Array, view: View::CdNomenclature, total_filtered: profile.clone(), max_page_size: 1000 },
+            ExportConfig { access: Access::Public, shape: Shape::Array, view: View::CdNomenclature, total_filtered: profile, max_page_size: 1000 },
         );
         for paging in ["keyset", "offset"] {
             let name = format!("tf{i}{}", &paging[..1]);

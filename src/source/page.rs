@@ -1,6 +1,5 @@
-//! Reading one answer of the export API. Only the envelope and each item's key are decoded
-//! here; the items themselves travel to PostgreSQL as the raw body text (one jsonb parse,
-//! set-based), so Rust never builds a `serde_json::Value` per row.
+//! Reading one answer of the export API: the envelope, the items split without decoding them,
+//! and each item's key (for paging). Turning items into rows is `encode::rows`.
 
 use std::fmt;
 
@@ -85,8 +84,20 @@ fn split_items(body: &str) -> Result<Items<'_>, String> {
 
 /// The summary of a page whose items have the given keys (None: absent or not an integer).
 fn summarize(items: &Items, keys: impl Iterator<Item = Option<i64>>) -> PageSummary {
-    let (mut max_key, mut min_key, mut missing) = (None::<i64>, None::<i64>, 0usize);
+    summary(items.shape, items.limit, items.total, items.total_filtered, keys)
+}
+
+/// A page's summary from its envelope numbers and its items' keys.
+pub(crate) fn summary(
+    shape: Shape,
+    limit: Option<u64>,
+    total: Option<u64>,
+    total_filtered: Option<u64>,
+    keys: impl Iterator<Item = Option<i64>>,
+) -> PageSummary {
+    let (mut len, mut max_key, mut min_key, mut missing) = (0usize, None::<i64>, None::<i64>, 0usize);
     for k in keys {
+        len += 1;
         match k {
             Some(k) => {
                 max_key = Some(max_key.map_or(k, |m| m.max(k)));
@@ -95,16 +106,7 @@ fn summarize(items: &Items, keys: impl Iterator<Item = Option<i64>>) -> PageSumm
             None => missing += 1,
         }
     }
-    PageSummary {
-        shape: items.shape,
-        len: items.raw.len(),
-        limit: items.limit,
-        total: items.total,
-        total_filtered: items.total_filtered,
-        max_key,
-        min_key,
-        missing_keys: missing,
-    }
+    PageSummary { shape, len, limit, total, total_filtered, max_key, min_key, missing_keys: missing }
 }
 
 /// Reads only the envelope and each item's key. Errors are plain strings: the caller wraps them
@@ -117,7 +119,7 @@ pub fn parse_page(body: &str, key: &str) -> Result<PageSummary, String> {
     Ok(summarize(&items, items.raw.iter().map(|it| item_key(it.get(), path))))
 }
 
-fn snippet(s: &str, max: usize) -> String {
+pub(crate) fn snippet(s: &str, max: usize) -> String {
     let t: String = s.chars().take(max).collect();
     if s.chars().count() > max { format!("{t}…") } else { t }
 }
@@ -262,114 +264,6 @@ pub struct Fields {
     pub updated: String,
 }
 
-/// A page split into columns for one set-based INSERT. Extraction and validation happen here,
-/// on the HTTP thread, in parallel with PostgreSQL loading the previous page: the database
-/// only parses each item once (`text::jsonb`) and casts values already known to be valid.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Columns {
-    /// The item as received (a feature's `properties`), JSON text.
-    pub items: Vec<String>,
-    /// A feature's `geometry` as GeoJSON text.
-    pub geojson: Vec<Option<String>>,
-    pub id_data: Vec<Option<i64>>,
-    pub uuid: Vec<Option<String>>,
-    pub wkt: Vec<Option<String>>,
-    pub updated: Vec<Option<String>>,
-    pub ca: Vec<Option<String>>,
-    pub jdd: Vec<Option<String>>,
-    /// Why the item cannot be loaded; None for a good item.
-    pub reason: Vec<Option<String>>,
-}
-
-/// The text of a scalar JSON value: strings unescaped, null as None, anything else raw.
-fn scalar_text(raw: &RawValue) -> Result<Option<String>, String> {
-    let t = raw.get();
-    match t.as_bytes().first() {
-        Some(b'"') => serde_json::from_str::<String>(t).map(Some).map_err(|e| e.to_string()),
-        Some(b'n') if t == "null" => Ok(None),
-        _ => Ok(Some(t.to_string())),
-    }
-}
-
-/// Collects the loader's fields of one item in a single pass over its top-level members.
-struct ItemFields<'a> {
-    f: &'a Fields,
-    key: Option<&'a RawValue>,
-    uuid: Option<&'a RawValue>,
-    wkt: Option<&'a RawValue>,
-    updated: Option<&'a RawValue>,
-    ca: Option<&'a RawValue>,
-    jdd: Option<&'a RawValue>,
-    ca_data: Option<&'a RawValue>,
-    jdd_data: Option<&'a RawValue>,
-}
-
-fn item_fields<'a>(item: &'a str, f: &'a Fields) -> Result<Option<ItemFields<'a>>, String> {
-    if !item.trim_start().starts_with('{') {
-        return Ok(None);
-    }
-    let map: Vec<(std::borrow::Cow<'a, str>, &'a RawValue)> = {
-        struct Members<'a>(Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>);
-        impl<'de> Deserialize<'de> for Members<'de> {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl<'de> Visitor<'de> for V {
-                    type Value = Members<'de>;
-                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                        f.write_str("an object")
-                    }
-                    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Members<'de>, A::Error> {
-                        let mut v = Vec::new();
-                        while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
-                            v.push((k, m.next_value::<&'de RawValue>()?));
-                        }
-                        Ok(Members(v))
-                    }
-                }
-                d.deserialize_map(V)
-            }
-        }
-        serde_json::from_str::<Members<'a>>(item).map_err(|e| e.to_string())?.0
-    };
-    let mut out = ItemFields { f, key: None, uuid: None, wkt: None, updated: None, ca: None, jdd: None, ca_data: None, jdd_data: None };
-    for (k, v) in map {
-        let k = k.as_ref();
-        if k == out.f.key {
-            out.key = Some(v);
-        } else if k == out.f.uuid {
-            out.uuid = Some(v);
-        } else if k == out.f.wkt {
-            out.wkt = Some(v);
-        } else if k == out.f.updated {
-            out.updated = Some(v);
-        } else {
-            match k {
-                "ca_uuid" => out.ca = Some(v),
-                "jdd_uuid" => out.jdd = Some(v),
-                "ca_data" => out.ca_data = Some(v),
-                "jdd_data" => out.jdd_data = Some(v),
-                _ => {}
-            }
-        }
-    }
-    Ok(Some(out))
-}
-
-/// `uuid` member of a nested metadata object (`ca_data`, `jdd_data`).
-fn nested_uuid(raw: Option<&RawValue>) -> Result<Option<String>, String> {
-    let Some(raw) = raw else { return Ok(None) };
-    if !raw.get().trim_start().starts_with('{') {
-        return Ok(None);
-    }
-    #[derive(Deserialize)]
-    struct U<'a> {
-        #[serde(borrow)]
-        uuid: Option<&'a RawValue>,
-    }
-    let u: U = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
-    u.uuid.map(scalar_text).transpose().map(Option::flatten)
-}
-
 pub fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
@@ -423,130 +317,9 @@ pub fn is_timestamp(s: &str) -> bool {
     }
 }
 
-/// Splits a page into [`Columns`], deciding which items are rejected and why, with the page's
-/// summary: one pass over the body.
-pub fn page_columns(body: &str, f: &Fields) -> Result<(PageSummary, Columns), String> {
-    let items = split_items(body)?;
-    let mut cols = Columns::default();
-    let push_item = |cols: &mut Columns, text: &str, geo: Option<String>| -> Result<(), String> {
-        let fields = item_fields(text, f)?;
-        let text_of = |r: Option<&RawValue>| r.map(scalar_text).transpose().map(Option::flatten);
-        let (mut id, mut uuid, mut wkt, mut upd, mut ca, mut jdd) = (None, None, None, None, None, None);
-        let reason;
-        match fields {
-            None => reason = Some("item is not a JSON object".to_string()),
-            Some(it) => {
-                id = it.key.and_then(|k| item_key(k.get(), &[]));
-                uuid = text_of(it.uuid)?;
-                wkt = text_of(it.wkt)?.filter(|w| !w.trim().is_empty());
-                upd = text_of(it.updated)?;
-                ca = match text_of(it.ca)? {
-                    Some(c) => Some(c),
-                    None => nested_uuid(it.ca_data)?,
-                };
-                jdd = match text_of(it.jdd)? {
-                    Some(j) => Some(j),
-                    None => nested_uuid(it.jdd_data)?,
-                };
-                let short = |s: &str| s.chars().take(80).collect::<String>();
-                reason = if id.is_none() {
-                    Some(format!("missing or non-integer key {}", f.key))
-                } else if let Some(u) = uuid.as_deref().filter(|u| !is_uuid(u)) {
-                    Some(format!("invalid uuid {} in {}", short(u), f.uuid))
-                } else if let Some(c) = ca.as_deref().filter(|c| !is_uuid(c)) {
-                    Some(format!("invalid acquisition framework uuid {}", short(c)))
-                } else if let Some(j) = jdd.as_deref().filter(|j| !is_uuid(j)) {
-                    Some(format!("invalid dataset uuid {}", short(j)))
-                } else {
-                    upd.as_deref()
-                        .filter(|t| !is_timestamp(t))
-                        .map(|t| format!("invalid timestamp {} in {}", short(t), f.updated))
-                };
-            }
-        }
-        cols.items.push(text.to_string());
-        cols.geojson.push(geo);
-        cols.id_data.push(id);
-        cols.uuid.push(uuid);
-        cols.wkt.push(wkt);
-        cols.updated.push(upd);
-        cols.ca.push(ca);
-        cols.jdd.push(jdd);
-        cols.reason.push(reason);
-        Ok(())
-    };
-    match items.shape {
-        Shape::Array => {
-            for it in &items.raw {
-                push_item(&mut cols, it.get(), None)?;
-            }
-        }
-        Shape::FeatureCollection => {
-            #[derive(Deserialize)]
-            struct Feature<'a> {
-                #[serde(borrow)]
-                geometry: Option<&'a RawValue>,
-                #[serde(borrow)]
-                properties: Option<&'a RawValue>,
-            }
-            for raw in &items.raw {
-                let feat: Feature = serde_json::from_str(raw.get()).map_err(|e| format!("feature: {e}"))?;
-                let geo = feat.geometry.map(|g| g.get().to_string()).filter(|g| g != "null");
-                push_item(&mut cols, feat.properties.map_or("null", |p| p.get()), geo)?;
-            }
-        }
-    }
-    Ok((summarize(&items, cols.id_data.iter().copied()), cols))
-}
-
 #[cfg(test)]
 mod column_tests {
     use super::*;
-
-    fn fields() -> Fields {
-        Fields { key: "id_synthese".into(), uuid: "id_perm_sinp".into(), wkt: "wkt_4326".into(), updated: "derniere_action".into() }
-    }
-
-    #[test]
-    fn extracts_and_validates() {
-        let body = r#"{"items":[
-            {"id_synthese":1,"id_perm_sinp":"3f1c7c5e-0000-4000-8000-000000000001","wkt_4326":"POINT(5 45)","derniere_action":"2023-05-13 10:02:11.482312","ca_data":{"uuid":"57b7d0f2-4183-4b7b-8f08-6e105d476dc5","name":"x"},"jdd_uuid":"9b2a0c1e-5f4d-4e3c-8b7a-6d5c4b3a2f10","nom":"l'\"é"},
-            {"id_perm_sinp":"3f1c7c5e-0000-4000-8000-000000000002"},
-            {"id_synthese":3,"id_perm_sinp":"nope"},
-            {"id_synthese":4,"derniere_action":"2023-02-30 10:00:00"},
-            {"id_synthese":5,"ca_uuid":"bad"},
-            "scalar"
-        ],"limit":1000}"#;
-        let (summary, c) = page_columns(body, &fields()).unwrap();
-        assert_eq!(summary, parse_page(body, "id_synthese").unwrap(), "one pass gives the same summary");
-        assert_eq!(c.items.len(), 6);
-        assert_eq!(c.id_data, vec![Some(1), None, Some(3), Some(4), Some(5), None]);
-        assert_eq!(c.ca[0].as_deref(), Some("57b7d0f2-4183-4b7b-8f08-6e105d476dc5"));
-        assert_eq!(c.jdd[0].as_deref(), Some("9b2a0c1e-5f4d-4e3c-8b7a-6d5c4b3a2f10"));
-        assert_eq!(c.wkt[0].as_deref(), Some("POINT(5 45)"));
-        assert_eq!(c.reason[0], None);
-        assert!(c.items[0].contains(r#""nom":"l'\"é""#), "items keep their exact text");
-        let r: Vec<String> = c.reason.iter().map(|r| r.clone().unwrap_or_default()).collect();
-        assert!(r[1].contains("missing or non-integer key id_synthese"));
-        assert!(r[2].contains("invalid uuid nope"));
-        assert!(r[3].contains("invalid timestamp 2023-02-30"));
-        assert!(r[4].contains("invalid acquisition framework uuid bad"));
-        assert!(r[5].contains("not a JSON object"));
-    }
-
-    #[test]
-    fn feature_properties_and_geometry() {
-        let body = r#"{"items":{"type":"FeatureCollection","features":[
-            {"type":"Feature","geometry":{"type":"Point","coordinates":[4.8,45.7]},"properties":{"id_synthese":12}},
-            {"type":"Feature","geometry":null,"properties":{"id_synthese":"15"}}]}}"#;
-        let (summary, c) = page_columns(body, &fields()).unwrap();
-        assert_eq!(summary, parse_page(body, "id_synthese").unwrap(), "one pass gives the same summary");
-        assert_eq!(summary.shape, Shape::FeatureCollection);
-        assert_eq!(c.items, vec![r#"{"id_synthese":12}"#, r#"{"id_synthese":"15"}"#]);
-        assert_eq!(c.geojson[0].as_deref(), Some(r#"{"type":"Point","coordinates":[4.8,45.7]}"#));
-        assert_eq!(c.geojson[1], None);
-        assert_eq!(c.id_data, vec![Some(12), Some(15)]);
-    }
 
     #[test]
     fn timestamps() {

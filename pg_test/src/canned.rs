@@ -1,0 +1,52 @@
+//! A one-export source serving a canned page, for items the fixture never produces.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+
+/// A one-export source on 127.0.0.1: the first data request gets `page`, the next an empty
+/// page, and so on; anything else is a 404. Serves at most 8 requests (two harvests).
+pub fn one_page_source(page: String) -> (String, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/gn", l.local_addr().unwrap());
+    let h = std::thread::spawn(move || {
+        let mut served = 0;
+        // Bounded: module lookup + two data pages per harvest, two harvests.
+        for _ in 0..8 {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut rd = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            if rd.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                if rd.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = rd.read_exact(&mut body);
+            let (status, out) = if line.contains("/api/exports/api/") {
+                served += 1;
+                if served % 2 == 1 {
+                    ("200 OK", page.clone())
+                } else {
+                    ("200 OK", r#"{"items":[],"limit":1000,"page":0,"total":0,"total_filtered":0}"#.to_string())
+                }
+            } else {
+                ("404 NOT FOUND", r#"{"code":404,"name":"Not Found","description":"nope"}"#.to_string())
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{out}",
+                out.len()
+            );
+        }
+    });
+    (url, h)
+}
+

@@ -1,0 +1,103 @@
+//! `ALTER EXTENSION gn2pg UPDATE` from every released version (sql/released/) gives exactly the
+//! objects of a fresh install, and a database left at an older version says what to do.
+
+use gn2pg_pg_test::checks::{add_source, harvest, n};
+use gn2pg_pg_test::db::{error_text, Client, TestDb};
+use gn2pg_pg_test::fixture::{FixtureConfig, FixtureServer};
+
+/// Everything about the extension's objects that an upgrade must reproduce, one line each.
+fn catalog(db: &mut Client) -> Vec<String> {
+    let queries = [
+        // Membership: every object the extension owns.
+        "SELECT 'member ' || pg_describe_object(classid, objid, objsubid)
+           FROM pg_depend WHERE refobjid = (SELECT oid FROM pg_extension WHERE extname = 'gn2pg') AND deptype = 'e'",
+        // Columns, with types, defaults, nullability, compression and comments.
+        "SELECT format('column %s.%s #%s %s notnull=%s default=%s compression=%s comment=%s', c.relname, a.attname,
+                       a.attnum, format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid),
+                       a.attcompression, col_description(c.oid, a.attnum))
+           FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace s ON s.oid = c.relnamespace
+           LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+          WHERE s.nspname = 'gn2pg' AND a.attnum > 0 AND NOT a.attisdropped",
+        "SELECT format('relation %s kind=%s acl=%s comment=%s', c.relname, c.relkind, c.relacl, obj_description(c.oid, 'pg_class'))
+           FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname = 'gn2pg'",
+        "SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'gn2pg'",
+        "SELECT format('constraint %s %s', conname, pg_get_constraintdef(oid))
+           FROM pg_constraint WHERE connamespace = 'gn2pg'::regnamespace",
+        "SELECT format('function %s acl=%s %s', p.oid::regprocedure, p.proacl, pg_get_functiondef(p.oid))
+           FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace
+          WHERE p.prokind <> 'a' AND (s.nspname = 'gn2pg' OR p.proname LIKE 'gn2pg\\_%')",
+        "SELECT format('view %s %s', viewname, definition) FROM pg_views WHERE schemaname = 'gn2pg'",
+        "SELECT format('trigger %s', pg_get_triggerdef(t.oid)) FROM pg_trigger t
+           JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relnamespace = 'gn2pg'::regnamespace AND NOT t.tgisinternal",
+        "SELECT format('config %s', unnest(extconfig)::regclass) FROM pg_extension WHERE extname = 'gn2pg'",
+    ];
+    let mut lines: Vec<String> = Vec::new();
+    for q in queries {
+        for r in db.query(q, &[]).unwrap() {
+            lines.push(r.get(0));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+fn released_versions(db: &mut Client) -> Vec<String> {
+    db.query(
+        "SELECT version FROM pg_available_extension_versions
+          WHERE name = 'gn2pg' AND version <> (SELECT default_version FROM pg_available_extensions WHERE name = 'gn2pg')
+          ORDER BY string_to_array(version, '.')::int[]",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[test]
+fn updating_from_every_released_version_gives_a_fresh_install() {
+    let mut fresh = TestDb::empty("fresh", "");
+    fresh.client.batch_execute("CREATE EXTENSION gn2pg CASCADE").unwrap();
+    let expected = catalog(&mut fresh.client);
+    assert!(expected.iter().any(|l| l.contains("content_hash")), "the catalog query sees the columns");
+    let versions = released_versions(&mut fresh.client);
+    assert!(versions.contains(&"0.1.0".to_string()), "released scripts are installed: {versions:?}");
+    for v in versions {
+        let mut old = TestDb::empty("old", "");
+        old.client.batch_execute(&format!("CREATE EXTENSION gn2pg VERSION '{v}' CASCADE")).unwrap();
+        old.client.batch_execute("ALTER EXTENSION gn2pg UPDATE").unwrap();
+        let got = catalog(&mut old.client);
+        let missing: Vec<&String> = expected.iter().filter(|l| !got.contains(l)).collect();
+        let extra: Vec<&String> = got.iter().filter(|l| !expected.contains(l)).collect();
+        assert!(missing.is_empty() && extra.is_empty(), "update from {v}: missing {missing:#?}\nextra {extra:#?}");
+    }
+}
+
+#[test]
+fn an_old_schema_with_the_new_library_says_to_update_then_rows_are_rehashed_once() {
+    let fx = FixtureServer::start(FixtureConfig { rows: 1500, ..Default::default() }).unwrap();
+    let mut db = TestDb::empty("at_010", "");
+    db.client.batch_execute("CREATE EXTENSION gn2pg VERSION '0.1.0' CASCADE").unwrap();
+    add_source(&mut db.client, "pub", &fx, 3, "public", "{}");
+    let e = harvest(&mut db.client, "pub", "full").unwrap_err();
+    assert!(e.contains("this database has gn2pg 0.1.0: run ALTER EXTENSION gn2pg UPDATE"), "{e}");
+
+    // Rows harvested by 0.1.0 carry no content hash.
+    db.client.batch_execute("ALTER EXTENSION gn2pg UPDATE").unwrap();
+    let first = harvest(&mut db.client, "pub", "full").unwrap();
+    assert_eq!(n(&first, "rows_upserted"), 1500);
+    db.client.batch_execute("UPDATE gn2pg.observation SET content_hash = NULL WHERE id_data % 3 = 0").unwrap();
+    let again = harvest(&mut db.client, "pub", "full").unwrap();
+    assert_eq!((n(&again, "rows_upserted"), n(&again, "rows_unchanged")), (500, 1000), "{again}");
+    let third = harvest(&mut db.client, "pub", "full").unwrap();
+    assert_eq!((n(&third, "rows_upserted"), n(&third, "rows_unchanged")), (0, 1500), "{third}");
+    let unhashed: i64 = db.client.query_one("SELECT count(*) FROM gn2pg.observation WHERE content_hash IS NULL", &[]).unwrap().get(0);
+    assert_eq!(unhashed, 0);
+}
+
+#[test]
+fn a_database_that_is_not_utf8_is_refused_at_create_extension() {
+    let mut db = TestDb::empty("latin1", "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0");
+    let e = db.client.batch_execute("CREATE EXTENSION gn2pg CASCADE").map_err(|e| error_text(&e)).unwrap_err();
+    assert!(e.contains("gn2pg needs a database with UTF8 encoding, this one is LATIN1"), "{e}");
+}

@@ -1,0 +1,989 @@
+//! JSON text to PostgreSQL's on-disk `jsonb` format, built in Rust on the HTTP helper thread.
+//!
+//! Why: parsing text into `jsonb` (`jsonb_in`) was the largest single cost of loading a page in
+//! the backend (a third of a COPY of the same rows). Building the binary form here moves that
+//! work to the other core; the backend copies bytes.
+//!
+//! The contract is byte identity with `jsonb_in` of the same text on a UTF8 database: same key
+//! order (by byte length, then bytes), last duplicate key wins, a JEntry offset every 32nd child,
+//! int-aligned numerics in `numeric_in`'s short or long format, raw scalars wrapped in a one-element
+//! array. The format is PostgreSQL's stable on-disk format (pg_upgrade keeps jsonb files as they
+//! are), see `src/include/utils/jsonb.h` and `jsonb_util.c:convertJsonbValue`. Inputs `jsonb_in`
+//! rejects are rejected here with its message. `gn2pg._jsonb_selftest` (src/api.rs) compares
+//! this encoder with `jsonb_in` byte for byte, and the test suite runs it over a corpus.
+//!
+//! No PostgreSQL calls: this module is unit-tested without a database.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// A parsed JSON value borrowing from the source text where no unescaping was needed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value<'a> {
+    Null,
+    Bool(bool),
+    /// The number's token text, exactly as received (jsonb stores it as `numeric`).
+    Number(&'a str),
+    String(Cow<'a, str>),
+    Array(Vec<Value<'a>>),
+    /// Members in received order, duplicates included (encoding keeps the last one).
+    Object(Vec<(Cow<'a, str>, Value<'a>)>),
+}
+
+impl<'a> Value<'a> {
+    /// Last member named `key` of an object (jsonb keeps the last duplicate too).
+    pub fn get(&self, key: &str) -> Option<&Value<'a>> {
+        match self {
+            Value::Object(m) => m.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The text `->>` would give: strings unescaped, numbers and booleans as written, objects
+    /// and arrays as None (callers never need their text), JSON null as None.
+    pub fn scalar_text(&self) -> Option<Cow<'a, str>> {
+        match self {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(Cow::Borrowed(n)),
+            Value::Bool(true) => Some(Cow::Borrowed("true")),
+            Value::Bool(false) => Some(Cow::Borrowed("false")),
+            _ => None,
+        }
+    }
+}
+
+/// Why a text cannot become jsonb; the wording follows PostgreSQL's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonbError {
+    pub message: String,
+    /// Not JSON at all (as opposed to JSON that jsonb refuses, such as `\u0000`).
+    pub syntax: bool,
+    /// The text ends in the middle of a value: a cut answer.
+    pub truncated: bool,
+}
+
+impl fmt::Display for JsonbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for JsonbError {}
+
+/// JSON that jsonb cannot hold.
+fn err<T>(msg: impl Into<String>) -> Result<T, JsonbError> {
+    Err(JsonbError { message: msg.into(), syntax: false, truncated: false })
+}
+
+fn syntax_err<T>(msg: impl Into<String>, truncated: bool) -> Result<T, JsonbError> {
+    Err(JsonbError { message: msg.into(), syntax: true, truncated })
+}
+
+/// Deeper documents are refused rather than risking the helper thread's stack.
+const MAX_DEPTH: usize = 512;
+
+/// Parses one JSON document (RFC 8259, as strict as PostgreSQL's parser).
+pub fn parse(text: &str) -> Result<Value<'_>, JsonbError> {
+    let mut p = Parser { s: text.as_bytes(), src: text, i: 0 };
+    p.skip_ws();
+    let v = p.value(0)?;
+    p.skip_ws();
+    if p.i != p.s.len() {
+        return p.syntax("unexpected data after the value");
+    }
+    Ok(v)
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    src: &'a str,
+    i: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.s.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn syntax<T>(&self, what: &str) -> Result<T, JsonbError> {
+        if self.i >= self.s.len() {
+            syntax_err(format!("invalid input syntax for type json: the input ends unexpectedly ({what})"), true)
+        } else {
+            syntax_err(format!("invalid input syntax for type json: {what} at byte {}", self.i), false)
+        }
+    }
+
+    fn expect(&mut self, lit: &[u8]) -> Result<(), JsonbError> {
+        if self.s[self.i..].starts_with(lit) {
+            self.i += lit.len();
+            Ok(())
+        } else {
+            self.syntax("invalid literal")
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value<'a>, JsonbError> {
+        if depth > MAX_DEPTH {
+            return err(format!("JSON nested deeper than {MAX_DEPTH} levels"));
+        }
+        match self.s.get(self.i) {
+            Some(b'{') => self.object(depth),
+            Some(b'[') => self.array(depth),
+            Some(b'"') => Ok(Value::String(self.string()?)),
+            Some(b't') => self.expect(b"true").map(|_| Value::Bool(true)),
+            Some(b'f') => self.expect(b"false").map(|_| Value::Bool(false)),
+            Some(b'n') => self.expect(b"null").map(|_| Value::Null),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => self.syntax("expected a JSON value"),
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<Value<'a>, JsonbError> {
+        self.i += 1;
+        let mut members = Vec::with_capacity(8);
+        self.skip_ws();
+        if self.s.get(self.i) == Some(&b'}') {
+            self.i += 1;
+            return Ok(Value::Object(members));
+        }
+        loop {
+            self.skip_ws();
+            if self.s.get(self.i) != Some(&b'"') {
+                return self.syntax("expected an object key");
+            }
+            let k = self.string()?;
+            self.skip_ws();
+            if self.s.get(self.i) != Some(&b':') {
+                return self.syntax("expected \":\"");
+            }
+            self.i += 1;
+            self.skip_ws();
+            let v = self.value(depth + 1)?;
+            members.push((k, v));
+            self.skip_ws();
+            match self.s.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(Value::Object(members));
+                }
+                _ => return self.syntax("expected \",\" or \"}\""),
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Result<Value<'a>, JsonbError> {
+        self.i += 1;
+        let mut elems = Vec::new();
+        self.skip_ws();
+        if self.s.get(self.i) == Some(&b']') {
+            self.i += 1;
+            return Ok(Value::Array(elems));
+        }
+        loop {
+            self.skip_ws();
+            elems.push(self.value(depth + 1)?);
+            self.skip_ws();
+            match self.s.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(Value::Array(elems));
+                }
+                _ => return self.syntax("expected \",\" or \"]\""),
+            }
+        }
+    }
+
+    fn number(&mut self) -> Result<Value<'a>, JsonbError> {
+        let start = self.i;
+        let digits = |p: &mut Parser| {
+            let d = p.i;
+            while let Some(b'0'..=b'9') = p.s.get(p.i) {
+                p.i += 1;
+            }
+            p.i - d
+        };
+        if self.s.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        match self.s.get(self.i) {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
+                digits(self);
+            }
+            _ => return self.syntax("invalid number"),
+        }
+        if self.s.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if digits(self) == 0 {
+                return self.syntax("invalid number");
+            }
+        }
+        if let Some(b'e' | b'E') = self.s.get(self.i) {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.s.get(self.i) {
+                self.i += 1;
+            }
+            if digits(self) == 0 {
+                return self.syntax("invalid number");
+            }
+        }
+        // A number glued to letters ("1x") is one bad token for PostgreSQL.
+        if let Some(c) = self.s.get(self.i) {
+            if c.is_ascii_alphanumeric() || *c == b'_' {
+                return self.syntax("invalid number");
+            }
+        }
+        Ok(Value::Number(&self.src[start..self.i]))
+    }
+
+    fn hex4(&mut self) -> Result<u32, JsonbError> {
+        let mut v = 0u32;
+        for _ in 0..4 {
+            let c = match self.s.get(self.i) {
+                Some(c) => *c,
+                None => return self.syntax("unterminated string"),
+            };
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => return self.syntax("\"\\u\" must be followed by four hexadecimal digits"),
+            };
+            v = v * 16 + u32::from(d);
+            self.i += 1;
+        }
+        Ok(v)
+    }
+
+    /// A string token, unescaped. Borrowed when it holds no escape.
+    fn string(&mut self) -> Result<Cow<'a, str>, JsonbError> {
+        self.i += 1;
+        let start = self.i;
+        // Fast scan: most strings have no escape.
+        loop {
+            match self.s.get(self.i) {
+                None => return self.syntax("unterminated string"),
+                Some(b'"') => {
+                    let s = &self.src[start..self.i];
+                    self.i += 1;
+                    return Ok(Cow::Borrowed(s));
+                }
+                Some(b'\\') => break,
+                Some(c) if *c < 0x20 => return self.syntax(&format!("character with value 0x{c:02x} must be escaped")),
+                Some(_) => self.i += 1,
+            }
+        }
+        let mut out = String::with_capacity(self.i - start + 16);
+        out.push_str(&self.src[start..self.i]);
+        let mut high: Option<u32> = None;
+        let low_missing = || err("unsupported Unicode escape sequence: a Unicode high surrogate must be followed by a low surrogate");
+        loop {
+            let run = self.i;
+            while let Some(c) = self.s.get(self.i) {
+                if *c == b'"' || *c == b'\\' || *c < 0x20 {
+                    break;
+                }
+                self.i += 1;
+            }
+            if self.i > run {
+                if high.is_some() {
+                    return low_missing();
+                }
+                out.push_str(&self.src[run..self.i]);
+            }
+            match self.s.get(self.i) {
+                None => return self.syntax("unterminated string"),
+                Some(b'"') => {
+                    if high.is_some() {
+                        return low_missing();
+                    }
+                    self.i += 1;
+                    return Ok(Cow::Owned(out));
+                }
+                Some(c) if *c < 0x20 => return self.syntax(&format!("character with value 0x{c:02x} must be escaped")),
+                _ => {}
+            }
+            // A backslash.
+            self.i += 1;
+            let e = match self.s.get(self.i) {
+                Some(e) => *e,
+                None => return self.syntax("unterminated string"),
+            };
+            self.i += 1;
+            if e == b'u' {
+                let cp = self.hex4()?;
+                if (0xD800..0xDC00).contains(&cp) {
+                    if high.is_some() {
+                        return err("unsupported Unicode escape sequence: a Unicode high surrogate must not follow a high surrogate");
+                    }
+                    high = Some(cp);
+                    continue;
+                }
+                let cp = if (0xDC00..0xE000).contains(&cp) {
+                    match high.take() {
+                        Some(h) => 0x10000 + ((h - 0xD800) << 10) + (cp - 0xDC00),
+                        None => return err("unsupported Unicode escape sequence: a Unicode low surrogate must follow a high surrogate"),
+                    }
+                } else {
+                    if high.is_some() {
+                        return low_missing();
+                    }
+                    cp
+                };
+                if cp == 0 {
+                    return err("unsupported Unicode escape sequence: \\u0000 cannot be converted to text");
+                }
+                match char::from_u32(cp) {
+                    Some(ch) => out.push(ch),
+                    None => return err("unsupported Unicode escape sequence"),
+                }
+                continue;
+            }
+            if high.is_some() {
+                return low_missing();
+            }
+            out.push(match e {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                _ => return self.syntax(&format!("escape sequence \"\\{}\" is invalid", e as char)),
+            });
+        }
+    }
+}
+
+impl<'a> Parser<'a> {
+    /// Checks the syntax of one value and moves past it, building nothing. Unlike [`Self::value`]
+    /// it accepts what only jsonb refuses (`\u0000`, lone surrogates), so that such an item can
+    /// be reported on its own while the rest of the page loads.
+    fn skip(&mut self, depth: usize) -> Result<(), JsonbError> {
+        if depth > MAX_DEPTH {
+            return err(format!("JSON nested deeper than {MAX_DEPTH} levels"));
+        }
+        match self.s.get(self.i) {
+            Some(b'{') | Some(b'[') => {
+                let close = if self.s[self.i] == b'{' { b'}' } else { b']' };
+                self.i += 1;
+                self.skip_ws();
+                if self.s.get(self.i) == Some(&close) {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.skip_ws();
+                    if close == b'}' {
+                        if self.s.get(self.i) != Some(&b'"') {
+                            return self.syntax("expected an object key");
+                        }
+                        self.skip_string()?;
+                        self.skip_ws();
+                        if self.s.get(self.i) != Some(&b':') {
+                            return self.syntax("expected \":\"");
+                        }
+                        self.i += 1;
+                        self.skip_ws();
+                    }
+                    self.skip(depth + 1)?;
+                    self.skip_ws();
+                    match self.s.get(self.i) {
+                        Some(b',') => self.i += 1,
+                        Some(c) if *c == close => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return self.syntax("expected \",\" or the end of the container"),
+                    }
+                }
+            }
+            Some(b'"') => self.skip_string(),
+            _ => self.value(depth).map(drop),
+        }
+    }
+
+    fn skip_string(&mut self) -> Result<(), JsonbError> {
+        self.i += 1;
+        loop {
+            match self.s.get(self.i) {
+                None => return self.syntax("unterminated string"),
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                Some(b'\\') => {
+                    self.i += 1;
+                    match self.s.get(self.i) {
+                        Some(b'u') => {
+                            self.i += 1;
+                            self.hex4()?;
+                        }
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
+                        Some(e) => return self.syntax(&format!("escape sequence \"\\{}\" is invalid", *e as char)),
+                        None => return self.syntax("unterminated string"),
+                    }
+                }
+                Some(c) if *c < 0x20 => return self.syntax(&format!("character with value 0x{c:02x} must be escaped")),
+                Some(_) => self.i += 1,
+            }
+        }
+    }
+}
+
+/// Walks a document's structure without building it, and parses chosen values in the same pass:
+/// how an export page is split into items without reading it twice.
+pub struct Scanner<'a> {
+    p: Parser<'a>,
+    /// One flag per open container: no member read yet.
+    first: Vec<bool>,
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(text: &'a str) -> Scanner<'a> {
+        let mut p = Parser { s: text.as_bytes(), src: text, i: 0 };
+        p.skip_ws();
+        Scanner { p, first: Vec::new() }
+    }
+
+    /// The first byte of the next value.
+    pub fn peek(&mut self) -> Option<u8> {
+        self.p.skip_ws();
+        self.p.s.get(self.p.i).copied()
+    }
+
+    fn enter(&mut self, open: u8, what: &str) -> Result<(), JsonbError> {
+        if self.peek() != Some(open) {
+            return self.p.syntax(&format!("expected {what}"));
+        }
+        self.p.i += 1;
+        self.first.push(true);
+        Ok(())
+    }
+
+    /// Whether the open container has another member, its separator consumed.
+    fn more(&mut self, close: u8) -> Result<bool, JsonbError> {
+        let first = self.first.last().copied().unwrap_or(true);
+        match self.peek() {
+            Some(c) if c == close => {
+                self.p.i += 1;
+                self.first.pop();
+                Ok(false)
+            }
+            Some(b',') if !first => {
+                self.p.i += 1;
+                self.p.skip_ws();
+                Ok(true)
+            }
+            Some(_) if first => {
+                if let Some(f) = self.first.last_mut() {
+                    *f = false;
+                }
+                Ok(true)
+            }
+            _ => self.p.syntax("expected \",\" or the end of the container"),
+        }
+    }
+
+    pub fn begin_object(&mut self) -> Result<(), JsonbError> {
+        self.enter(b'{', "an object")
+    }
+
+    /// The next member's key, its `:` consumed; None at the end of the object.
+    pub fn next_key(&mut self) -> Result<Option<Cow<'a, str>>, JsonbError> {
+        if !self.more(b'}')? {
+            return Ok(None);
+        }
+        if self.p.s.get(self.p.i) != Some(&b'"') {
+            return self.p.syntax("expected an object key");
+        }
+        let k = self.p.string()?;
+        self.p.skip_ws();
+        if self.p.s.get(self.p.i) != Some(&b':') {
+            return self.p.syntax("expected \":\"");
+        }
+        self.p.i += 1;
+        self.p.skip_ws();
+        Ok(Some(k))
+    }
+
+    pub fn begin_array(&mut self) -> Result<(), JsonbError> {
+        self.enter(b'[', "an array")
+    }
+
+    /// Whether the array has another element, its `,` consumed.
+    pub fn next_element(&mut self) -> Result<bool, JsonbError> {
+        self.more(b']')
+    }
+
+    /// Skips the next value, returning its text.
+    pub fn skip(&mut self) -> Result<&'a str, JsonbError> {
+        self.p.skip_ws();
+        let start = self.p.i;
+        self.p.skip(0)?;
+        Ok(&self.p.src[start..self.p.i])
+    }
+
+    /// Parses the next value. When jsonb refuses it (`\u0000`, ...) the value is skipped and the
+    /// error returned as `Ok(Err(_))` with the value's text, so the caller can go on.
+    #[allow(clippy::type_complexity)]
+    pub fn value(&mut self) -> Result<Result<Value<'a>, (JsonbError, &'a str)>, JsonbError> {
+        self.p.skip_ws();
+        let start = self.p.i;
+        match self.p.value(0) {
+            Ok(v) => Ok(Ok(v)),
+            Err(e) if e.syntax => Err(e),
+            Err(e) => {
+                self.p.i = start;
+                let text = self.skip()?;
+                Ok(Err((e, text)))
+            }
+        }
+    }
+
+    /// Only whitespace may follow the document.
+    pub fn finish(&mut self) -> Result<(), JsonbError> {
+        if self.peek().is_some() {
+            return self.p.syntax("unexpected data after the value");
+        }
+        Ok(())
+    }
+}
+
+// jsonb.h
+const JB_FSCALAR: u32 = 0x1000_0000;
+const JB_FOBJECT: u32 = 0x2000_0000;
+const JB_FARRAY: u32 = 0x4000_0000;
+const JENTRY_OFFLENMASK: u32 = 0x0FFF_FFFF;
+const JENTRY_TYPEMASK: u32 = 0x7000_0000;
+const JENTRY_HAS_OFF: u32 = 0x8000_0000;
+const JENTRY_ISSTRING: u32 = 0x0000_0000;
+const JENTRY_ISNUMERIC: u32 = 0x1000_0000;
+const JENTRY_ISBOOL_FALSE: u32 = 0x2000_0000;
+const JENTRY_ISBOOL_TRUE: u32 = 0x3000_0000;
+const JENTRY_ISNULL: u32 = 0x4000_0000;
+const JENTRY_ISCONTAINER: u32 = 0x5000_0000;
+const JB_OFFSET_STRIDE: usize = 32;
+
+/// Appends `v` as one complete jsonb varlena (4-byte header included) to `out`, which must end
+/// on a 4-byte boundary: jsonb pads numerics and containers relative to the datum's start.
+pub fn encode_into(v: &Value, out: &mut Vec<u8>) -> Result<(), JsonbError> {
+    encode_into_without(v, &[], out)
+}
+
+/// As [`encode_into`], leaving out the root object's members named in `skip` (what
+/// `jsonb - text[]` would do after parsing).
+pub fn encode_into_without(v: &Value, skip: &[&str], out: &mut Vec<u8>) -> Result<(), JsonbError> {
+    debug_assert_eq!(out.len() % 4, 0, "a jsonb datum starts int-aligned");
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let r = match v {
+        Value::Object(members) => write_object(out, members, skip).map(|_| ()),
+        Value::Array(_) => write_value(out, v).map(|_| ()),
+        scalar => write_array(out, std::slice::from_ref(scalar), true).map(|_| ()),
+    };
+    if let Err(e) = r {
+        out.truncate(start);
+        return Err(e);
+    }
+    let len = out.len() - start;
+    if len > 0x3FFF_FFFF {
+        out.truncate(start);
+        return err("jsonb value too large");
+    }
+    out[start..start + 4].copy_from_slice(&varlena_header(len as u32));
+    Ok(())
+}
+
+/// A jsonb varlena of `v`.
+pub fn encode(v: &Value) -> Result<Vec<u8>, JsonbError> {
+    let mut out = Vec::with_capacity(256);
+    encode_into(v, &mut out)?;
+    Ok(out)
+}
+
+/// `SET_VARSIZE` of a 4-byte varlena header.
+pub fn varlena_header(len: u32) -> [u8; 4] {
+    #[cfg(target_endian = "little")]
+    {
+        (len << 2).to_le_bytes()
+    }
+    #[cfg(target_endian = "big")]
+    {
+        (len & 0x3FFF_FFFF).to_be_bytes()
+    }
+}
+
+fn pad_to_int(buf: &mut Vec<u8>) -> u32 {
+    let pad = (4 - buf.len() % 4) % 4;
+    buf.extend_from_slice(&[0, 0, 0][..pad]);
+    pad as u32
+}
+
+fn put_u32(buf: &mut [u8], at: usize, v: u32) {
+    buf[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn check_len(total: usize) -> Result<u32, JsonbError> {
+    if total > JENTRY_OFFLENMASK as usize {
+        return err("total size of jsonb array elements exceeds the maximum of 268435455 bytes");
+    }
+    Ok(total as u32)
+}
+
+fn write_string(buf: &mut Vec<u8>, s: &str) -> Result<u32, JsonbError> {
+    if s.len() > JENTRY_OFFLENMASK as usize {
+        return err("string too long to represent as jsonb string");
+    }
+    buf.extend_from_slice(s.as_bytes());
+    Ok(JENTRY_ISSTRING | s.len() as u32)
+}
+
+/// Appends the value's data and returns its JEntry (`convertJsonbValue`).
+fn write_value(buf: &mut Vec<u8>, v: &Value) -> Result<u32, JsonbError> {
+    match v {
+        Value::Null => Ok(JENTRY_ISNULL),
+        Value::Bool(true) => Ok(JENTRY_ISBOOL_TRUE),
+        Value::Bool(false) => Ok(JENTRY_ISBOOL_FALSE),
+        Value::String(s) => write_string(buf, s),
+        Value::Number(t) => {
+            let pad = pad_to_int(buf);
+            let len = write_numeric(buf, t)?;
+            Ok(JENTRY_ISNUMERIC | (pad + len))
+        }
+        Value::Array(elems) => write_array(buf, elems, false),
+        Value::Object(members) => write_object(buf, members, &[]),
+    }
+}
+
+/// `convertJsonbArray`: header, one JEntry per element (every 32nd holding an end offset
+/// instead of a length), then the elements' data.
+fn write_array(buf: &mut Vec<u8>, elems: &[Value], raw_scalar: bool) -> Result<u32, JsonbError> {
+    let base = buf.len();
+    pad_to_int(buf);
+    let mut header = elems.len() as u32 | JB_FARRAY;
+    if raw_scalar {
+        header |= JB_FSCALAR;
+    }
+    buf.extend_from_slice(&header.to_ne_bytes());
+    let entries = buf.len();
+    buf.resize(entries + 4 * elems.len(), 0);
+    let mut total = 0usize;
+    for (i, e) in elems.iter().enumerate() {
+        let mut meta = write_value(buf, e)?;
+        total += (meta & JENTRY_OFFLENMASK) as usize;
+        let t = check_len(total)?;
+        if i.is_multiple_of(JB_OFFSET_STRIDE) {
+            meta = (meta & JENTRY_TYPEMASK) | t | JENTRY_HAS_OFF;
+        }
+        put_u32(buf, entries + 4 * i, meta);
+    }
+    Ok(JENTRY_ISCONTAINER | check_len(buf.len() - base)?)
+}
+
+/// `lengthCompareJsonbStringValue`: shorter keys first, then bytewise.
+fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes()))
+}
+
+/// `convertJsonbObject` after `uniqueifyJsonbObject`: keys sorted, the last of equal keys kept,
+/// all key JEntries then all value JEntries.
+fn write_object(buf: &mut Vec<u8>, members: &[(Cow<str>, Value)], skip: &[&str]) -> Result<u32, JsonbError> {
+    let mut order: Vec<usize> = (0..members.len()).filter(|&i| !skip.contains(&members[i].0.as_ref())).collect();
+    // Equal keys stay in received order, so the last of each run is the last received.
+    order.sort_unstable_by(|&a, &b| key_order(&members[a].0, &members[b].0).then(a.cmp(&b)));
+    let mut kept: Vec<usize> = Vec::with_capacity(order.len());
+    for &i in &order {
+        match kept.last_mut() {
+            Some(last) if members[*last].0 == members[i].0 => *last = i,
+            _ => kept.push(i),
+        }
+    }
+    let n = kept.len();
+    let base = buf.len();
+    pad_to_int(buf);
+    buf.extend_from_slice(&(n as u32 | JB_FOBJECT).to_ne_bytes());
+    let entries = buf.len();
+    buf.resize(entries + 8 * n, 0);
+    let mut total = 0usize;
+    for (i, &m) in kept.iter().enumerate() {
+        let mut meta = write_string(buf, &members[m].0)?;
+        total += (meta & JENTRY_OFFLENMASK) as usize;
+        let t = check_len(total)?;
+        if i.is_multiple_of(JB_OFFSET_STRIDE) {
+            meta = (meta & JENTRY_TYPEMASK) | t | JENTRY_HAS_OFF;
+        }
+        put_u32(buf, entries + 4 * i, meta);
+    }
+    for (i, &m) in kept.iter().enumerate() {
+        let mut meta = write_value(buf, &members[m].1)?;
+        total += (meta & JENTRY_OFFLENMASK) as usize;
+        let t = check_len(total)?;
+        if (i + n).is_multiple_of(JB_OFFSET_STRIDE) {
+            meta = (meta & JENTRY_TYPEMASK) | t | JENTRY_HAS_OFF;
+        }
+        put_u32(buf, entries + 4 * (n + i), meta);
+    }
+    Ok(JENTRY_ISCONTAINER | check_len(buf.len() - base)?)
+}
+
+// numeric.c
+const NUMERIC_NEG: u16 = 0x4000;
+const NUMERIC_SHORT: u16 = 0x8000;
+const NUMERIC_SHORT_SIGN_MASK: u16 = 0x2000;
+const NUMERIC_SHORT_DSCALE_SHIFT: u32 = 7;
+const NUMERIC_SHORT_DSCALE_MAX: i64 = 0x3F;
+const NUMERIC_SHORT_WEIGHT_SIGN_MASK: u16 = 0x0040;
+const NUMERIC_SHORT_WEIGHT_MASK: u16 = 0x003F;
+const NUMERIC_SHORT_WEIGHT_MAX: i64 = 63;
+const NUMERIC_SHORT_WEIGHT_MIN: i64 = -64;
+const NUMERIC_DSCALE_MAX: i64 = 0x3FFF;
+const DEC_DIGITS: i64 = 4;
+
+/// Appends the `numeric` varlena `numeric_in` makes of a JSON number token, returns its length.
+/// Mirrors `set_var_from_str` + `make_result`: decimal digits grouped by 4 around the decimal
+/// point into base-10000 digits, leading and trailing zero digits stripped, display scale kept.
+fn write_numeric(buf: &mut Vec<u8>, tok: &str) -> Result<u32, JsonbError> {
+    let b = tok.as_bytes();
+    let mut i = 0;
+    let neg = b.first() == Some(&b'-');
+    if neg {
+        i += 1;
+    }
+    let mut dec: Vec<u8> = Vec::with_capacity(b.len());
+    let mut dweight: i64 = -1;
+    let mut dscale: i64 = 0;
+    let mut seen_point = false;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'0'..=b'9' => {
+                dec.push(c - b'0');
+                if seen_point {
+                    dscale += 1;
+                } else {
+                    dweight += 1;
+                }
+            }
+            b'.' => seen_point = true,
+            _ => break,
+        }
+        i += 1;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        let eneg = match b.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        // strtol saturates; anything this large overflows numeric anyway.
+        let mut e: i64 = 0;
+        for &c in &b[i..] {
+            e = (e * 10 + i64::from(c - b'0')).min(i64::from(i32::MAX));
+        }
+        let e = if eneg { -e } else { e };
+        if e >= i64::from(i32::MAX / 2) || e <= -i64::from(i32::MAX / 2) {
+            return err(format!("value overflows numeric format: {tok}"));
+        }
+        dweight += e;
+        dscale -= e;
+    }
+    dscale = dscale.max(0);
+    let ddigits = dec.len() as i64;
+    let weight = if dweight >= 0 {
+        (dweight + 1 + DEC_DIGITS - 1) / DEC_DIGITS - 1
+    } else {
+        -((-dweight - 1) / DEC_DIGITS + 1)
+    };
+    let offset = (weight + 1) * DEC_DIGITS - (dweight + 1);
+    let ndigits = (ddigits + offset + DEC_DIGITS - 1) / DEC_DIGITS;
+    // Decimal digit at position p of the padded buffer of set_var_from_str.
+    let at = |p: i64| -> u16 {
+        let k = p - DEC_DIGITS;
+        if (0..ddigits).contains(&k) {
+            u16::from(dec[k as usize])
+        } else {
+            0
+        }
+    };
+    let mut digits: Vec<u16> = (0..ndigits)
+        .map(|d| {
+            let p = DEC_DIGITS - offset + d * DEC_DIGITS;
+            ((at(p) * 10 + at(p + 1)) * 10 + at(p + 2)) * 10 + at(p + 3)
+        })
+        .collect();
+    let mut weight = weight;
+    let lead = digits.iter().take_while(|d| **d == 0).count();
+    digits.drain(..lead);
+    weight -= lead as i64;
+    while digits.last() == Some(&0) {
+        digits.pop();
+    }
+    let neg = neg && !digits.is_empty();
+    if digits.is_empty() {
+        weight = 0;
+    }
+    if dscale > NUMERIC_DSCALE_MAX || weight > i64::from(i16::MAX) || weight < i64::from(i16::MIN) {
+        return err(format!("value overflows numeric format: {tok}"));
+    }
+    let short = dscale <= NUMERIC_SHORT_DSCALE_MAX && (NUMERIC_SHORT_WEIGHT_MIN..=NUMERIC_SHORT_WEIGHT_MAX).contains(&weight);
+    let len = 4 + if short { 2 } else { 4 } + 2 * digits.len();
+    buf.extend_from_slice(&varlena_header(len as u32));
+    if short {
+        let mut h = NUMERIC_SHORT | ((dscale as u16) << NUMERIC_SHORT_DSCALE_SHIFT) | (weight as u16 & NUMERIC_SHORT_WEIGHT_MASK);
+        if neg {
+            h |= NUMERIC_SHORT_SIGN_MASK;
+        }
+        if weight < 0 {
+            h |= NUMERIC_SHORT_WEIGHT_SIGN_MASK;
+        }
+        buf.extend_from_slice(&h.to_ne_bytes());
+    } else {
+        let sign_dscale = if neg { NUMERIC_NEG } else { 0 } | dscale as u16;
+        buf.extend_from_slice(&sign_dscale.to_ne_bytes());
+        buf.extend_from_slice(&(weight as i16).to_ne_bytes());
+    }
+    for d in digits {
+        buf.extend_from_slice(&d.to_ne_bytes());
+    }
+    Ok(len as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    fn enc(s: &str) -> Vec<u8> {
+        encode(&parse(s).unwrap()).unwrap()
+    }
+
+    fn numeric(tok: &str) -> String {
+        let mut b = Vec::new();
+        write_numeric(&mut b, tok).unwrap();
+        hex(&b)
+    }
+
+    #[test]
+    fn numerics_match_numeric_in() {
+        // Layout: 4-byte varlena header, then the short header (u16) or sign/dscale + weight
+        // (u16, i16), then base-10000 digits (u16), all native-endian.
+        assert_eq!(numeric("1"), "20000000" .to_owned() + "0080" + "0100");
+        assert_eq!(numeric("0"), "18000000" .to_owned() + "0080", "zero has no digits");
+        // -0.00: zero keeps its display scale (2 << 7) and loses its sign.
+        assert_eq!(numeric("-0.00"), "18000000" .to_owned() + "0081");
+        // 12345.678: digits 1 2345 6780, weight 1, dscale 3: header 0x8181.
+        assert_eq!(numeric("12345.678"), "30000000" .to_owned() + "8181" + "0100" + "2909" + "7c1a");
+        // -12: sign bit 0x2000.
+        assert_eq!(numeric("-12"), "20000000" .to_owned() + "00a0" + "0c00");
+        // 1e-5 = 1000 x 10000^-2: weight -2 (0x40 | 0x3e), dscale 5 (0x280): header 0x82fe.
+        assert_eq!(numeric("1e-5"), "20000000" .to_owned() + "fe82" + "e803");
+        // 1e300: weight 75 does not fit the short format.
+        assert_eq!(numeric("1e300"), "28000000" .to_owned() + "0000" + "4b00" + "0100");
+        // Leading and trailing zeros never become digits.
+        assert_eq!(numeric("000.5000e1"), numeric("5.000"));
+    }
+
+    #[test]
+    fn numeric_overflow_is_an_error() {
+        assert!(write_numeric(&mut Vec::new(), "1e-20000").is_err());
+        assert!(write_numeric(&mut Vec::new(), "1e200000").is_err());
+        assert!(write_numeric(&mut Vec::new(), "1e99999999999999999999").is_err());
+        assert!(write_numeric(&mut Vec::new(), "1e16000").is_ok(), "weight 4000 fits int16");
+    }
+
+    #[test]
+    fn scalars_are_wrapped() {
+        // A raw scalar is a one-element array flagged JB_FSCALAR; its only JEntry holds an offset.
+        assert_eq!(hex(&enc("true")), "30000000" .to_owned() + "01000050" + "000000b0");
+        assert_eq!(hex(&enc("\"ab\"")), "38000000" .to_owned() + "01000050" + "02000080" + "6162");
+        assert_eq!(hex(&enc("null")), "30000000" .to_owned() + "01000050" + "000000c0");
+    }
+
+    #[test]
+    fn keys_are_sorted_by_length_then_bytes_last_duplicate_wins() {
+        let v = parse(r#"{"bb":1,"a":2,"ab":3,"a":4}"#).unwrap();
+        let b = encode(&v).unwrap();
+        // header: 3 pairs, object flag.
+        assert_eq!(u32::from_ne_bytes(b[4..8].try_into().unwrap()), 3 | JB_FOBJECT);
+        let data = String::from_utf8_lossy(&b[8 + 24..8 + 24 + 5]).to_string();
+        assert_eq!(data, "aabbb", "keys a, ab, bb in that order");
+        assert_eq!(v.get("a"), Some(&Value::Number("4")));
+    }
+
+    #[test]
+    fn offsets_every_32nd_entry() {
+        let items: Vec<String> = (0..70).map(|i| format!("\"s{i}\"")).collect();
+        let b = enc(&format!("[{}]", items.join(",")));
+        let entry = |i: usize| u32::from_ne_bytes(b[8 + 4 * i..12 + 4 * i].try_into().unwrap());
+        let mut end = 0;
+        for i in 0..70 {
+            end += format!("s{i}").len() as u32;
+            if i % 32 == 0 {
+                assert_eq!(entry(i), JENTRY_HAS_OFF | end, "entry {i}");
+            } else {
+                assert_eq!(entry(i), format!("s{i}").len() as u32, "entry {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn strings_unescape_like_postgres() {
+        let v = parse(r#""a\"b\\c\/d\b\f\n\r\t\u00e9\ud83d\ude00""#).unwrap();
+        assert_eq!(v, Value::String("a\"b\\c/d\u{8}\u{c}\n\r\té😀".into()));
+        assert!(matches!(parse(r#""plain""#).unwrap(), Value::String(Cow::Borrowed("plain"))));
+        for bad in [r#""\u0000""#, r#""\ud83d""#, r#""\ude00""#, r#""\ud83dx""#, r#""\ud83d\ud83d""#, r#""\x""#, "\"a\u{1}\""] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert!(parse(r#""\u0000""#).unwrap_err().message.contains("\\u0000 cannot be converted to text"));
+    }
+
+    #[test]
+    fn syntax_is_strict() {
+        for bad in ["", "{", "[1,]", "{\"a\":}", "01", "1.", ".5", "-", "1e", "+1", "NaN", "tru", "{\"a\" 1}", "[1] x", "1x"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["0", "-0", "1e5", "1E+5", "1.5e-3", " {\n\t\"a\" : [ 1 , { } , [ ] ] } "] {
+            assert!(parse(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn errors_leave_the_buffer_as_it_was() {
+        let mut out = vec![1, 2, 3, 4];
+        let v = Value::Array(vec![Value::Number("1e-99999")]);
+        assert!(encode_into(&v, &mut out).is_err());
+        assert_eq!(out, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn skipped_members_are_left_out() {
+        let v = parse(r#"{"a":1,"ca_data":{"x":2},"b":true,"ca_data":3}"#).unwrap();
+        let mut out = Vec::new();
+        encode_into_without(&v, &["ca_data"], &mut out).unwrap();
+        assert_eq!(out, enc(r#"{"b":true,"a":1}"#));
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = "[".repeat(MAX_DEPTH + 2) + &"]".repeat(MAX_DEPTH + 2);
+        assert!(parse(&deep).is_err());
+        let ok = "[".repeat(100) + &"]".repeat(100);
+        assert!(encode(&parse(&ok).unwrap()).is_ok());
+    }
+}

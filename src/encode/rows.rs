@@ -1,0 +1,646 @@
+//! One page of the export API turned into rows ready to load, on the HTTP helper thread: every
+//! item validated, de-duplicated, encoded (jsonb, EWKB) and hashed, so that the backend only
+//! compares hashes with what it holds and copies bytes. No PostgreSQL calls.
+//!
+//! What is decided here, and why it can be: a key, a uuid, CA/JDD uuids and timestamps are
+//! checked exactly as the SQL casts would check them; items PostgreSQL could not store as jsonb
+//! are refused with its message; geometries are converted when the result is byte-identical to
+//! PostGIS's, and otherwise left to PostGIS (`Geom::Defer`).
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+
+use super::geometry::{self, Converted};
+use super::jsonb::{self, JsonbError, Scanner, Value};
+use crate::source::page::{is_uuid, item_key, snippet, summary, Fields, PageSummary, Shape};
+
+/// Nested metadata objects (view `synthese_with_metadata`) are kept once in gn2pg.metadata, not
+/// in every row.
+pub const NESTED_METADATA: [&str; 2] = ["ca_data", "jdd_data"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Geom {
+    None,
+    /// EWKB, SRID 4326, byte-identical to what PostGIS makes of the text.
+    Ewkb(Vec<u8>),
+    /// Converted by PostGIS in the backend (3D, other SRIDs, anything unusual or invalid).
+    Defer { geojson: Option<String>, wkt: Option<String> },
+}
+
+/// An accepted row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub id: i64,
+    pub uuid: Option<[u8; 16]>,
+    /// The stored item: a jsonb varlena.
+    pub item: Vec<u8>,
+    pub geom: Geom,
+    /// `derniere_action` in microseconds since 2000-01-01 (PostgreSQL's timestamp).
+    pub updated: Option<i64>,
+    /// CA and JDD as received.
+    pub ca: Option<[u8; 16]>,
+    pub jdd: Option<[u8; 16]>,
+    /// Of everything stored from the source (item, geometry, CA, JDD): equal hashes mean the
+    /// stored row needs no rewrite.
+    pub hash: i64,
+}
+
+/// An item that is not loaded, with the reason, for gn2pg.run_error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub id: Option<i64>,
+    pub uuid: Option<String>,
+    /// The item as jsonb, when it can be one.
+    pub item: Option<Vec<u8>>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Level {
+    Ca,
+    Jdd,
+}
+
+impl Level {
+    pub fn label(self) -> &'static str {
+        match self {
+            Level::Ca => "ca",
+            Level::Jdd => "jdd",
+        }
+    }
+}
+
+/// A CA or JDD carried by the page's rows, as the last accepted row carrying it describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Meta {
+    pub level: Level,
+    pub uuid: [u8; 16],
+    pub name: Option<String>,
+    /// The CA of a JDD.
+    pub parent: Option<[u8; 16]>,
+    /// The nested `ca_data` / `jdd_data` object, as jsonb.
+    pub item: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PageRows {
+    /// Items in the page.
+    pub received: usize,
+    /// Accepted rows, one per key (the last copy of a repeated key wins), in page order.
+    pub rows: Vec<Row>,
+    pub rejected: Vec<Rejected>,
+    /// Every key the page holds, accepted or not: a keyset page proves nothing else exists in
+    /// its key range.
+    pub keys: Vec<i64>,
+    pub meta: Vec<Meta>,
+    /// Latest `derniere_action` of the accepted items.
+    pub max_updated: Option<i64>,
+}
+
+/// Splits, checks and encodes a page in one pass over its text. Errors concern the page itself
+/// (not an export answer, malformed or cut JSON); item problems become [`Rejected`] entries.
+pub fn prepare(body: &str, f: &Fields) -> Result<(PageSummary, PageRows), String> {
+    let page_error = |e: JsonbError| {
+        if e.truncated {
+            format!("truncated JSON ({} bytes received): {e}", body.len())
+        } else {
+            format!("malformed JSON: {e}; body starts with {:?}", snippet(body, 80))
+        }
+    };
+    let number = |v: Value| match v {
+        Value::Number(t) => t.parse::<u64>().ok(),
+        _ => None,
+    };
+    let mut sc = Scanner::new(body);
+    sc.begin_object().map_err(page_error)?;
+    let mut parsed: Vec<Parsed> = Vec::new();
+    let (mut shape, mut limit, mut total, mut total_filtered) = (None, None, None, None);
+    while let Some(k) = sc.next_key().map_err(page_error)? {
+        match k.as_ref() {
+            "items" => {
+                parsed.clear();
+                shape = Some(read_items(&mut sc, f, &mut parsed, &page_error)?);
+            }
+            "limit" | "total" | "total_filtered" => {
+                let v = sc.value().map_err(page_error)?.ok().and_then(number);
+                match k.as_ref() {
+                    "limit" => limit = v,
+                    "total" => total = v,
+                    _ => total_filtered = v,
+                }
+            }
+            _ => {
+                sc.skip().map_err(page_error)?;
+            }
+        }
+    }
+    sc.finish().map_err(page_error)?;
+    let shape = shape.ok_or_else(|| "the answer has no \"items\" (not an export API answer)".to_string())?;
+    let summary = summary(shape, limit, total, total_filtered, parsed.iter().map(|p| p.id));
+    Ok((summary, assemble(parsed)))
+}
+
+/// `items`: a plain array, or a GeoJSON FeatureCollection (source-api.md §3.2).
+fn read_items<'a>(
+    sc: &mut Scanner<'a>,
+    f: &Fields,
+    parsed: &mut Vec<Parsed<'a>>,
+    page_error: &dyn Fn(JsonbError) -> String,
+) -> Result<Shape, String> {
+    match sc.peek() {
+        Some(b'[') => {
+            sc.begin_array().map_err(page_error)?;
+            while sc.next_element().map_err(page_error)? {
+                parsed.push(parse_item(sc.value().map_err(page_error)?, None, f));
+            }
+            Ok(Shape::Array)
+        }
+        Some(b'{') => {
+            sc.begin_object().map_err(page_error)?;
+            let (mut kind, mut features) = (None, false);
+            while let Some(k) = sc.next_key().map_err(page_error)? {
+                match k.as_ref() {
+                    "type" => kind = sc.value().map_err(page_error)?.ok(),
+                    "features" => {
+                        features = true;
+                        if sc.peek() != Some(b'[') {
+                            return Err("items is a FeatureCollection whose features are not an array".into());
+                        }
+                        sc.begin_array().map_err(page_error)?;
+                        while sc.next_element().map_err(page_error)? {
+                            read_feature(sc, f, parsed, page_error)?;
+                        }
+                    }
+                    _ => {
+                        sc.skip().map_err(page_error)?;
+                    }
+                }
+            }
+            if kind != Some(Value::String("FeatureCollection".into())) || !features {
+                return Err("items is an object but not a FeatureCollection".into());
+            }
+            Ok(Shape::FeatureCollection)
+        }
+        _ => {
+            let text = sc.skip().map_err(page_error)?;
+            Err(format!("items must be an array or a FeatureCollection, got {}", snippet(text, 40)))
+        }
+    }
+}
+
+fn read_feature<'a>(
+    sc: &mut Scanner<'a>,
+    f: &Fields,
+    parsed: &mut Vec<Parsed<'a>>,
+    page_error: &dyn Fn(JsonbError) -> String,
+) -> Result<(), String> {
+    if sc.peek() != Some(b'{') {
+        let text = sc.skip().map_err(page_error)?;
+        return Err(format!("feature: not a JSON object: {}", snippet(text, 40)));
+    }
+    sc.begin_object().map_err(page_error)?;
+    let (mut geometry, mut properties) = (None, None);
+    while let Some(k) = sc.next_key().map_err(page_error)? {
+        match k.as_ref() {
+            "geometry" => geometry = Some(sc.skip().map_err(page_error)?).filter(|g| *g != "null"),
+            "properties" => properties = Some(sc.value().map_err(page_error)?),
+            _ => {
+                sc.skip().map_err(page_error)?;
+            }
+        }
+    }
+    parsed.push(parse_item(properties.unwrap_or(Ok(Value::Null)), geometry, f));
+    Ok(())
+}
+
+/// One item after parsing: either a row candidate or a rejection.
+struct Parsed<'a> {
+    id: Option<i64>,
+    outcome: Result<Candidate<'a>, Rejected>,
+}
+
+struct Candidate<'a> {
+    row: Row,
+    /// Kept for the metadata of the rows that win.
+    value: Value<'a>,
+    ca_name: Option<String>,
+    jdd_name: Option<String>,
+}
+
+fn reject(id: Option<i64>, uuid: Option<String>, item: Option<Vec<u8>>, reason: String) -> Rejected {
+    Rejected { id, uuid, item, reason }
+}
+
+/// The text of a scalar member: strings unescaped, numbers and booleans as written, JSON null as
+/// absent; an object or array is kept as a marker so that it fails validation visibly.
+fn member_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::Null => None,
+        Value::Array(_) => Some("[…]".into()),
+        Value::Object(_) => Some("{…}".into()),
+        other => other.scalar_text().map(|c| c.into_owned()),
+    }
+}
+
+fn key_of(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        // Keys serialised as strings ("4521987") still identify the row.
+        Value::Number(t) => t.parse().ok(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+fn parse_item<'a>(item: Result<Value<'a>, (JsonbError, &'a str)>, geojson: Option<&'a str>, f: &Fields) -> Parsed<'a> {
+    let value = match item {
+        Ok(v) => v,
+        Err((e, text)) => {
+            // Valid JSON that jsonb refuses (\u0000, lone surrogates): the key can still be read
+            // for the report.
+            let id = item_key(text, &[&f.key]);
+            return Parsed { id, outcome: Err(reject(id, None, None, format!("item cannot be stored as jsonb: {e}"))) };
+        }
+    };
+    if !matches!(value, Value::Object(_)) {
+        let item = jsonb::encode(&value).ok();
+        return Parsed { id: None, outcome: Err(reject(None, None, item, "item is not a JSON object".into())) };
+    }
+    let id = key_of(value.get(&f.key));
+    let uuid = member_text(value.get(&f.uuid));
+    let nested = |object: &str, member: &str| member_text(value.get(object).and_then(|o| o.get(member)));
+    let ca = member_text(value.get("ca_uuid")).or_else(|| nested("ca_data", "uuid"));
+    let jdd = member_text(value.get("jdd_uuid")).or_else(|| nested("jdd_data", "uuid"));
+    let updated = member_text(value.get(&f.updated));
+    let updated_us = updated.as_deref().and_then(timestamp_micros);
+    let reason = if id.is_none() {
+        Some(format!("missing or non-integer key {}", f.key))
+    } else if let Some(u) = uuid.as_deref().filter(|u| !is_uuid(u)) {
+        Some(format!("invalid uuid {} in {}", short(u), f.uuid))
+    } else if let Some(c) = ca.as_deref().filter(|c| !is_uuid(c)) {
+        Some(format!("invalid acquisition framework uuid {}", short(c)))
+    } else if let Some(j) = jdd.as_deref().filter(|j| !is_uuid(j)) {
+        Some(format!("invalid dataset uuid {}", short(j)))
+    } else {
+        updated
+            .as_deref()
+            .filter(|_| updated_us.is_none())
+            .map(|t| format!("invalid timestamp {} in {}", short(t), f.updated))
+    };
+    // Export rows are 1-3 KB as jsonb.
+    let mut item = Vec::with_capacity(2048);
+    if let Err(e) = jsonb::encode_into_without(&value, &NESTED_METADATA, &mut item) {
+        return Parsed { id, outcome: Err(reject(id, uuid, None, format!("item cannot be stored as jsonb: {e}"))) };
+    }
+    if let Some(reason) = reason {
+        return Parsed { id, outcome: Err(reject(id, uuid, Some(item), reason)) };
+    }
+    let wkt = member_text(value.get(&f.wkt)).filter(|w| !w.trim().is_empty());
+    let geom = match (geojson, wkt) {
+        (Some(g), _) => match geometry::from_geojson(g) {
+            Converted::Ewkb(b) => Geom::Ewkb(b),
+            Converted::Defer => Geom::Defer { geojson: Some(g.to_string()), wkt: None },
+        },
+        (None, Some(w)) => match geometry::from_wkt(&w) {
+            Converted::Ewkb(b) => Geom::Ewkb(b),
+            Converted::Defer => Geom::Defer { geojson: None, wkt: Some(w) },
+        },
+        (None, None) => Geom::None,
+    };
+    let (ca, jdd) = (ca.as_deref().and_then(uuid_bytes), jdd.as_deref().and_then(uuid_bytes));
+    let hash = content_hash(&item, &geom, ca.as_ref(), jdd.as_ref());
+    let row = Row {
+        id: id.unwrap_or_default(),
+        uuid: uuid.as_deref().and_then(uuid_bytes),
+        item,
+        geom,
+        updated: updated_us,
+        ca,
+        jdd,
+        hash,
+    };
+    let name = |flat: &str, object: &str| member_text(value.get(flat)).or_else(|| nested(object, "name"));
+    let (ca_name, jdd_name) = (name("ca_nom", "ca_data"), name("jdd_nom", "jdd_data"));
+    Parsed { id, outcome: Ok(Candidate { row, value, ca_name, jdd_name }) }
+}
+
+/// De-duplication (views joining several protocols repeat a row, source-api.md §3.4: the last
+/// copy of a key wins), one uuid per key within the page, and the page's CA/JDD.
+fn assemble(parsed: Vec<Parsed>) -> PageRows {
+    let mut out = PageRows { received: parsed.len(), ..Default::default() };
+    let mut last_of: HashMap<i64, usize> = HashMap::with_capacity(parsed.len());
+    for (i, p) in parsed.iter().enumerate() {
+        if let Some(id) = p.id {
+            out.keys.push(id);
+            last_of.insert(id, i);
+        }
+    }
+    let mut winners: Vec<Candidate> = Vec::with_capacity(parsed.len());
+    for (i, p) in parsed.into_iter().enumerate() {
+        if p.id.is_some_and(|id| last_of.get(&id) != Some(&i)) {
+            continue;
+        }
+        match p.outcome {
+            Ok(c) => winners.push(c),
+            Err(r) => out.rejected.push(r),
+        }
+    }
+    // Two keys with one uuid: the smaller key keeps it, the others are reported.
+    let mut owner: HashMap<[u8; 16], i64> = HashMap::new();
+    for c in &winners {
+        if let Some(u) = c.row.uuid {
+            let e = owner.entry(u).or_insert(c.row.id);
+            *e = (*e).min(c.row.id);
+        }
+    }
+    let mut meta: HashMap<(Level, [u8; 16]), Meta> = HashMap::new();
+    let mut meta_order: Vec<(Level, [u8; 16])> = Vec::new();
+    for c in winners {
+        if let Some(u) = c.row.uuid {
+            if owner.get(&u) != Some(&c.row.id) {
+                let text = uuid_text(&u);
+                out.rejected.push(reject(
+                    Some(c.row.id),
+                    Some(text.clone()),
+                    Some(c.row.item),
+                    format!("uuid {text} appears under two keys in the same page"),
+                ));
+                continue;
+            }
+        }
+        if let Some(t) = c.row.updated {
+            out.max_updated = Some(out.max_updated.map_or(t, |m| m.max(t)));
+        }
+        let mut note = |level: Level, uuid: Option<[u8; 16]>, name: Option<String>, parent: Option<[u8; 16]>, object: &str| {
+            let Some(uuid) = uuid else { return };
+            let item = match c.value.get(object) {
+                Some(o @ Value::Object(_)) => jsonb::encode(o).ok(),
+                _ => None,
+            };
+            let key = (level, uuid);
+            if !meta.contains_key(&key) {
+                meta_order.push(key);
+            }
+            meta.insert(key, Meta { level, uuid, name, parent, item });
+        };
+        note(Level::Ca, c.row.ca, c.ca_name, None, "ca_data");
+        note(Level::Jdd, c.row.jdd, c.jdd_name, c.row.ca, "jdd_data");
+        out.rows.push(c.row);
+    }
+    out.meta = meta_order.into_iter().filter_map(|k| meta.remove(&k)).collect();
+    out
+}
+
+fn content_hash(item: &[u8], geom: &Geom, ca: Option<&[u8; 16]>, jdd: Option<&[u8; 16]>) -> i64 {
+    let mut h = twox_hash::XxHash3_64::with_seed(0);
+    h.write(item);
+    match geom {
+        Geom::None => h.write_u8(0),
+        Geom::Ewkb(b) => {
+            h.write_u8(1);
+            h.write(b);
+        }
+        Geom::Defer { geojson, wkt } => {
+            h.write_u8(2);
+            h.write(geojson.as_deref().or(wkt.as_deref()).unwrap_or_default().as_bytes());
+        }
+    }
+    for u in [ca, jdd] {
+        match u {
+            Some(u) => {
+                h.write_u8(1);
+                h.write(u);
+            }
+            None => h.write_u8(0),
+        }
+    }
+    h.finish() as i64
+}
+
+pub fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+    if !is_uuid(s) {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut nibbles = s.bytes().filter(|c| *c != b'-').map(|c| match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => c - b'A' + 10,
+    });
+    for b in out.iter_mut() {
+        *b = (nibbles.next()? << 4) | nibbles.next()?;
+    }
+    Some(out)
+}
+
+/// PostgreSQL's text form of a uuid (lower case).
+pub fn uuid_text(u: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, b) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// 2000-01-01, PostgreSQL's timestamp epoch, in days since 1970-01-01.
+const PG_EPOCH_DAYS: i64 = 10_957;
+const US_PER_DAY: i64 = 86_400_000_000;
+
+/// `YYYY-MM-DD[( |T)HH:MM[:SS[.f{1,6}]]]` with real calendar bounds, as microseconds since
+/// 2000-01-01: the value `::timestamp` gives for these forms. Other forms are refused, so that no
+/// cast can fail in SQL.
+pub fn timestamp_micros(s: &str) -> Option<i64> {
+    if !crate::source::page::is_timestamp(s) {
+        return None;
+    }
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> i64 { b[r].iter().fold(0i64, |a, c| a * 10 + i64::from(c - b'0')) };
+    let days = days_from_civil(num(0..4), num(5..7), num(8..10)) - PG_EPOCH_DAYS;
+    let mut us = days * US_PER_DAY;
+    if b.len() >= 16 {
+        us += (num(11..13) * 3600 + num(14..16) * 60) * 1_000_000;
+    }
+    if b.len() >= 19 {
+        us += num(17..19) * 1_000_000;
+    }
+    if b.len() > 20 {
+        let frac = &b[20..];
+        let mut v = num(20..b.len());
+        for _ in frac.len()..6 {
+            v *= 10;
+        }
+        us += v;
+    }
+    Some(us)
+}
+
+/// `to_char(ts, 'YYYY-MM-DD HH24:MI:SS.US')`: fixed width, so text order is time order.
+pub fn timestamp_text(us: i64) -> String {
+    let days = us.div_euclid(US_PER_DAY);
+    let rem = us.rem_euclid(US_PER_DAY);
+    let (y, m, d) = civil_from_days(days + PG_EPOCH_DAYS);
+    let secs = rem / 1_000_000;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}", secs / 3600, secs / 60 % 60, secs % 60, rem % 1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> Fields {
+        Fields { key: "id_synthese".into(), uuid: "id_perm_sinp".into(), wkt: "wkt_4326".into(), updated: "derniere_action".into() }
+    }
+
+    #[test]
+    fn timestamps_as_postgres_reads_them() {
+        assert_eq!(timestamp_micros("2000-01-01"), Some(0));
+        assert_eq!(timestamp_micros("2000-01-02 00:00:01.5"), Some(US_PER_DAY + 1_500_000));
+        assert_eq!(timestamp_micros("1999-12-31T23:59"), Some(-60_000_000));
+        // SELECT extract(epoch FROM '2023-05-13 10:02:11.482312'::timestamp - '2000-01-01') * 1e6
+        assert_eq!(timestamp_micros("2023-05-13 10:02:11.482312"), Some(737_287_331_482_312));
+        assert_eq!(timestamp_micros("2024-02-29 12:00"), Some(762_523_200_000_000));
+        assert_eq!(timestamp_micros("2023-02-29"), None);
+        for us in [0, 737_287_331_482_312, -60_000_000, 762_523_200_000_000, -3_000_000_000_000_000] {
+            assert_eq!(timestamp_micros(&timestamp_text(us)), Some(us), "{}", timestamp_text(us));
+        }
+        assert_eq!(timestamp_text(737_287_331_482_312), "2023-05-13 10:02:11.482312");
+    }
+
+    #[test]
+    fn uuids_round_trip() {
+        let t = "3F1C7C5E-0000-4000-8000-00000000000a";
+        let b = uuid_bytes(t).unwrap();
+        assert_eq!(b[0], 0x3f);
+        assert_eq!(b[15], 0x0a);
+        assert_eq!(uuid_text(&b), t.to_lowercase());
+        assert_eq!(uuid_bytes("nope"), None);
+    }
+
+    #[test]
+    fn page_rows_are_checked_deduplicated_and_encoded() {
+        let body = r#"{"items":[
+            {"id_synthese":1,"id_perm_sinp":"3f1c7c5e-0000-4000-8000-000000000001","wkt_4326":"POINT(5 45)","derniere_action":"2023-05-13 10:02:11.482312","ca_data":{"uuid":"57b7d0f2-4183-4b7b-8f08-6e105d476dc5","name":"x"},"jdd_uuid":"9b2a0c1e-5f4d-4e3c-8b7a-6d5c4b3a2f10","jdd_nom":"J","nom":"l'\"é"},
+            {"id_perm_sinp":"3f1c7c5e-0000-4000-8000-000000000002"},
+            {"id_synthese":3,"id_perm_sinp":"nope"},
+            {"id_synthese":4,"derniere_action":"2023-02-30 10:00:00"},
+            {"id_synthese":5,"ca_uuid":"bad"},
+            "scalar",
+            {"id_synthese":6,"id_perm_sinp":"3f1c7c5e-0000-4000-8000-000000000001"},
+            {"id_synthese":7,"x":"\u0000"},
+            {"id_synthese":8,"v":1},
+            {"id_synthese":8,"v":2}
+        ],"limit":1000}"#;
+        let (summary, p) = prepare(body, &fields()).unwrap();
+        assert_eq!(summary.len, 10);
+        assert_eq!((summary.min_key, summary.max_key, summary.missing_keys), (Some(1), Some(8), 2));
+        assert_eq!(p.received, 10);
+        assert_eq!(p.keys, vec![1, 3, 4, 5, 6, 7, 8, 8]);
+        let ids: Vec<i64> = p.rows.iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![1, 8], "accepted rows; the last copy of key 8 wins");
+        let v8 = jsonb::encode(&jsonb::parse(r#"{"id_synthese":8,"v":2}"#).unwrap()).unwrap();
+        assert_eq!(p.rows[1].item, v8);
+        let r1 = &p.rows[0];
+        let stored = jsonb::encode(
+            &jsonb::parse(r#"{"id_synthese":1,"id_perm_sinp":"3f1c7c5e-0000-4000-8000-000000000001","wkt_4326":"POINT(5 45)","derniere_action":"2023-05-13 10:02:11.482312","jdd_uuid":"9b2a0c1e-5f4d-4e3c-8b7a-6d5c4b3a2f10","jdd_nom":"J","nom":"l'\"é"}"#).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r1.item, stored, "ca_data is kept in gn2pg.metadata, not in the row");
+        assert_eq!(r1.updated, Some(737_287_331_482_312));
+        assert_eq!(r1.ca, uuid_bytes("57b7d0f2-4183-4b7b-8f08-6e105d476dc5"));
+        assert!(matches!(r1.geom, Geom::Ewkb(_)));
+        let reasons: Vec<(Option<i64>, &str)> = p.rejected.iter().map(|r| (r.id, r.reason.as_str())).collect();
+        let has = |id: Option<i64>, text: &str| reasons.iter().any(|(i, r)| *i == id && r.contains(text));
+        assert!(has(None, "missing or non-integer key id_synthese"), "{reasons:?}");
+        assert!(has(Some(3), "invalid uuid nope"));
+        assert!(has(Some(4), "invalid timestamp 2023-02-30"));
+        assert!(has(Some(5), "invalid acquisition framework uuid bad"));
+        assert!(has(None, "not a JSON object"));
+        assert!(has(Some(6), "appears under two keys in the same page"), "{reasons:?}");
+        assert!(has(Some(7), "\\u0000 cannot be converted to text"), "{reasons:?}");
+        assert_eq!(p.rejected.len(), 7);
+        let ca = p.meta.iter().find(|m| m.level == Level::Ca).unwrap();
+        assert_eq!(ca.name.as_deref(), Some("x"));
+        assert!(ca.item.is_some());
+        let jdd = p.meta.iter().find(|m| m.level == Level::Jdd).unwrap();
+        assert_eq!((jdd.name.as_deref(), jdd.parent), (Some("J"), r1.ca));
+        assert_eq!(p.max_updated, Some(737_287_331_482_312));
+    }
+
+    #[test]
+    fn hash_follows_content() {
+        let body = |v: &str| format!(r#"{{"items":[{{"id_synthese":1,"v":{v}}}],"limit":1000}}"#);
+        let h = |v: &str| prepare(&body(v), &fields()).unwrap().1.rows[0].hash;
+        assert_eq!(h("1"), h("1"));
+        assert_eq!(h("1"), h(" 1 "), "same jsonb, same hash");
+        assert_ne!(h("1"), h("2"));
+    }
+
+    #[test]
+    fn page_errors_name_the_cause() {
+        let e = |body: &str| prepare(body, &fields()).unwrap_err();
+        assert!(e(r#"{"items":[{"id_synthese":1},{"id_sy"#).contains("truncated JSON (35 bytes received)"), "{}", e(r#"{"items":[{"id_synthese":1},{"id_sy"#));
+        assert!(e("<html><body>502 Bad Gateway</body></html>").contains("malformed JSON"));
+        assert!(e(r#"{"message":"no"}"#).contains("no \"items\""));
+        assert!(e(r#"{"items":{"type":"Feature"}}"#).contains("not a FeatureCollection"));
+        assert!(e(r#"{"items":"x"}"#).contains("must be an array or a FeatureCollection"));
+        assert!(e(r#"{"items":[1,]}"#).contains("malformed JSON"));
+        assert!(e(r#"{"items":[]} trailing"#).contains("malformed JSON"));
+        let (s, p) = prepare(r#"{"items":[],"limit":1000,"total":0,"total_filtered":0}"#, &fields()).unwrap();
+        assert_eq!((s.len, s.limit, s.total, s.total_filtered), (0, Some(1000), Some(0), Some(0)));
+        assert!(p.rows.is_empty());
+    }
+
+    #[test]
+    fn an_item_jsonb_refuses_does_not_stop_the_page() {
+        let body = r#"{"items":{"type":"FeatureCollection","features":[
+            {"type":"Feature","properties":{"id_synthese":1,"t":"a\u0000b"},"geometry":null},
+            {"type":"Feature","properties":{"id_synthese":2},"geometry":{"type":"Point","coordinates":[1,2]}}]},"limit":1000}"#;
+        let (summary, p) = prepare(body, &fields()).unwrap();
+        assert_eq!((summary.len, summary.max_key), (2, Some(2)));
+        assert_eq!(p.rows.len(), 1);
+        assert_eq!(p.rejected[0].id, Some(1));
+        assert!(p.rejected[0].reason.contains("cannot be stored as jsonb"));
+    }
+
+    #[test]
+    fn features_take_their_geometry() {
+        let body = r#"{"items":{"type":"FeatureCollection","features":[
+            {"type":"Feature","geometry":{"type":"Point","coordinates":[4.8,45.7]},"properties":{"id_synthese":12}},
+            {"type":"Feature","geometry":null,"properties":{"id_synthese":"15"}}]}}"#;
+        let (summary, p) = prepare(body, &fields()).unwrap();
+        assert_eq!(summary.shape, Shape::FeatureCollection);
+        assert_eq!(p.rows.len(), 2);
+        assert!(matches!(p.rows[0].geom, Geom::Ewkb(_)));
+        assert_eq!(p.rows[1].geom, Geom::None);
+        assert_eq!(p.rows[1].id, 15);
+    }
+}

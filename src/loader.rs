@@ -1,0 +1,623 @@
+//! Writing harvested data: every statement that changes gn2pg.observation, gn2pg.metadata and
+//! gn2pg.run_error during a run, in one place.
+//!
+//! A page arrives already split, checked, encoded and hashed (`encode::rows`, on the HTTP helper
+//! thread). Loading it is a diff, set-based at every step, in the page's transaction:
+//! 1. read the stored (key, hash, CA, JDD) of the page's keys, or of its whole key range when the
+//!    page proves that range complete (keyset full runs);
+//! 2. delete the stored keys of that range the page no longer has (mark-and-sweep in one pass);
+//! 3. resolve the CA/JDD mappings of the page's few distinct (CA, JDD) pairs;
+//! 4. convert the geometries Rust left to PostGIS, report the invalid ones;
+//! 5. report uuids another row already owns (never silently skipped);
+//! 6. INSERT the new rows, UPDATE the changed ones; rows whose hash and mapping are unchanged are
+//!    not written at all (no WAL, no bloat, no trigger downstream);
+//! 7. upsert the page's CA/JDD into gn2pg.metadata, write the rejections to gn2pg.run_error.
+//!
+//! Statements are prepared once per run and kept. Array parameters are built as bytes
+//! (`encode::array`) and copied into palloc'd memory. Every object is schema-qualified: workers
+//! run with the default search_path, and PostGIS may live in any schema.
+
+use std::collections::{HashMap, HashSet};
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::{self, PgOid};
+use pgrx::prelude::*;
+use pgrx::spi::{self, quote_identifier, OwnedPreparedStatement, SpiClient};
+
+use crate::encode::array::{ArrayBuilder, Elem};
+use crate::encode::rows::{uuid_text, Geom, PageRows, Rejected, Row};
+use crate::source::paging::KeyRange;
+
+type SpiResult<T> = Result<T, spi::Error>;
+type Uuid16 = [u8; 16];
+
+/// One page to load, for one source.
+pub struct PageSpec<'a> {
+    pub source: &'a str,
+    pub run_id: i64,
+    pub key_column: &'a str,
+    /// Keyset full runs: local rows in this key range that are absent from the page are gone
+    /// from the export and are deleted.
+    pub sweep: Option<KeyRange>,
+}
+
+/// Counters of one loaded page.
+#[derive(Debug, Default, Clone)]
+pub struct PageLoad {
+    pub received: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub failed: i64,
+    pub deleted: i64,
+    pub max_source_action: Option<String>,
+}
+
+/// What the table holds for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub hash: Option<i64>,
+    pub ca: Option<Uuid16>,
+    pub jdd: Option<Uuid16>,
+}
+
+/// Where a (source CA, source JDD) pair lands.
+pub type Targets = HashMap<(Option<Uuid16>, Option<Uuid16>), (Option<Uuid16>, Option<Uuid16>)>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Insert,
+    Update,
+    Keep,
+}
+
+/// The write decided for each accepted row, with its destination CA and JDD. Rows unchanged
+/// since they were stored, mapping included, are kept as they are. Stored rows without a hash
+/// (written by gn2pg 0.1) are rewritten once.
+pub fn diff(rows: &[Row], stored: &HashMap<i64, Stored>, targets: &Targets) -> Vec<(Action, Option<Uuid16>, Option<Uuid16>)> {
+    rows.iter()
+        .map(|r| {
+            let (ca, jdd) = targets.get(&(r.ca, r.jdd)).copied().unwrap_or((r.ca, r.jdd));
+            let action = match stored.get(&r.id) {
+                None => Action::Insert,
+                Some(s) if s.hash == Some(r.hash) && s.ca == ca && s.jdd == jdd => Action::Keep,
+                Some(_) => Action::Update,
+            };
+            (action, ca, jdd)
+        })
+        .collect()
+}
+
+/// Stored keys of a complete key range that the page does not hold.
+pub fn gone(stored: &HashMap<i64, Stored>, page_keys: &[i64]) -> Vec<i64> {
+    let received: HashSet<i64> = page_keys.iter().copied().collect();
+    let mut g: Vec<i64> = stored.keys().copied().filter(|k| !received.contains(k)).collect();
+    g.sort_unstable();
+    g
+}
+
+/// A by-reference datum built in Rust, handed to SPI as is.
+struct Prebuilt(pg_sys::Datum);
+
+impl IntoDatum for Prebuilt {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::InvalidOid
+    }
+}
+
+/// Copies an array built by [`ArrayBuilder`] into palloc'd memory of the current (SPI) context,
+/// freed when the statement's SPI connection ends.
+fn array_arg<'a>(a: &ArrayBuilder, array_type: pg_sys::Oid) -> DatumWithOid<'a> {
+    let len = a.size();
+    // SAFETY: palloc raises on failure and returns MAXALIGNed memory of the requested size, which
+    // `write_to` fills with a complete array varlena of `array_type` (encode::array).
+    unsafe {
+        let p = pg_sys::palloc(len) as *mut u8;
+        a.write_to(std::slice::from_raw_parts_mut(p, len));
+        DatumWithOid::new(Prebuilt(pg_sys::Datum::from(p)), array_type)
+    }
+}
+
+fn ints(values: impl Iterator<Item = Option<i64>>) -> ArrayBuilder {
+    let mut a = ArrayBuilder::new(Elem::Int8, pg_sys::INT8OID.into());
+    values.for_each(|v| a.push_opt_i64(v));
+    a
+}
+
+fn uuids<'u>(values: impl Iterator<Item = Option<&'u Uuid16>>) -> ArrayBuilder {
+    let mut a = ArrayBuilder::new(Elem::Uuid, pg_sys::UUIDOID.into());
+    values.for_each(|v| a.push_opt_uuid(v));
+    a
+}
+
+fn texts<'t>(values: impl Iterator<Item = Option<&'t str>>) -> ArrayBuilder {
+    let mut a = ArrayBuilder::new(Elem::Varlena, pg_sys::TEXTOID.into());
+    values.for_each(|v| a.push_opt_bytes(v.map(str::as_bytes)));
+    a
+}
+
+fn varlenas<'v>(elem: pg_sys::Oid, values: impl Iterator<Item = Option<&'v [u8]>>) -> ArrayBuilder {
+    let mut a = ArrayBuilder::new(Elem::Varlena, elem.into());
+    values.for_each(|v| a.push_opt_varlena(v));
+    a
+}
+
+fn bytea<'v>(values: impl Iterator<Item = Option<&'v [u8]>>) -> ArrayBuilder {
+    let mut a = ArrayBuilder::new(Elem::Varlena, pg_sys::BYTEAOID.into());
+    values.for_each(|v| a.push_opt_bytes(v));
+    a
+}
+
+const INT8_ARRAY: pg_sys::Oid = pg_sys::INT8ARRAYOID;
+const UUID_ARRAY: pg_sys::Oid = pg_sys::UUIDARRAYOID;
+const TEXT_ARRAY: pg_sys::Oid = pg_sys::TEXTARRAYOID;
+const JSONB_ARRAY: pg_sys::Oid = pg_sys::JSONBARRAYOID;
+const BYTEA_ARRAY: pg_sys::Oid = pg_sys::BYTEAARRAYOID;
+const TIMESTAMP_ARRAY: pg_sys::Oid = pg_sys::TIMESTAMPARRAYOID;
+
+const STORED_IN_RANGE_SQL: &str = "
+SELECT coalesce(array_agg(o.id_data), '{}'), coalesce(array_agg(o.content_hash), '{}'),
+       coalesce(array_agg(o.ca_uuid), '{}'), coalesce(array_agg(o.jdd_uuid), '{}')
+  FROM gn2pg.observation o
+ WHERE o.source = $1 AND o.id_data BETWEEN $2 AND $3";
+
+const STORED_KEYS_SQL: &str = "
+SELECT coalesce(array_agg(o.id_data), '{}'), coalesce(array_agg(o.content_hash), '{}'),
+       coalesce(array_agg(o.ca_uuid), '{}'), coalesce(array_agg(o.jdd_uuid), '{}')
+  FROM gn2pg.observation o
+ WHERE o.source = $1 AND o.id_data = ANY ($2)";
+
+const DELETE_KEYS_SQL: &str = "
+WITH d AS (DELETE FROM gn2pg.observation o WHERE o.source = $1 AND o.id_data = ANY ($2) RETURNING 1)
+SELECT count(*) FROM d";
+
+const RESOLVE_SQL: &str = "
+SELECT coalesce(array_agg(r.source_ca), '{}'), coalesce(array_agg(r.source_jdd), '{}'),
+       coalesce(array_agg(r.ca_uuid), '{}'), coalesce(array_agg(r.jdd_uuid), '{}'),
+       count(*)
+  FROM gn2pg._resolve_mapping($1, $2, $3) r";
+
+/// Geometries Rust did not convert: PostGIS converts them, with the per-row error trap of
+/// gn2pg._parse_geometry (a subtransaction per row, hence only for these). The column is 2D, as
+/// GeoNature's synthese: Z and M ordinates are dropped (an array item keeps its WKT as sent).
+const DEFERRED_GEOMETRY_SQL: &str = "
+SELECT coalesce(array_agg(pg_catalog.encode({pg}.ST_AsEWKB({pg}.ST_Force2D(g.geom)), 'hex') ORDER BY t.i), '{}'),
+       coalesce(array_agg(g.error ORDER BY t.i), '{}')
+  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(geojson, wkt, i),
+       LATERAL gn2pg._parse_geometry(t.geojson::jsonb, t.wkt) AS g";
+
+/// One owner per probed uuid; LATERAL … LIMIT 1 keeps this an index lookup per uuid whatever the
+/// planner thinks of the table's size (its generic plan is made at the first page of a run,
+/// when the table may still be empty).
+const UUID_OWNERS_SQL: &str = "
+SELECT coalesce(array_agg(u.i), '{}'), coalesce(array_agg(w.source), '{}'), coalesce(array_agg(w.id_data), '{}')
+  FROM unnest($2::uuid[], $3::bigint[]) WITH ORDINALITY AS u(uuid, id, i)
+ CROSS JOIN LATERAL (SELECT o.source, o.id_data FROM gn2pg.observation o
+                      WHERE o.uuid = u.uuid AND (o.source <> $1 OR o.id_data <> u.id) LIMIT 1) w";
+
+/// The rows of an INSERT. `unnest` in the select list runs value per call (ProjectSet); in FROM
+/// it would first copy every column of the page into a tuplestore.
+const ROWS: &str = "(SELECT unnest($3::bigint[]) AS id, unnest($4::uuid[]) AS uuid, unnest($5::jsonb[]) AS item,
+                           unnest($6::bytea[]) AS geom, unnest($7::uuid[]) AS ca, unnest($8::uuid[]) AS jdd,
+                           unnest($9::uuid[]) AS source_ca, unnest($10::uuid[]) AS source_jdd,
+                           unnest($11::timestamp[]) AS updated, unnest($12::bigint[]) AS hash) AS t";
+
+const INSERT_SQL: &str = "
+INSERT INTO gn2pg.observation
+       (source, id_data, uuid, item, geom, ca_uuid, jdd_uuid, source_ca_uuid, source_jdd_uuid,
+        source_updated_at, updated_at, run_id, content_hash)
+SELECT $1, t.id, t.uuid, t.item, {pg}.ST_GeomFromEWKB(t.geom), t.ca, t.jdd, t.source_ca, t.source_jdd,
+       t.updated, now(), $2, t.hash
+  FROM {rows}";
+
+/// Changed rows. An upsert rather than UPDATE … FROM unnest: its conflict check is a primary key
+/// lookup per row, so no join has to be planned, and downstream triggers see what 0.1 did.
+const UPDATE_SQL: &str = "
+INSERT INTO gn2pg.observation AS o
+       (source, id_data, uuid, item, geom, ca_uuid, jdd_uuid, source_ca_uuid, source_jdd_uuid,
+        source_updated_at, updated_at, run_id, content_hash)
+SELECT $1, t.id, t.uuid, t.item, {pg}.ST_GeomFromEWKB(t.geom), t.ca, t.jdd, t.source_ca, t.source_jdd,
+       t.updated, now(), $2, t.hash
+  FROM {rows}
+    ON CONFLICT (source, id_data) DO UPDATE
+   SET uuid = EXCLUDED.uuid, item = EXCLUDED.item, geom = EXCLUDED.geom, ca_uuid = EXCLUDED.ca_uuid,
+       jdd_uuid = EXCLUDED.jdd_uuid, source_ca_uuid = EXCLUDED.source_ca_uuid,
+       source_jdd_uuid = EXCLUDED.source_jdd_uuid, source_updated_at = EXCLUDED.source_updated_at,
+       updated_at = EXCLUDED.updated_at, run_id = EXCLUDED.run_id, content_hash = EXCLUDED.content_hash";
+
+/// Upsert of gn2pg.metadata rows. One row per (source, level, uuid) holds the latest content;
+/// it is rewritten only when the content changed, and flat columns (a name, no object) never
+/// erase an object received earlier.
+pub const METADATA_UPSERT: &str = "
+    ON CONFLICT (source, level, uuid) DO UPDATE
+       SET name = coalesce(EXCLUDED.name, m.name),
+           parent_uuid = coalesce(EXCLUDED.parent_uuid, m.parent_uuid),
+           item = coalesce(EXCLUDED.item, m.item),
+           updated_at = now(), run_id = EXCLUDED.run_id
+     WHERE (EXCLUDED.name IS NOT NULL AND EXCLUDED.name IS DISTINCT FROM m.name)
+        OR (EXCLUDED.parent_uuid IS NOT NULL AND EXCLUDED.parent_uuid IS DISTINCT FROM m.parent_uuid)
+        OR (EXCLUDED.item IS NOT NULL AND EXCLUDED.item IS DISTINCT FROM m.item)";
+
+const METADATA_SQL: &str = "
+INSERT INTO gn2pg.metadata AS m (source, level, uuid, name, parent_uuid, item, run_id)
+SELECT $1, t.level, t.uuid, t.name, t.parent, t.item, $2
+  FROM unnest($3::text[], $4::uuid[], $5::text[], $6::uuid[], $7::jsonb[]) AS t(level, uuid, name, parent, item)
+{meta_upsert}";
+
+const REJECT_SQL: &str = "
+INSERT INTO gn2pg.run_error (run_id, source, id_data, uuid, item, error)
+SELECT $2, $1, t.id, t.uuid, t.item, t.error
+  FROM unnest($3::bigint[], $4::text[], $5::jsonb[], $6::text[]) AS t(id, uuid, item, error)";
+
+fn oids(list: &[pg_sys::Oid]) -> Vec<PgOid> {
+    list.iter().map(|o| PgOid::from(*o)).collect()
+}
+
+/// The page loader's statements, prepared once per run.
+pub struct Loader {
+    stored_in_range: OwnedPreparedStatement,
+    stored_keys: OwnedPreparedStatement,
+    delete_keys: OwnedPreparedStatement,
+    resolve: OwnedPreparedStatement,
+    deferred_geometry: OwnedPreparedStatement,
+    uuid_owners: OwnedPreparedStatement,
+    insert: OwnedPreparedStatement,
+    update: OwnedPreparedStatement,
+    metadata: OwnedPreparedStatement,
+    reject: OwnedPreparedStatement,
+}
+
+impl Loader {
+    /// Prepares the statements for a PostGIS schema; call inside a transaction.
+    pub fn prepare(postgis_schema: &str) -> SpiResult<Loader> {
+        use pg_sys::{INT8OID, TEXTOID};
+        let pg = quote_identifier(postgis_schema);
+        let sql = |s: &str| {
+            s.replace("{rows}", ROWS).replace("{pg}", &pg).replace("{meta_upsert}", METADATA_UPSERT)
+        };
+        let rows_args = [TEXTOID, INT8OID, INT8_ARRAY, UUID_ARRAY, JSONB_ARRAY, BYTEA_ARRAY, UUID_ARRAY, UUID_ARRAY, UUID_ARRAY, UUID_ARRAY, TIMESTAMP_ARRAY, INT8_ARRAY];
+        Spi::connect(|c| {
+            let keep = |c: &SpiClient, s: &str, args: &[pg_sys::Oid], writes: bool| -> SpiResult<OwnedPreparedStatement> {
+                let s = sql(s);
+                Ok(if writes { c.prepare_mut(s.as_str(), &oids(args))? } else { c.prepare(s.as_str(), &oids(args))? }.keep())
+            };
+            Ok(Loader {
+                stored_in_range: keep(c, STORED_IN_RANGE_SQL, &[TEXTOID, INT8OID, INT8OID], false)?,
+                stored_keys: keep(c, STORED_KEYS_SQL, &[TEXTOID, INT8_ARRAY], false)?,
+                delete_keys: keep(c, DELETE_KEYS_SQL, &[TEXTOID, INT8_ARRAY], true)?,
+                resolve: keep(c, RESOLVE_SQL, &[TEXTOID, UUID_ARRAY, UUID_ARRAY], false)?,
+                deferred_geometry: keep(c, DEFERRED_GEOMETRY_SQL, &[TEXT_ARRAY, TEXT_ARRAY], false)?,
+                uuid_owners: keep(c, UUID_OWNERS_SQL, &[TEXTOID, UUID_ARRAY, INT8_ARRAY], false)?,
+                insert: keep(c, INSERT_SQL, &rows_args, true)?,
+                update: keep(c, UPDATE_SQL, &rows_args, true)?,
+                metadata: keep(c, METADATA_SQL, &[TEXTOID, INT8OID, TEXT_ARRAY, UUID_ARRAY, TEXT_ARRAY, UUID_ARRAY, JSONB_ARRAY], true)?,
+                reject: keep(c, REJECT_SQL, &[TEXTOID, INT8OID, INT8_ARRAY, TEXT_ARRAY, JSONB_ARRAY, TEXT_ARRAY], true)?,
+            })
+        })
+    }
+
+    /// Loads a page (see the module documentation); the caller owns the transaction.
+    pub fn load(&self, spec: &PageSpec, page: &PageRows) -> SpiResult<PageLoad> {
+        Spi::connect_mut(|c| {
+            let mut rejected: Vec<Rejected> = Vec::new();
+            let stored = self.stored(c, spec, page)?;
+            let mut deleted = 0;
+            if spec.sweep.is_some() {
+                let gone = gone(&stored, &page.keys);
+                if !gone.is_empty() {
+                    let t = c.update(&self.delete_keys, None, &[spec.source.into(), array_arg(&ints(gone.iter().map(|k| Some(*k))), INT8_ARRAY)])?;
+                    deleted = t.first().get::<i64>(1)?.unwrap_or(0);
+                }
+            }
+            let targets = self.targets(c, spec, &page.rows)?;
+            let plan = diff(&page.rows, &stored, &targets);
+            let mut write: Vec<Write> = page
+                .rows
+                .iter()
+                .zip(plan)
+                .filter(|(_, (a, _, _))| *a != Action::Keep)
+                .map(|(row, (action, ca, jdd))| Write { row, action, ca, jdd, ewkb: None, ok: true })
+                .collect();
+            let unchanged = page.rows.len() as i64 - write.len() as i64;
+            self.convert_deferred(c, &mut write, &mut rejected)?;
+            self.check_uuid_owners(c, spec, &mut write, &mut rejected)?;
+            write.retain(|w| w.ok);
+            let (inserted, updated) = self.write_rows(c, spec, &write)?;
+            self.write_metadata(c, spec, page)?;
+            let failed = (page.rejected.len() + rejected.len()) as i64;
+            self.write_rejections(c, spec, page.rejected.iter().chain(rejected.iter()))?;
+            Ok(PageLoad {
+                received: page.received as i64,
+                inserted,
+                updated,
+                unchanged,
+                failed,
+                deleted,
+                max_source_action: page.max_updated.map(crate::encode::rows::timestamp_text),
+            })
+        })
+    }
+
+    fn stored(&self, c: &SpiClient, spec: &PageSpec, page: &PageRows) -> SpiResult<HashMap<i64, Stored>> {
+        let t = match spec.sweep {
+            Some(r) => c.select(
+                &self.stored_in_range,
+                None,
+                &[spec.source.into(), r.lo.into(), r.hi.unwrap_or(i64::MAX).into()],
+            )?,
+            None => {
+                if page.rows.is_empty() {
+                    return Ok(HashMap::new());
+                }
+                let keys = ints(page.rows.iter().map(|r| Some(r.id)));
+                c.select(&self.stored_keys, None, &[spec.source.into(), array_arg(&keys, INT8_ARRAY)])?
+            }
+        };
+        let r = t.first();
+        let ids = r.get::<Vec<Option<i64>>>(1)?.unwrap_or_default();
+        let hashes = r.get::<Vec<Option<i64>>>(2)?.unwrap_or_default();
+        let cas = r.get::<Vec<Option<pgrx::Uuid>>>(3)?.unwrap_or_default();
+        let jdds = r.get::<Vec<Option<pgrx::Uuid>>>(4)?.unwrap_or_default();
+        let mut out = HashMap::with_capacity(ids.len());
+        for (i, id) in ids.into_iter().enumerate() {
+            if let Some(id) = id {
+                let u = |v: &Vec<Option<pgrx::Uuid>>| v.get(i).copied().flatten().map(|u| *u);
+                out.insert(id, Stored { hash: hashes.get(i).copied().flatten(), ca: u(&cas), jdd: u(&jdds) });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destinations of the page's distinct (CA, JDD) pairs (gn2pg._resolve_mapping).
+    fn targets(&self, c: &SpiClient, spec: &PageSpec, rows: &[Row]) -> SpiResult<Targets> {
+        let mut pairs: Vec<(Option<Uuid16>, Option<Uuid16>)> = rows.iter().map(|r| (r.ca, r.jdd)).collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        if pairs.is_empty() {
+            return Ok(Targets::new());
+        }
+        let t = c.select(
+            &self.resolve,
+            None,
+            &[
+                spec.source.into(),
+                array_arg(&uuids(pairs.iter().map(|p| p.0.as_ref())), UUID_ARRAY),
+                array_arg(&uuids(pairs.iter().map(|p| p.1.as_ref())), UUID_ARRAY),
+            ],
+        )?;
+        let r = t.first();
+        let col = |i: usize| -> SpiResult<Vec<Option<Uuid16>>> {
+            Ok(r.get::<Vec<Option<pgrx::Uuid>>>(i)?.unwrap_or_default().into_iter().map(|u| u.map(|u| *u)).collect())
+        };
+        let (sca, sjdd, ca, jdd) = (col(1)?, col(2)?, col(3)?, col(4)?);
+        Ok((0..sca.len()).map(|i| ((sca[i], sjdd[i]), (ca[i], jdd[i]))).collect())
+    }
+
+    fn convert_deferred(&self, c: &SpiClient, write: &mut [Write], rejected: &mut Vec<Rejected>) -> SpiResult<()> {
+        let deferred: Vec<usize> = (0..write.len()).filter(|&i| matches!(write[i].row.geom, Geom::Defer { .. })).collect();
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        let text = |i: &usize, geojson: bool| match &write[*i].row.geom {
+            Geom::Defer { geojson: g, wkt } => if geojson { g.as_deref() } else { wkt.as_deref() },
+            _ => None,
+        };
+        let t = c.select(
+            &self.deferred_geometry,
+            None,
+            &[
+                array_arg(&texts(deferred.iter().map(|i| text(i, true))), TEXT_ARRAY),
+                array_arg(&texts(deferred.iter().map(|i| text(i, false))), TEXT_ARRAY),
+            ],
+        )?;
+        let r = t.first();
+        let ewkb = r.get::<Vec<Option<String>>>(1)?.unwrap_or_default();
+        let errors = r.get::<Vec<Option<String>>>(2)?.unwrap_or_default();
+        for (k, i) in deferred.into_iter().enumerate() {
+            let w = &mut write[i];
+            match errors.get(k).cloned().flatten() {
+                Some(e) => {
+                    w.ok = false;
+                    rejected.push(rejection(w.row, e));
+                }
+                None => w.ewkb = ewkb.get(k).cloned().flatten().and_then(|h| unhex(&h)),
+            }
+        }
+        Ok(())
+    }
+
+    /// A uuid stored under another key (of any source) rejects the row, with the owner named;
+    /// an owner rewritten by this very page with another uuid is no conflict.
+    fn check_uuid_owners(&self, c: &SpiClient, spec: &PageSpec, write: &mut [Write], rejected: &mut Vec<Rejected>) -> SpiResult<()> {
+        let probe: Vec<usize> = (0..write.len()).filter(|&i| write[i].ok && write[i].row.uuid.is_some()).collect();
+        if probe.is_empty() {
+            return Ok(());
+        }
+        let t = c.select(
+            &self.uuid_owners,
+            None,
+            &[
+                spec.source.into(),
+                array_arg(&uuids(probe.iter().map(|&i| write[i].row.uuid.as_ref())), UUID_ARRAY),
+                array_arg(&ints(probe.iter().map(|&i| Some(write[i].row.id))), INT8_ARRAY),
+            ],
+        )?;
+        let r = t.first();
+        let at = r.get::<Vec<Option<i64>>>(1)?.unwrap_or_default();
+        if at.is_empty() {
+            return Ok(());
+        }
+        let owner_source = r.get::<Vec<Option<String>>>(2)?.unwrap_or_default();
+        let owner_id = r.get::<Vec<Option<i64>>>(3)?.unwrap_or_default();
+        let rewritten: HashSet<i64> = write.iter().filter(|w| w.ok).map(|w| w.row.id).collect();
+        for (k, pos) in at.iter().enumerate() {
+            let (Some(pos), Some(src), Some(oid)) = (pos, owner_source.get(k).cloned().flatten(), owner_id.get(k).copied().flatten()) else {
+                continue;
+            };
+            if src == spec.source && rewritten.contains(&oid) {
+                continue;
+            }
+            let w = &mut write[probe[(*pos - 1) as usize]];
+            if w.ok {
+                w.ok = false;
+                let u = w.row.uuid.map(|u| uuid_text(&u)).unwrap_or_default();
+                rejected.push(rejection(w.row, format!("uuid {u} already belongs to source {src}, {} {oid}", spec.key_column)));
+            }
+        }
+        Ok(())
+    }
+
+    fn write_rows(&self, c: &mut SpiClient, spec: &PageSpec, write: &[Write]) -> SpiResult<(i64, i64)> {
+        let mut counts = (0, 0);
+        for action in [Action::Insert, Action::Update] {
+            let rows: Vec<&Write> = write.iter().filter(|w| w.action == action).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let bytes: usize = rows.iter().map(|w| w.row.item.len() + 8).sum();
+            let mut items = ArrayBuilder::with_capacity(Elem::Varlena, pg_sys::JSONBOID.into(), rows.len(), bytes);
+            rows.iter().for_each(|w| items.push_varlena(&w.row.item));
+            let args = [
+                spec.source.into(),
+                spec.run_id.into(),
+                array_arg(&ints(rows.iter().map(|w| Some(w.row.id))), INT8_ARRAY),
+                array_arg(&uuids(rows.iter().map(|w| w.row.uuid.as_ref())), UUID_ARRAY),
+                array_arg(&items, JSONB_ARRAY),
+                array_arg(&bytea(rows.iter().map(|w| w.geometry())), BYTEA_ARRAY),
+                array_arg(&uuids(rows.iter().map(|w| w.ca.as_ref())), UUID_ARRAY),
+                array_arg(&uuids(rows.iter().map(|w| w.jdd.as_ref())), UUID_ARRAY),
+                array_arg(&uuids(rows.iter().map(|w| w.row.ca.as_ref())), UUID_ARRAY),
+                array_arg(&uuids(rows.iter().map(|w| w.row.jdd.as_ref())), UUID_ARRAY),
+                array_arg(&timestamps(rows.iter().map(|w| w.row.updated)), TIMESTAMP_ARRAY),
+                array_arg(&ints(rows.iter().map(|w| Some(w.row.hash))), INT8_ARRAY),
+            ];
+            let stmt = if action == Action::Insert { &self.insert } else { &self.update };
+            let n = c.update(stmt, None, &args)?.len() as i64;
+            if action == Action::Insert {
+                counts.0 = n;
+            } else {
+                counts.1 = n;
+            }
+        }
+        Ok(counts)
+    }
+
+    fn write_metadata(&self, c: &mut SpiClient, spec: &PageSpec, page: &PageRows) -> SpiResult<()> {
+        if page.meta.is_empty() {
+            return Ok(());
+        }
+        let m = &page.meta;
+        c.update(
+            &self.metadata,
+            None,
+            &[
+                spec.source.into(),
+                spec.run_id.into(),
+                array_arg(&texts(m.iter().map(|e| Some(e.level.label()))), TEXT_ARRAY),
+                array_arg(&uuids(m.iter().map(|e| Some(&e.uuid))), UUID_ARRAY),
+                array_arg(&texts(m.iter().map(|e| e.name.as_deref())), TEXT_ARRAY),
+                array_arg(&uuids(m.iter().map(|e| e.parent.as_ref())), UUID_ARRAY),
+                array_arg(&varlenas(pg_sys::JSONBOID, m.iter().map(|e| e.item.as_deref())), JSONB_ARRAY),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn write_rejections<'r>(&self, c: &mut SpiClient, spec: &PageSpec, rejected: impl Iterator<Item = &'r Rejected> + Clone) -> SpiResult<()> {
+        if rejected.clone().next().is_none() {
+            return Ok(());
+        }
+        c.update(
+            &self.reject,
+            None,
+            &[
+                spec.source.into(),
+                spec.run_id.into(),
+                array_arg(&ints(rejected.clone().map(|r| r.id)), INT8_ARRAY),
+                array_arg(&texts(rejected.clone().map(|r| r.uuid.as_deref())), TEXT_ARRAY),
+                array_arg(&varlenas(pg_sys::JSONBOID, rejected.clone().map(|r| r.item.as_deref())), JSONB_ARRAY),
+                array_arg(&texts(rejected.map(|r| Some(r.reason.as_str()))), TEXT_ARRAY),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+fn unhex(h: &str) -> Option<Vec<u8>> {
+    let b = h.as_bytes();
+    if !b.len().is_multiple_of(2) {
+        return None;
+    }
+    b.chunks(2).map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok()).collect()
+}
+
+fn timestamps(values: impl Iterator<Item = Option<i64>>) -> ArrayBuilder {
+    let mut a = ArrayBuilder::new(Elem::Int8, pg_sys::TIMESTAMPOID.into());
+    values.for_each(|v| a.push_opt_i64(v));
+    a
+}
+
+fn rejection(row: &Row, reason: String) -> Rejected {
+    Rejected { id: Some(row.id), uuid: row.uuid.map(|u| uuid_text(&u)), item: Some(row.item.clone()), reason }
+}
+
+/// A row to write, with its destination CA/JDD and, for deferred geometries, PostGIS's EWKB.
+struct Write<'p> {
+    row: &'p Row,
+    action: Action,
+    ca: Option<Uuid16>,
+    jdd: Option<Uuid16>,
+    ewkb: Option<Vec<u8>>,
+    ok: bool,
+}
+
+impl Write<'_> {
+    fn geometry(&self) -> Option<&[u8]> {
+        match &self.row.geom {
+            Geom::Ewkb(b) => Some(b),
+            Geom::Defer { .. } => self.ewkb.as_deref(),
+            Geom::None => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, hash: i64, ca: Option<Uuid16>) -> Row {
+        Row { id, uuid: None, item: vec![], geom: Geom::None, updated: None, ca, jdd: None, hash }
+    }
+
+    #[test]
+    fn diff_keeps_unchanged_rows_and_follows_mappings() {
+        let a = Some([1u8; 16]);
+        let b = Some([2u8; 16]);
+        let rows = vec![row(1, 10, a), row(2, 20, a), row(3, 30, a), row(4, 40, None)];
+        let stored: HashMap<i64, Stored> = [
+            (1, Stored { hash: Some(10), ca: a, jdd: None }),
+            (2, Stored { hash: Some(21), ca: a, jdd: None }),
+            (4, Stored { hash: None, ca: None, jdd: None }),
+        ]
+        .into_iter()
+        .collect();
+        let plan = diff(&rows, &stored, &Targets::new());
+        let actions: Vec<Action> = plan.iter().map(|p| p.0).collect();
+        assert_eq!(actions, vec![Action::Keep, Action::Update, Action::Insert, Action::Update], "no hash yet: rewritten once");
+        // Mapping CA a to b changes where row 1 lands: it is rewritten.
+        let targets: Targets = [((a, None), (b, None))].into_iter().collect();
+        let plan = diff(&rows, &stored, &targets);
+        assert_eq!(plan[0], (Action::Update, b, None));
+    }
+
+    #[test]
+    fn gone_lists_stored_keys_missing_from_the_page() {
+        let s = Stored { hash: None, ca: None, jdd: None };
+        let stored: HashMap<i64, Stored> = [(1, s), (2, s), (5, s)].into_iter().collect();
+        assert_eq!(gone(&stored, &[2, 3]), vec![1, 5]);
+        assert!(gone(&stored, &[1, 2, 5]).is_empty());
+    }
+}
