@@ -24,7 +24,7 @@ use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{self, quote_identifier, OwnedPreparedStatement, SpiClient};
 
-use crate::encode::array::{ArrayBuilder, Elem};
+use crate::encode::array::{Aligned, ArrayBuilder, Elem};
 use crate::encode::rows::{uuid_text, Geom, PageRows, Rejected, Row};
 use crate::source::paging::KeyRange;
 
@@ -119,6 +119,13 @@ fn array_arg<'a>(a: &ArrayBuilder, array_type: pg_sys::Oid) -> DatumWithOid<'a> 
         a.write_to(std::slice::from_raw_parts_mut(p, len));
         DatumWithOid::new(Prebuilt(pg_sys::Datum::from(p)), array_type)
     }
+}
+
+/// An array the helper thread built (`encode::rows::Columns`), handed to SPI without a copy.
+fn prebuilt_arg<'a>(a: &'a Aligned, array_type: pg_sys::Oid) -> DatumWithOid<'a> {
+    // SAFETY: `a` is a complete, MAXALIGNed array varlena of `array_type`; it belongs to the page
+    // being loaded and outlives the statement; PostgreSQL only reads parameter values.
+    unsafe { DatumWithOid::new(Prebuilt(pg_sys::Datum::from(a.as_ptr() as *mut u8)), array_type) }
 }
 
 fn ints(values: impl Iterator<Item = Option<i64>>) -> ArrayBuilder {
@@ -325,7 +332,7 @@ impl Loader {
             self.convert_deferred(c, &mut write, &mut rejected)?;
             self.check_uuid_owners(c, spec, &mut write, &mut rejected)?;
             write.retain(|w| w.ok);
-            let (inserted, updated) = self.write_rows(c, spec, &write)?;
+            let (inserted, updated) = self.write_rows(c, spec, page, &write)?;
             self.write_metadata(c, spec, page)?;
             let failed = (page.rejected.len() + rejected.len()) as i64;
             self.write_rejections(c, spec, page.rejected.iter().chain(rejected.iter()))?;
@@ -470,29 +477,55 @@ impl Loader {
         Ok(())
     }
 
-    fn write_rows(&self, c: &mut SpiClient, spec: &PageSpec, write: &[Write]) -> SpiResult<(i64, i64)> {
+    fn write_rows(&self, c: &mut SpiClient, spec: &PageSpec, page: &PageRows, write: &[Write]) -> SpiResult<(i64, i64)> {
         let mut counts = (0, 0);
         for action in [Action::Insert, Action::Update] {
             let rows: Vec<&Write> = write.iter().filter(|w| w.action == action).collect();
             if rows.is_empty() {
                 continue;
             }
-            let bytes: usize = rows.iter().map(|w| w.row.item.len() + 8).sum();
-            let mut items = ArrayBuilder::with_capacity(Elem::Varlena, pg_sys::JSONBOID.into(), rows.len(), bytes);
-            rows.iter().for_each(|w| items.push_varlena(&w.row.item));
+            // A page of new rows only (every page of a first full run) is inserted from the
+            // arrays the helper thread built; otherwise the rows to write are gathered here.
+            let prebuilt = page.columns.as_ref().filter(|_| action == Action::Insert && rows.len() == page.rows.len());
+            let deferred = rows.iter().any(|w| matches!(w.row.geom, Geom::Defer { .. }));
+            let built = |col: &dyn Fn() -> ArrayBuilder, oid| array_arg(&col(), oid);
+            let (id, uuid, item, source_ca, source_jdd, updated, hash) = match prebuilt {
+                Some(p) => (
+                    prebuilt_arg(&p.id, INT8_ARRAY),
+                    prebuilt_arg(&p.uuid, UUID_ARRAY),
+                    prebuilt_arg(&p.item, JSONB_ARRAY),
+                    prebuilt_arg(&p.source_ca, UUID_ARRAY),
+                    prebuilt_arg(&p.source_jdd, UUID_ARRAY),
+                    prebuilt_arg(&p.updated, TIMESTAMP_ARRAY),
+                    prebuilt_arg(&p.hash, INT8_ARRAY),
+                ),
+                None => (
+                    built(&|| ints(rows.iter().map(|w| Some(w.row.id))), INT8_ARRAY),
+                    built(&|| uuids(rows.iter().map(|w| w.row.uuid.as_ref())), UUID_ARRAY),
+                    built(&|| varlenas(pg_sys::JSONBOID, rows.iter().map(|w| Some(&w.row.item[..]))), JSONB_ARRAY),
+                    built(&|| uuids(rows.iter().map(|w| w.row.ca.as_ref())), UUID_ARRAY),
+                    built(&|| uuids(rows.iter().map(|w| w.row.jdd.as_ref())), UUID_ARRAY),
+                    built(&|| timestamps(rows.iter().map(|w| w.row.updated)), TIMESTAMP_ARRAY),
+                    built(&|| ints(rows.iter().map(|w| Some(w.row.hash))), INT8_ARRAY),
+                ),
+            };
+            let geom = match prebuilt.filter(|_| !deferred) {
+                Some(p) => prebuilt_arg(&p.geom, BYTEA_ARRAY),
+                None => array_arg(&bytea(rows.iter().map(|w| w.geometry())), BYTEA_ARRAY),
+            };
             let args = [
                 spec.source.into(),
                 spec.run_id.into(),
-                array_arg(&ints(rows.iter().map(|w| Some(w.row.id))), INT8_ARRAY),
-                array_arg(&uuids(rows.iter().map(|w| w.row.uuid.as_ref())), UUID_ARRAY),
-                array_arg(&items, JSONB_ARRAY),
-                array_arg(&bytea(rows.iter().map(|w| w.geometry())), BYTEA_ARRAY),
+                id,
+                uuid,
+                item,
+                geom,
                 array_arg(&uuids(rows.iter().map(|w| w.ca.as_ref())), UUID_ARRAY),
                 array_arg(&uuids(rows.iter().map(|w| w.jdd.as_ref())), UUID_ARRAY),
-                array_arg(&uuids(rows.iter().map(|w| w.row.ca.as_ref())), UUID_ARRAY),
-                array_arg(&uuids(rows.iter().map(|w| w.row.jdd.as_ref())), UUID_ARRAY),
-                array_arg(&timestamps(rows.iter().map(|w| w.row.updated)), TIMESTAMP_ARRAY),
-                array_arg(&ints(rows.iter().map(|w| Some(w.row.hash))), INT8_ARRAY),
+                source_ca,
+                source_jdd,
+                updated,
+                hash,
             ];
             let stmt = if action == Action::Insert { &self.insert } else { &self.update };
             let n = c.update(stmt, None, &args)?.len() as i64;

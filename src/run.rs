@@ -15,13 +15,13 @@ use serde_json::json;
 
 use crate::guc;
 use crate::worker::{self, tx};
-use crate::source::client::{CancelFlag, Host, Jobs, SourceClient, Stats};
+use crate::source::client::{CancelFlag, Host, Jobs, Pipeline, SourceClient, Stats};
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
 use crate::source::error::redact_url;
 use crate::encode::rows::{self, PageRows};
 use crate::loader::{Loader, PageLoad, PageSpec};
 use crate::source::page::{parse_page, Fields, PageSummary, Shape};
-use crate::source::paging::{split_key_space, Pager, Step};
+use crate::source::paging::{split_key_space, KeyRange, Pager, Step};
 use crate::source::SourceError;
 use crate::store::{self, Progress, RunStart};
 
@@ -126,6 +126,8 @@ struct Setup {
     since: Option<String>,
     postgis: String,
     start: Start,
+    /// Items are lz4-compressed on the helper thread (the item column compresses with lz4).
+    compress_items: bool,
 }
 
 /// Auto mode runs a reconciling full harvest this often by default: sources without a
@@ -243,7 +245,8 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String>
     })
     .map_err(spi_err)?;
     let postgis = store::postgis_schema().map_err(|_| "PostGIS is not installed in this database".to_string())?;
-    Ok(Setup { cfg, mode, since, postgis, start })
+    let compress_items = store::item_compression_is_lz4().map_err(spi_err)?;
+    Ok(Setup { cfg, mode, since, postgis, start, compress_items })
 }
 
 /// Entry point of a harvest worker once connected to its database.
@@ -279,7 +282,8 @@ pub fn execute_part(run_id: i64, part: i32, name: &str) {
         let cfg = build_config(&row).map_err(|e| e.to_string())?;
         let postgis = store::postgis_schema().map_err(|_| "PostGIS is not installed in this database".to_string())?;
         let range = store::part_range(run_id, part).map_err(spi_err)?.ok_or_else(|| format!("run {run_id} has no part {part}"))?;
-        Ok(Setup { cfg, mode: Mode::Full, since: None, postgis, start: Start::Ranges(vec![range]) })
+        let compress_items = store::item_compression_is_lz4().map_err(spi_err)?;
+        Ok(Setup { cfg, mode: Mode::Full, since: None, postgis, start: Start::Ranges(vec![range]), compress_items })
     });
     let result = match prepared {
         Err(m) => Err(Stop::Failed(m)),
@@ -336,9 +340,8 @@ impl Totals {
 
 /// One key range (or the single offset walk) harvested page after page.
 struct Stream {
+    /// Position after the last page loaded (not the producer's, which runs ahead).
     pager: Pager,
-    /// None while one of its requests is in flight on a helper thread.
-    client: Option<SourceClient>,
     done: bool,
 }
 
@@ -370,31 +373,62 @@ fn max_key(client: &mut SourceClient, key: &str, host: &WorkerHost) -> Result<Op
     })
 }
 
-type Fetched = (usize, SourceClient, Result<(PageSummary, PageRows), SourceError>);
-
 /// Fetches a page and prepares its rows (checked, encoded, hashed), all on the helper thread.
-fn fetch_rows(c: &mut SourceClient, params: &[(String, String)], fields: &Fields, flag: &CancelFlag) -> Result<(PageSummary, PageRows), SourceError> {
+fn fetch_rows(c: &mut SourceClient, params: &[(String, String)], fields: &Fields, compress: bool, flag: &CancelFlag) -> Result<(PageSummary, PageRows), SourceError> {
     let body = c.fetch_export_page(params, flag)?;
-    rows::prepare(&body, fields)
+    rows::prepare(&body, fields, compress)
         .map_err(|cause| SourceError::BadAnswer { url: redact_url(c.export_url(params).as_str()), cause })
 }
 
-/// Puts the next page request of stream `i` in flight on a helper thread.
-fn spawn_fetch(
-    jobs: &mut Jobs<Fetched>,
-    i: usize,
-    mut c: SourceClient,
-    pager: &Pager,
-    window: &[(String, String)],
-    fields: &Fields,
-) -> Result<(), SourceError> {
-    let mut params = pager.params();
-    params.extend(window.iter().cloned());
-    let fields = fields.clone();
-    jobs.spawn(move |flag| {
-        let r = fetch_rows(&mut c, &params, &fields, flag);
-        (i, c, r)
-    })
+/// Pages a stream's producer may have ready before the backend takes them: enough to keep both
+/// sides busy, few enough to keep memory flat (a 1000-row page is a few MB).
+const PAGES_AHEAD: usize = 2;
+
+/// A page of one stream, fetched and prepared by the stream's producer thread.
+struct Produced {
+    stream: usize,
+    /// The stream client's transport counters after this page.
+    stats: Stats,
+    page: Result<Ready, SourceError>,
+}
+
+struct Ready {
+    rows: PageRows,
+    /// The key range this page proves complete (keyset full runs).
+    sweep: Option<KeyRange>,
+    /// The stream's position after this page, for the checkpoint written with it.
+    pager: Pager,
+    done: bool,
+}
+
+/// What a stream's producer needs; it never touches PostgreSQL.
+struct StreamJob {
+    stream: usize,
+    client: SourceClient,
+    pager: Pager,
+    window: Vec<(String, String)>,
+    fields: Fields,
+    compress: bool,
+    full: bool,
+}
+
+/// The producer of one stream: pages in order, each request built from the previous answer,
+/// until the stream ends, fails, or the backend goes away.
+fn produce(mut job: StreamJob, flag: &CancelFlag, emit: &dyn Fn(Produced) -> bool) {
+    for _ in 0..=MAX_PAGES {
+        let mut params = job.pager.params();
+        params.extend(job.window.iter().cloned());
+        let page = fetch_rows(&mut job.client, &params, &job.fields, job.compress, flag).and_then(|(summary, rows)| {
+            let step = job.pager.step_for(&summary).map_err(SourceError::Paging)?;
+            let sweep = if job.full { job.pager.covered_range(&summary, &step) } else { None };
+            job.pager.advance(&summary);
+            Ok(Ready { rows, sweep, pager: job.pager.clone(), done: step == Step::Done })
+        });
+        let last = page.as_ref().map_or(true, |r| r.done);
+        if !emit(Produced { stream: job.stream, stats: job.client.stats.clone(), page }) || last {
+            return;
+        }
+    }
 }
 
 /// Runs one protocol step on a helper thread (see `Jobs`), so the backend stays cancellable.
@@ -545,21 +579,12 @@ fn load_ranges(
     let o = &setup.cfg.options;
     let offset = o.paging == PagingMode::Offset;
     let mut streams: Vec<Stream> = match setup.start {
-        Start::Page(p) => vec![Stream { pager: Pager::new(o.paging, &o.key_column, o.page_size, 0, p), client: None, done: false }],
+        Start::Page(p) => vec![Stream { pager: Pager::new(o.paging, &o.key_column, o.page_size, 0, p), done: false }],
         Start::Ranges(_) => ranges
             .iter()
-            .map(|(lo, hi)| Stream {
-                pager: Pager::new(o.paging, &o.key_column, o.page_size, *lo, 0).with_upper(*hi),
-                client: None,
-                done: false,
-            })
+            .map(|(lo, hi)| Stream { pager: Pager::new(o.paging, &o.key_column, o.page_size, *lo, 0).with_upper(*hi), done: false })
             .collect(),
     };
-    for s in streams.iter_mut() {
-        let mut c = client.clone();
-        c.stats = Stats::default();
-        s.client = Some(c);
-    }
     totals.streams = vec![Stats::default(); streams.len()];
     let loader = tx(|| Loader::prepare(&setup.postgis).map_err(spi_err)).map_err(Stop::Failed)?;
     let window: Vec<(String, String)> = match &setup.since {
@@ -572,47 +597,45 @@ fn load_ranges(
         wkt: o.wkt_column.clone(),
         updated: o.updated_column.clone(),
     };
-    let mut jobs: Jobs<Fetched> = Jobs::new();
+    // One producer per stream fetches and prepares ahead; PostgreSQL work stays on this thread.
+    let mut pipeline: Pipeline<Produced> = Pipeline::new(PAGES_AHEAD * streams.len());
+    for (i, s) in streams.iter().enumerate() {
+        let mut c = client.clone();
+        c.stats = Stats::default();
+        let job = StreamJob {
+            stream: i,
+            client: c,
+            pager: s.pager.clone(),
+            window: window.clone(),
+            fields: fields.clone(),
+            compress: setup.compress_items,
+            full: setup.mode == Mode::Full,
+        };
+        pipeline.spawn(move |flag, emit| produce(job, flag, emit))?;
+    }
     let mut pages = 0u64;
     loop {
-        // Every idle stream gets its next request in flight; PostgreSQL work stays on this thread.
-        for (i, s) in streams.iter_mut().enumerate() {
-            if s.done {
-                continue;
-            }
-            if let Some(c) = s.client.take() {
-                spawn_fetch(&mut jobs, i, c, &s.pager, &window, &fields)?;
-            }
-        }
-        if jobs.running() == 0 {
-            break;
-        }
         let waited = Instant::now();
-        let (i, c, fetched) = jobs.next(host)?;
+        let Some(produced) = pipeline.next(host)? else { break };
         let source_wait_ms = waited.elapsed().as_millis() as i64;
-        totals.streams[i] = c.stats.clone();
-        let (summary, page) = fetched?;
-        let stream = &mut streams[i];
-        let step = stream.pager.step_for(&summary).map_err(SourceError::Paging)?;
-        let sweep = if setup.mode == Mode::Full { stream.pager.covered_range(&summary, &step) } else { None };
-        stream.pager.advance(&summary);
-        stream.done = step == Step::Done;
-        if stream.done {
-            stream.client = Some(c);
-        } else {
-            // Prefetch: the next page of this stream downloads while this one loads.
-            spawn_fetch(&mut jobs, i, c, &stream.pager, &window, &fields)?;
-        }
+        let i = produced.stream;
+        totals.streams[i] = produced.stats;
+        let ready = produced.page?;
+        streams[i].pager = ready.pager;
+        streams[i].done = ready.done;
         pages += 1;
         if pages > MAX_PAGES {
             return Err(Stop::Failed(format!("more than {MAX_PAGES} pages: stopping a runaway run")));
         }
-        let spec = PageSpec { source: &setup.cfg.name, run_id, key_column: &o.key_column, sweep };
+        let spec = PageSpec { source: &setup.cfg.name, run_id, key_column: &o.key_column, sweep: ready.sweep };
         let checkpoint = checkpoint_json(&streams, offset);
         let position = part.map(|p| store::PartPosition { part: p, next_key: streams[i].pager.next_key(), done: streams[i].done });
         let stats = totals.sum(&client.stats);
-        load_page(&loader, &spec, &page, &stats, source_wait_ms, checkpoint, position)
+        load_page(&loader, &spec, &ready.rows, &stats, source_wait_ms, checkpoint, position)
             .map_err(|e| Stop::Failed(format!("page {pages} could not be loaded: {e}")))?;
+    }
+    if let Some(i) = streams.iter().position(|s| !s.done) {
+        return Err(Stop::Failed(format!("stream {i} stopped before the end of its key range")));
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! MAXALIGNed, as is the datum itself once copied into palloc'd memory). An empty array is the
 //! zero-dimensional form PostgreSQL itself produces. No PostgreSQL calls here.
 
-use super::jsonb::varlena_header;
+use super::varlena::header as varlena_header;
 
 /// Element types the loader sends, with their `typlen` / `typalign`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +24,24 @@ const MAXALIGN: usize = 8;
 
 fn align(n: usize, a: usize) -> usize {
     n.div_ceil(a) * a
+}
+
+/// A finished array datum in 8-byte aligned memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aligned {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Aligned {
+    pub fn as_ptr(&self) -> *const u8 {
+        self.words.as_ptr() as *const u8
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +175,17 @@ impl ArrayBuilder {
         out[overhead..].copy_from_slice(&self.data);
     }
 
+    /// The array datum in MAXALIGNed memory, as PostgreSQL expects a datum to be, so the backend
+    /// can hand it to SPI without copying it.
+    pub fn finish_aligned(&self) -> Aligned {
+        let len = self.size();
+        let mut words = vec![0u64; len.div_ceil(8)];
+        // SAFETY: the u64 buffer holds at least `len` initialised bytes.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, len) };
+        self.write_to(bytes);
+        Aligned { words, len }
+    }
+
     /// The array datum's bytes, varlena header included.
     #[cfg(test)]
     pub fn finish(&self) -> Vec<u8> {
@@ -199,6 +228,17 @@ mod tests {
         assert_eq!(&b[36..38], b"ab");
         assert_eq!(&b[44..45], b"c", "second element aligned to 4 within the data area");
         assert_eq!(b.len(), 45);
+    }
+
+    #[test]
+    fn aligned_arrays_hold_the_same_bytes() {
+        let mut a = ArrayBuilder::new(Elem::Varlena, 25);
+        a.push_bytes(b"abc");
+        let al = a.finish_aligned();
+        assert_eq!(al.as_ptr() as usize % 8, 0);
+        // SAFETY: `al` holds `len` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(al.as_ptr(), al.len()) };
+        assert_eq!(bytes, &a.finish()[..]);
     }
 
     #[test]

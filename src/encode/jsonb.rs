@@ -17,6 +17,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use super::varlena::header as varlena_header;
+
 /// A parsed JSON value borrowing from the source text where no unescaping was needed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value<'a> {
@@ -26,27 +28,16 @@ pub enum Value<'a> {
     Number(&'a str),
     String(Cow<'a, str>),
     Array(Vec<Value<'a>>),
-    /// Members in received order, duplicates included (encoding keeps the last one).
+    /// Members as jsonb holds them: sorted by key (byte length, then bytes), one per key (the
+    /// last received, as `jsonb_in` keeps).
     Object(Vec<(Cow<'a, str>, Value<'a>)>),
 }
 
 impl<'a> Value<'a> {
-    /// Last member named `key` of an object (jsonb keeps the last duplicate too).
+    /// The member named `key` of an object.
     pub fn get(&self, key: &str) -> Option<&Value<'a>> {
         match self {
-            Value::Object(m) => m.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    /// The text `->>` would give: strings unescaped, numbers and booleans as written, objects
-    /// and arrays as None (callers never need their text), JSON null as None.
-    pub fn scalar_text(&self) -> Option<Cow<'a, str>> {
-        match self {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(Cow::Borrowed(n)),
-            Value::Bool(true) => Some(Cow::Borrowed("true")),
-            Value::Bool(false) => Some(Cow::Borrowed("false")),
+            Value::Object(m) => m.binary_search_by(|(k, _)| key_order(k, key)).ok().map(|i| &m[i].1),
             _ => None,
         }
     }
@@ -79,12 +70,54 @@ fn syntax_err<T>(msg: impl Into<String>, truncated: bool) -> Result<T, JsonbErro
     Err(JsonbError { message: msg.into(), syntax: true, truncated })
 }
 
+/// Bytes that end the plain run of a string: the quote, the backslash and control characters.
+static STRING_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Length of the plain run of string bytes at the start of `s` (up to the first quote, backslash
+/// or control character), eight bytes at a time.
+fn plain_run(s: &[u8]) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while i + 8 <= s.len() {
+        let x = u64::from_le_bytes(s[i..i + 8].try_into().unwrap_or_default());
+        // Per byte: zero after xor with the quote or the backslash, or below 0x20. The lowest
+        // flagged byte is exact, which is the one we want.
+        let q = x ^ (LO * b'"' as u64);
+        let b = x ^ (LO * b'\\' as u64);
+        let hit = (q.wrapping_sub(LO) & !q) | (b.wrapping_sub(LO) & !b) | (x.wrapping_sub(LO * 0x20) & !x);
+        let hit = hit & HI;
+        if hit != 0 {
+            return i + (hit.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < s.len() && !STRING_STOP[s[i] as usize] {
+        i += 1;
+    }
+    i
+}
+
+/// Objects with at least this many members remember how their keys sort: the items of an
+/// export all have the same columns in the same order, so the order is computed once.
+const CACHED_ORDER_MIN: usize = 16;
+
 /// Deeper documents are refused rather than risking the helper thread's stack.
 const MAX_DEPTH: usize = 512;
 
 /// Parses one JSON document (RFC 8259, as strict as PostgreSQL's parser).
 pub fn parse(text: &str) -> Result<Value<'_>, JsonbError> {
-    let mut p = Parser { s: text.as_bytes(), src: text, i: 0 };
+    let mut p = Parser::new(text);
     p.skip_ws();
     let v = p.value(0)?;
     p.skip_ws();
@@ -98,6 +131,31 @@ struct Parser<'a> {
     s: &'a [u8],
     src: &'a str,
     i: usize,
+    /// Members of the objects being parsed, innermost last, with their received position: one
+    /// buffer reused for every object of a page instead of a growing vector per object.
+    members: Vec<(u32, Cow<'a, str>, Value<'a>)>,
+    /// Elements of the arrays being parsed, likewise.
+    elems: Vec<Value<'a>>,
+    /// The keys, in received order, of the last large object, and where each goes in jsonb
+    /// order (see [`CACHED_ORDER_MIN`]).
+    order: Option<(Vec<&'a str>, Vec<u32>)>,
+}
+
+impl<'a> Parser<'a> {
+    fn new(text: &'a str) -> Parser<'a> {
+        Parser { s: text.as_bytes(), src: text, i: 0, members: Vec::new(), elems: Vec::new(), order: None }
+    }
+
+    /// The received keys of `members[base..]` when they are all borrowed from the text.
+    fn borrowed_keys(&self, base: usize) -> Option<Vec<&'a str>> {
+        self.members[base..]
+            .iter()
+            .map(|(_, k, _)| match k {
+                Cow::Borrowed(k) => Some(*k),
+                Cow::Owned(_) => None,
+            })
+            .collect()
+    }
 }
 
 impl<'a> Parser<'a> {
@@ -141,12 +199,52 @@ impl<'a> Parser<'a> {
     }
 
     fn object(&mut self, depth: usize) -> Result<Value<'a>, JsonbError> {
+        let base = self.members.len();
+        let r = self.object_members(depth, base);
+        if r.is_err() {
+            self.members.truncate(base);
+            return r.map(|_| Value::Null);
+        }
+        let n = self.members.len() - base;
+        if n >= CACHED_ORDER_MIN {
+            if let Some((keys, perm)) = &self.order {
+                let same = keys.len() == n && self.members[base..].iter().zip(keys).all(|((_, k, _), c)| k.as_ref() == *c);
+                if same {
+                    let placeholder = || (0, Cow::Borrowed(""), Value::Null);
+                    let out = perm.iter().map(|&p| {
+                        let (_, k, v) = std::mem::replace(&mut self.members[base + p as usize], placeholder());
+                        (k, v)
+                    });
+                    let out: Vec<(Cow<'a, str>, Value<'a>)> = out.collect();
+                    self.members.truncate(base);
+                    return Ok(Value::Object(out));
+                }
+            }
+        }
+        let received = if n >= CACHED_ORDER_MIN { self.borrowed_keys(base) } else { None };
+        // jsonb order: by key, the last received of equal keys kept (`uniqueifyJsonbObject`).
+        self.members[base..].sort_unstable_by(|a, b| key_order(&a.1, &b.1).then(a.0.cmp(&b.0)));
+        let perm: Vec<u32> = self.members[base..].iter().map(|m| m.0).collect();
+        let mut out: Vec<(Cow<'a, str>, Value<'a>)> = Vec::with_capacity(n);
+        for (_, k, v) in self.members.drain(base..) {
+            match out.last_mut() {
+                Some(last) if key_order(&last.0, &k).is_eq() => *last = (k, v),
+                _ => out.push((k, v)),
+            }
+        }
+        // Only an order without duplicate keys is a plain permutation worth remembering.
+        if let Some(keys) = received.filter(|_| out.len() == n) {
+            self.order = Some((keys, perm));
+        }
+        Ok(Value::Object(out))
+    }
+
+    fn object_members(&mut self, depth: usize, base: usize) -> Result<(), JsonbError> {
         self.i += 1;
-        let mut members = Vec::with_capacity(8);
         self.skip_ws();
         if self.s.get(self.i) == Some(&b'}') {
             self.i += 1;
-            return Ok(Value::Object(members));
+            return Ok(());
         }
         loop {
             self.skip_ws();
@@ -161,13 +259,14 @@ impl<'a> Parser<'a> {
             self.i += 1;
             self.skip_ws();
             let v = self.value(depth + 1)?;
-            members.push((k, v));
+            let ord = (self.members.len() - base) as u32;
+            self.members.push((ord, k, v));
             self.skip_ws();
             match self.s.get(self.i) {
                 Some(b',') => self.i += 1,
                 Some(b'}') => {
                     self.i += 1;
-                    return Ok(Value::Object(members));
+                    return Ok(());
                 }
                 _ => return self.syntax("expected \",\" or \"}\""),
             }
@@ -175,22 +274,33 @@ impl<'a> Parser<'a> {
     }
 
     fn array(&mut self, depth: usize) -> Result<Value<'a>, JsonbError> {
+        let base = self.elems.len();
+        match self.array_elems(depth) {
+            Ok(()) => Ok(Value::Array(self.elems.drain(base..).collect())),
+            Err(e) => {
+                self.elems.truncate(base);
+                Err(e)
+            }
+        }
+    }
+
+    fn array_elems(&mut self, depth: usize) -> Result<(), JsonbError> {
         self.i += 1;
-        let mut elems = Vec::new();
         self.skip_ws();
         if self.s.get(self.i) == Some(&b']') {
             self.i += 1;
-            return Ok(Value::Array(elems));
+            return Ok(());
         }
         loop {
             self.skip_ws();
-            elems.push(self.value(depth + 1)?);
+            let v = self.value(depth + 1)?;
+            self.elems.push(v);
             self.skip_ws();
             match self.s.get(self.i) {
                 Some(b',') => self.i += 1,
                 Some(b']') => {
                     self.i += 1;
-                    return Ok(Value::Array(elems));
+                    return Ok(());
                 }
                 _ => return self.syntax("expected \",\" or \"]\""),
             }
@@ -264,6 +374,7 @@ impl<'a> Parser<'a> {
         self.i += 1;
         let start = self.i;
         // Fast scan: most strings have no escape.
+        self.i += plain_run(&self.s[self.i..]);
         loop {
             match self.s.get(self.i) {
                 None => return self.syntax("unterminated string"),
@@ -283,12 +394,7 @@ impl<'a> Parser<'a> {
         let low_missing = || err("unsupported Unicode escape sequence: a Unicode high surrogate must be followed by a low surrogate");
         loop {
             let run = self.i;
-            while let Some(c) = self.s.get(self.i) {
-                if *c == b'"' || *c == b'\\' || *c < 0x20 {
-                    break;
-                }
-                self.i += 1;
-            }
+            self.i += plain_run(&self.s[self.i..]);
             if self.i > run {
                 if high.is_some() {
                     return low_missing();
@@ -412,6 +518,7 @@ impl<'a> Parser<'a> {
     fn skip_string(&mut self) -> Result<(), JsonbError> {
         self.i += 1;
         loop {
+            self.i += plain_run(&self.s[self.i..]);
             match self.s.get(self.i) {
                 None => return self.syntax("unterminated string"),
                 Some(b'"') => {
@@ -447,7 +554,7 @@ pub struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     pub fn new(text: &'a str) -> Scanner<'a> {
-        let mut p = Parser { s: text.as_bytes(), src: text, i: 0 };
+        let mut p = Parser::new(text);
         p.skip_ws();
         Scanner { p, first: Vec::new() }
     }
@@ -608,18 +715,6 @@ pub fn encode(v: &Value) -> Result<Vec<u8>, JsonbError> {
     Ok(out)
 }
 
-/// `SET_VARSIZE` of a 4-byte varlena header.
-pub fn varlena_header(len: u32) -> [u8; 4] {
-    #[cfg(target_endian = "little")]
-    {
-        (len << 2).to_le_bytes()
-    }
-    #[cfg(target_endian = "big")]
-    {
-        (len & 0x3FFF_FFFF).to_be_bytes()
-    }
-}
-
 fn pad_to_int(buf: &mut Vec<u8>) -> u32 {
     let pad = (4 - buf.len() % 4) % 4;
     buf.extend_from_slice(&[0, 0, 0][..pad]);
@@ -687,33 +782,39 @@ fn write_array(buf: &mut Vec<u8>, elems: &[Value], raw_scalar: bool) -> Result<u
     Ok(JENTRY_ISCONTAINER | check_len(buf.len() - base)?)
 }
 
-/// `lengthCompareJsonbStringValue`: shorter keys first, then bytewise.
+/// `lengthCompareJsonbStringValue`: shorter keys first, then bytewise (eight bytes at a time:
+/// this runs for every member of every item).
 fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
-    a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes()))
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return a.len().cmp(&b.len());
+    }
+    let mut i = 0;
+    while i + 8 <= a.len() {
+        let x = u64::from_be_bytes(a[i..i + 8].try_into().unwrap_or_default());
+        let y = u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        if x != y {
+            return x.cmp(&y);
+        }
+        i += 8;
+    }
+    a[i..].cmp(&b[i..])
 }
 
-/// `convertJsonbObject` after `uniqueifyJsonbObject`: keys sorted, the last of equal keys kept,
-/// all key JEntries then all value JEntries.
+/// `convertJsonbObject`: all key JEntries then all value JEntries; the members are already in
+/// jsonb order (see [`Value::Object`]).
 fn write_object(buf: &mut Vec<u8>, members: &[(Cow<str>, Value)], skip: &[&str]) -> Result<u32, JsonbError> {
-    let mut order: Vec<usize> = (0..members.len()).filter(|&i| !skip.contains(&members[i].0.as_ref())).collect();
-    // Equal keys stay in received order, so the last of each run is the last received.
-    order.sort_unstable_by(|&a, &b| key_order(&members[a].0, &members[b].0).then(a.cmp(&b)));
-    let mut kept: Vec<usize> = Vec::with_capacity(order.len());
-    for &i in &order {
-        match kept.last_mut() {
-            Some(last) if members[*last].0 == members[i].0 => *last = i,
-            _ => kept.push(i),
-        }
-    }
-    let n = kept.len();
+    let skipped: Vec<usize> = skip.iter().filter_map(|name| members.binary_search_by(|(k, _)| key_order(k, name)).ok()).collect();
+    let kept = || members.iter().enumerate().filter(|(i, _)| !skipped.contains(i)).map(|(_, m)| m);
+    let n = kept().count();
     let base = buf.len();
     pad_to_int(buf);
     buf.extend_from_slice(&(n as u32 | JB_FOBJECT).to_ne_bytes());
     let entries = buf.len();
     buf.resize(entries + 8 * n, 0);
     let mut total = 0usize;
-    for (i, &m) in kept.iter().enumerate() {
-        let mut meta = write_string(buf, &members[m].0)?;
+    for (i, (k, _)) in kept().enumerate() {
+        let mut meta = write_string(buf, k)?;
         total += (meta & JENTRY_OFFLENMASK) as usize;
         let t = check_len(total)?;
         if i.is_multiple_of(JB_OFFSET_STRIDE) {
@@ -721,8 +822,8 @@ fn write_object(buf: &mut Vec<u8>, members: &[(Cow<str>, Value)], skip: &[&str])
         }
         put_u32(buf, entries + 4 * i, meta);
     }
-    for (i, &m) in kept.iter().enumerate() {
-        let mut meta = write_value(buf, &members[m].1)?;
+    for (i, (_, v)) in kept().enumerate() {
+        let mut meta = write_value(buf, v)?;
         total += (meta & JENTRY_OFFLENMASK) as usize;
         let t = check_len(total)?;
         if (i + n).is_multiple_of(JB_OFFSET_STRIDE) {
@@ -751,32 +852,20 @@ const DEC_DIGITS: i64 = 4;
 /// point into base-10000 digits, leading and trailing zero digits stripped, display scale kept.
 fn write_numeric(buf: &mut Vec<u8>, tok: &str) -> Result<u32, JsonbError> {
     let b = tok.as_bytes();
-    let mut i = 0;
     let neg = b.first() == Some(&b'-');
-    if neg {
-        i += 1;
-    }
-    let mut dec: Vec<u8> = Vec::with_capacity(b.len());
-    let mut dweight: i64 = -1;
-    let mut dscale: i64 = 0;
-    let mut seen_point = false;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'0'..=b'9' => {
-                dec.push(c - b'0');
-                if seen_point {
-                    dscale += 1;
-                } else {
-                    dweight += 1;
-                }
-            }
-            b'.' => seen_point = true,
-            _ => break,
-        }
-        i += 1;
-    }
-    if let Some(b'e' | b'E') = b.get(i) {
-        i += 1;
+    let start = usize::from(neg);
+    let int_end = start + b[start..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let (frac_start, frac_end) = if b.get(int_end) == Some(&b'.') {
+        let f = int_end + 1;
+        (f, f + b[f..].iter().take_while(|c| c.is_ascii_digit()).count())
+    } else {
+        (int_end, int_end)
+    };
+    let (int, frac) = (&b[start..int_end], &b[frac_start..frac_end]);
+    let mut dweight = int.len() as i64 - 1;
+    let mut dscale = frac.len() as i64;
+    if let Some(b'e' | b'E') = b.get(frac_end) {
+        let mut i = frac_end + 1;
         let eneg = match b.get(i) {
             Some(b'-') => {
                 i += 1;
@@ -801,7 +890,7 @@ fn write_numeric(buf: &mut Vec<u8>, tok: &str) -> Result<u32, JsonbError> {
         dscale -= e;
     }
     dscale = dscale.max(0);
-    let ddigits = dec.len() as i64;
+    let ddigits = (int.len() + frac.len()) as i64;
     let weight = if dweight >= 0 {
         (dweight + 1 + DEC_DIGITS - 1) / DEC_DIGITS - 1
     } else {
@@ -809,37 +898,35 @@ fn write_numeric(buf: &mut Vec<u8>, tok: &str) -> Result<u32, JsonbError> {
     };
     let offset = (weight + 1) * DEC_DIGITS - (dweight + 1);
     let ndigits = (ddigits + offset + DEC_DIGITS - 1) / DEC_DIGITS;
-    // Decimal digit at position p of the padded buffer of set_var_from_str.
-    let at = |p: i64| -> u16 {
-        let k = p - DEC_DIGITS;
-        if (0..ddigits).contains(&k) {
-            u16::from(dec[k as usize])
-        } else {
+    // Decimal digit k of the number (integer then fraction digits), 0 outside: the padded
+    // buffer of set_var_from_str, without building it.
+    let dec = |k: i64| -> u16 {
+        if k < 0 || k >= ddigits {
             0
+        } else if (k as usize) < int.len() {
+            u16::from(int[k as usize] - b'0')
+        } else {
+            u16::from(frac[k as usize - int.len()] - b'0')
         }
     };
-    let mut digits: Vec<u16> = (0..ndigits)
-        .map(|d| {
-            let p = DEC_DIGITS - offset + d * DEC_DIGITS;
-            ((at(p) * 10 + at(p + 1)) * 10 + at(p + 2)) * 10 + at(p + 3)
-        })
-        .collect();
-    let mut weight = weight;
-    let lead = digits.iter().take_while(|d| **d == 0).count();
-    digits.drain(..lead);
-    weight -= lead as i64;
-    while digits.last() == Some(&0) {
-        digits.pop();
-    }
-    let neg = neg && !digits.is_empty();
-    if digits.is_empty() {
-        weight = 0;
-    }
+    let digit = |d: i64| -> u16 {
+        let p = d * DEC_DIGITS - offset;
+        ((dec(p) * 10 + dec(p + 1)) * 10 + dec(p + 2)) * 10 + dec(p + 3)
+    };
+    // Leading and trailing zero digits are dropped (strip_var); the display scale stays.
+    let first = (0..ndigits).find(|&d| digit(d) != 0);
+    let (first, last) = match first {
+        Some(f) => (f, (f..ndigits).rev().find(|&d| digit(d) != 0).unwrap_or(f)),
+        None => (0, -1),
+    };
+    let count = (last - first + 1).max(0);
+    let weight = if count == 0 { 0 } else { weight - first };
+    let neg = neg && count > 0;
     if dscale > NUMERIC_DSCALE_MAX || weight > i64::from(i16::MAX) || weight < i64::from(i16::MIN) {
         return err(format!("value overflows numeric format: {tok}"));
     }
     let short = dscale <= NUMERIC_SHORT_DSCALE_MAX && (NUMERIC_SHORT_WEIGHT_MIN..=NUMERIC_SHORT_WEIGHT_MAX).contains(&weight);
-    let len = 4 + if short { 2 } else { 4 } + 2 * digits.len();
+    let len = 4 + if short { 2 } else { 4 } + 2 * count as usize;
     buf.extend_from_slice(&varlena_header(len as u32));
     if short {
         let mut h = NUMERIC_SHORT | ((dscale as u16) << NUMERIC_SHORT_DSCALE_SHIFT) | (weight as u16 & NUMERIC_SHORT_WEIGHT_MASK);
@@ -855,8 +942,8 @@ fn write_numeric(buf: &mut Vec<u8>, tok: &str) -> Result<u32, JsonbError> {
         buf.extend_from_slice(&sign_dscale.to_ne_bytes());
         buf.extend_from_slice(&(weight as i16).to_ne_bytes());
     }
-    for d in digits {
-        buf.extend_from_slice(&d.to_ne_bytes());
+    for d in first..=last {
+        buf.extend_from_slice(&digit(d).to_ne_bytes());
     }
     Ok(len as u32)
 }
@@ -977,6 +1064,48 @@ mod tests {
         let mut out = Vec::new();
         encode_into_without(&v, &["ca_data"], &mut out).unwrap();
         assert_eq!(out, enc(r#"{"b":true,"a":1}"#));
+    }
+
+    #[test]
+    fn the_cached_key_order_gives_the_same_bytes() {
+        let object = |order: &[usize], dup: bool, escaped: bool| {
+            let mut members: Vec<String> = order.iter().map(|i| format!("\"k{i}_{}\":{i}", "x".repeat(i % 5))).collect();
+            if dup {
+                members.push("\"k3_xxx\":\"again\"".into());
+            }
+            if escaped {
+                members[0] = "\"k\\u0030_\":0".into();
+            }
+            format!("{{{}}}", members.join(","))
+        };
+        let fwd: Vec<usize> = (0..40).collect();
+        let rev: Vec<usize> = (0..40).rev().collect();
+        let docs = [
+            object(&fwd, false, false),
+            object(&fwd, false, false),
+            object(&rev, false, false),
+            object(&fwd, true, false),
+            object(&fwd, false, false),
+            object(&fwd, false, true),
+            object(&fwd, false, false),
+        ];
+        // One scanner over an array of them (the cache at work) against each parsed alone.
+        let page = format!("[{}]", docs.join(","));
+        let mut sc = Scanner::new(&page);
+        sc.begin_array().unwrap();
+        for d in &docs {
+            assert!(sc.next_element().unwrap());
+            let v = sc.value().unwrap().unwrap();
+            assert_eq!(encode(&v).unwrap(), enc(d), "{d}");
+        }
+        assert!(!sc.next_element().unwrap());
+    }
+
+    #[test]
+    fn plain_runs_stop_at_quotes_backslashes_and_controls() {
+        for (s, n) in [("abcdefghij\"", 10), ("ab\\c", 2), ("abcdefgh\u{1}", 8), ("é中文", "é中文".len()), ("", 0), ("0123456\"", 7)] {
+            assert_eq!(plain_run(s.as_bytes()), n, "{s:?}");
+        }
     }
 
     #[test]

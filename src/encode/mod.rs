@@ -6,3 +6,4 @@ pub mod array;
 pub mod geometry;
 pub mod jsonb;
 pub mod rows;
+pub mod varlena;

@@ -7,12 +7,19 @@
 //! are refused with its message; geometries are converted when the result is byte-identical to
 //! PostGIS's, and otherwise left to PostGIS (`Geom::Defer`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::Hasher;
 
+use super::array::{Aligned, ArrayBuilder, Elem};
 use super::geometry::{self, Converted};
 use super::jsonb::{self, JsonbError, Scanner, Value};
+use super::varlena;
 use crate::source::page::{is_uuid, item_key, snippet, summary, Fields, PageSummary, Shape};
+
+/// About what the other columns of a gn2pg.observation row take on disk: an item bigger than
+/// the TOAST threshold minus this makes PostgreSQL compress it.
+const ROW_WITHOUT_ITEM: usize = 200;
 
 /// Nested metadata objects (view `synthese_with_metadata`) are kept once in gn2pg.metadata, not
 /// in every row.
@@ -32,7 +39,8 @@ pub enum Geom {
 pub struct Row {
     pub id: i64,
     pub uuid: Option<[u8; 16]>,
-    /// The stored item: a jsonb varlena.
+    /// The stored item: a jsonb varlena, lz4-compressed (inline TOAST) when PostgreSQL would
+    /// compress it.
     pub item: Vec<u8>,
     pub geom: Geom,
     /// `derniere_action` in microseconds since 2000-01-01 (PostgreSQL's timestamp).
@@ -95,11 +103,65 @@ pub struct PageRows {
     pub meta: Vec<Meta>,
     /// Latest `derniere_action` of the accepted items.
     pub max_updated: Option<i64>,
+    /// The accepted rows as the INSERT's arrays, ready for the usual case of a page of new rows.
+    pub columns: Option<Columns>,
+}
+
+/// Element type oids of the INSERT's arrays (fixed, built-in: pg_type.dat).
+pub mod oid {
+    pub const INT8: u32 = 20;
+    pub const BYTEA: u32 = 17;
+    pub const UUID: u32 = 2950;
+    pub const JSONB: u32 = 3802;
+    pub const TIMESTAMP: u32 = 1114;
+}
+
+/// Every accepted row of a page, one array per column of the loader's INSERT (src/loader.rs),
+/// built on the helper thread. Deferred geometries are NULL here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Columns {
+    pub id: Aligned,
+    pub uuid: Aligned,
+    pub item: Aligned,
+    pub geom: Aligned,
+    pub source_ca: Aligned,
+    pub source_jdd: Aligned,
+    pub updated: Aligned,
+    pub hash: Aligned,
+}
+
+impl Columns {
+    fn of(rows: &[Row]) -> Columns {
+        let col = |elem, oid, f: &dyn Fn(&mut ArrayBuilder, &Row)| {
+            let mut a = ArrayBuilder::with_capacity(elem, oid, rows.len(), 0);
+            rows.iter().for_each(|r| f(&mut a, r));
+            a.finish_aligned()
+        };
+        let bytes: usize = rows.iter().map(|r| r.item.len() + 4).sum();
+        let mut items = ArrayBuilder::with_capacity(Elem::Varlena, oid::JSONB, rows.len(), bytes);
+        rows.iter().for_each(|r| items.push_varlena(&r.item));
+        Columns {
+            id: col(Elem::Int8, oid::INT8, &|a, r| a.push_i64(r.id)),
+            uuid: col(Elem::Uuid, oid::UUID, &|a, r| a.push_opt_uuid(r.uuid.as_ref())),
+            item: items.finish_aligned(),
+            geom: col(Elem::Varlena, oid::BYTEA, &|a, r| {
+                a.push_opt_bytes(match &r.geom {
+                    Geom::Ewkb(b) => Some(b),
+                    _ => None,
+                })
+            }),
+            source_ca: col(Elem::Uuid, oid::UUID, &|a, r| a.push_opt_uuid(r.ca.as_ref())),
+            source_jdd: col(Elem::Uuid, oid::UUID, &|a, r| a.push_opt_uuid(r.jdd.as_ref())),
+            updated: col(Elem::Int8, oid::TIMESTAMP, &|a, r| a.push_opt_i64(r.updated)),
+            hash: col(Elem::Int8, oid::INT8, &|a, r| a.push_i64(r.hash)),
+        }
+    }
 }
 
 /// Splits, checks and encodes a page in one pass over its text. Errors concern the page itself
 /// (not an export answer, malformed or cut JSON); item problems become [`Rejected`] entries.
-pub fn prepare(body: &str, f: &Fields) -> Result<(PageSummary, PageRows), String> {
+/// `compress`: compress items as PostgreSQL's TOAST would (the column uses lz4).
+pub fn prepare(body: &str, f: &Fields, compress: bool) -> Result<(PageSummary, PageRows), String> {
     let page_error = |e: JsonbError| {
         if e.truncated {
             format!("truncated JSON ({} bytes received): {e}", body.len())
@@ -137,7 +199,19 @@ pub fn prepare(body: &str, f: &Fields) -> Result<(PageSummary, PageRows), String
     sc.finish().map_err(page_error)?;
     let shape = shape.ok_or_else(|| "the answer has no \"items\" (not an export API answer)".to_string())?;
     let summary = summary(shape, limit, total, total_filtered, parsed.iter().map(|p| p.id));
-    Ok((summary, assemble(parsed)))
+    let mut rows = assemble(parsed);
+    if compress {
+        let mut scratch = Vec::new();
+        for r in rows.rows.iter_mut() {
+            if r.item.len() + ROW_WITHOUT_ITEM > varlena::TOAST_TUPLE_THRESHOLD {
+                if let Some(c) = varlena::lz4_compressed(&r.item, &mut scratch) {
+                    r.item = c;
+                }
+            }
+        }
+    }
+    rows.columns = Some(Columns::of(&rows.rows));
+    Ok((summary, rows))
 }
 
 /// `items`: a plain array, or a GeoJSON FeatureCollection (source-api.md §3.2).
@@ -223,8 +297,6 @@ struct Candidate<'a> {
     row: Row,
     /// Kept for the metadata of the rows that win.
     value: Value<'a>,
-    ca_name: Option<String>,
-    jdd_name: Option<String>,
 }
 
 fn reject(id: Option<i64>, uuid: Option<String>, item: Option<Vec<u8>>, reason: String) -> Rejected {
@@ -233,13 +305,16 @@ fn reject(id: Option<i64>, uuid: Option<String>, item: Option<Vec<u8>>, reason: 
 
 /// The text of a scalar member: strings unescaped, numbers and booleans as written, JSON null as
 /// absent; an object or array is kept as a marker so that it fails validation visibly.
-fn member_text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::Null => None,
-        Value::Array(_) => Some("[…]".into()),
-        Value::Object(_) => Some("{…}".into()),
-        other => other.scalar_text().map(|c| c.into_owned()),
-    }
+fn member_text<'v>(v: Option<&'v Value>) -> Option<Cow<'v, str>> {
+    Some(match v? {
+        Value::Null => return None,
+        Value::String(s) => Cow::Borrowed(s.as_ref()),
+        Value::Number(n) => Cow::Borrowed(n),
+        Value::Bool(true) => Cow::Borrowed("true"),
+        Value::Bool(false) => Cow::Borrowed("false"),
+        Value::Array(_) => Cow::Borrowed("[…]"),
+        Value::Object(_) => Cow::Borrowed("{…}"),
+    })
 }
 
 fn key_of(v: Option<&Value>) -> Option<i64> {
@@ -270,61 +345,77 @@ fn parse_item<'a>(item: Result<Value<'a>, (JsonbError, &'a str)>, geojson: Optio
         return Parsed { id: None, outcome: Err(reject(None, None, item, "item is not a JSON object".into())) };
     }
     let id = key_of(value.get(&f.key));
-    let uuid = member_text(value.get(&f.uuid));
-    let nested = |object: &str, member: &str| member_text(value.get(object).and_then(|o| o.get(member)));
-    let ca = member_text(value.get("ca_uuid")).or_else(|| nested("ca_data", "uuid"));
-    let jdd = member_text(value.get("jdd_uuid")).or_else(|| nested("jdd_data", "uuid"));
-    let updated = member_text(value.get(&f.updated));
-    let updated_us = updated.as_deref().and_then(timestamp_micros);
+    let text = |name: &str| member_text(value.get(name));
+    let nested = |object: &str| member_text(value.get(object).and_then(|o| o.get("uuid")));
+    let uuid = text(&f.uuid);
+    let ca = text("ca_uuid").or_else(|| nested("ca_data"));
+    let jdd = text("jdd_uuid").or_else(|| nested("jdd_data"));
+    let updated = text(&f.updated);
+    let (uuid_b, ca_b, jdd_b) = (uuid.as_deref().map(uuid_bytes), ca.as_deref().map(uuid_bytes), jdd.as_deref().map(uuid_bytes));
+    let updated_us = updated.as_deref().map(timestamp_micros);
     let reason = if id.is_none() {
         Some(format!("missing or non-integer key {}", f.key))
-    } else if let Some(u) = uuid.as_deref().filter(|u| !is_uuid(u)) {
+    } else if let (Some(u), Some(None)) = (uuid.as_deref(), uuid_b) {
         Some(format!("invalid uuid {} in {}", short(u), f.uuid))
-    } else if let Some(c) = ca.as_deref().filter(|c| !is_uuid(c)) {
+    } else if let (Some(c), Some(None)) = (ca.as_deref(), ca_b) {
         Some(format!("invalid acquisition framework uuid {}", short(c)))
-    } else if let Some(j) = jdd.as_deref().filter(|j| !is_uuid(j)) {
+    } else if let (Some(j), Some(None)) = (jdd.as_deref(), jdd_b) {
         Some(format!("invalid dataset uuid {}", short(j)))
+    } else if let (Some(t), Some(None)) = (updated.as_deref(), updated_us) {
+        Some(format!("invalid timestamp {} in {}", short(t), f.updated))
     } else {
-        updated
-            .as_deref()
-            .filter(|_| updated_us.is_none())
-            .map(|t| format!("invalid timestamp {} in {}", short(t), f.updated))
+        None
     };
-    // Export rows are 1-3 KB as jsonb.
     let mut item = Vec::with_capacity(2048);
     if let Err(e) = jsonb::encode_into_without(&value, &NESTED_METADATA, &mut item) {
+        let uuid = uuid.map(Cow::into_owned);
         return Parsed { id, outcome: Err(reject(id, uuid, None, format!("item cannot be stored as jsonb: {e}"))) };
     }
     if let Some(reason) = reason {
+        let uuid = uuid.map(Cow::into_owned);
         return Parsed { id, outcome: Err(reject(id, uuid, Some(item), reason)) };
     }
-    let wkt = member_text(value.get(&f.wkt)).filter(|w| !w.trim().is_empty());
-    let geom = match (geojson, wkt) {
+    let geom = match (geojson, text(&f.wkt).filter(|w| !w.trim().is_empty())) {
         (Some(g), _) => match geometry::from_geojson(g) {
             Converted::Ewkb(b) => Geom::Ewkb(b),
             Converted::Defer => Geom::Defer { geojson: Some(g.to_string()), wkt: None },
         },
         (None, Some(w)) => match geometry::from_wkt(&w) {
             Converted::Ewkb(b) => Geom::Ewkb(b),
-            Converted::Defer => Geom::Defer { geojson: None, wkt: Some(w) },
+            Converted::Defer => Geom::Defer { geojson: None, wkt: Some(w.into_owned()) },
         },
         (None, None) => Geom::None,
     };
-    let (ca, jdd) = (ca.as_deref().and_then(uuid_bytes), jdd.as_deref().and_then(uuid_bytes));
+    let (ca, jdd) = (ca_b.flatten(), jdd_b.flatten());
     let hash = content_hash(&item, &geom, ca.as_ref(), jdd.as_ref());
     let row = Row {
         id: id.unwrap_or_default(),
-        uuid: uuid.as_deref().and_then(uuid_bytes),
+        uuid: uuid_b.flatten(),
         item,
         geom,
-        updated: updated_us,
+        updated: updated_us.flatten(),
         ca,
         jdd,
         hash,
     };
-    let name = |flat: &str, object: &str| member_text(value.get(flat)).or_else(|| nested(object, "name"));
-    let (ca_name, jdd_name) = (name("ca_nom", "ca_data"), name("jdd_nom", "jdd_data"));
-    Parsed { id, outcome: Ok(Candidate { row, value, ca_name, jdd_name }) }
+    Parsed { id, outcome: Ok(Candidate { row, value }) }
+}
+
+/// The name and nested object a row gives a CA or JDD.
+fn describe(value: &Value, level: Level, uuid: [u8; 16], parent: Option<[u8; 16]>) -> Meta {
+    let (flat, object) = match level {
+        Level::Ca => ("ca_nom", "ca_data"),
+        Level::Jdd => ("jdd_nom", "jdd_data"),
+    };
+    let nested = value.get(object);
+    let name = member_text(value.get(flat))
+        .or_else(|| member_text(nested.and_then(|o| o.get("name"))))
+        .map(Cow::into_owned);
+    let item = match nested {
+        Some(o @ Value::Object(_)) => jsonb::encode(o).ok(),
+        _ => None,
+    };
+    Meta { level, uuid, name, parent, item }
 }
 
 /// De-duplication (views joining several protocols repeat a row, source-api.md §3.4: the last
@@ -349,18 +440,17 @@ fn assemble(parsed: Vec<Parsed>) -> PageRows {
         }
     }
     // Two keys with one uuid: the smaller key keeps it, the others are reported.
-    let mut owner: HashMap<[u8; 16], i64> = HashMap::new();
+    let mut owner: HashMap<[u8; 16], i64> = HashMap::with_capacity(winners.len());
     for c in &winners {
         if let Some(u) = c.row.uuid {
             let e = owner.entry(u).or_insert(c.row.id);
             *e = (*e).min(c.row.id);
         }
     }
-    let mut meta: HashMap<(Level, [u8; 16]), Meta> = HashMap::new();
-    let mut meta_order: Vec<(Level, [u8; 16])> = Vec::new();
+    let mut accepted: Vec<Candidate> = Vec::with_capacity(winners.len());
     for c in winners {
-        if let Some(u) = c.row.uuid {
-            if owner.get(&u) != Some(&c.row.id) {
+        match c.row.uuid {
+            Some(u) if owner.get(&u) != Some(&c.row.id) => {
                 let text = uuid_text(&u);
                 out.rejected.push(reject(
                     Some(c.row.id),
@@ -368,29 +458,33 @@ fn assemble(parsed: Vec<Parsed>) -> PageRows {
                     Some(c.row.item),
                     format!("uuid {text} appears under two keys in the same page"),
                 ));
-                continue;
+            }
+            _ => accepted.push(c),
+        }
+    }
+    // Each CA and JDD of the page once, described by the last accepted row carrying it.
+    let mut last_carrier: HashMap<(Level, [u8; 16]), usize> = HashMap::new();
+    let mut order: Vec<(Level, [u8; 16])> = Vec::new();
+    for (i, c) in accepted.iter().enumerate() {
+        for key in [c.row.ca.map(|u| (Level::Ca, u)), c.row.jdd.map(|u| (Level::Jdd, u))].into_iter().flatten() {
+            if last_carrier.insert(key, i).is_none() {
+                order.push(key);
             }
         }
+    }
+    out.meta = order
+        .into_iter()
+        .map(|key @ (level, uuid)| {
+            let c = &accepted[last_carrier[&key]];
+            describe(&c.value, level, uuid, if level == Level::Jdd { c.row.ca } else { None })
+        })
+        .collect();
+    for c in accepted {
         if let Some(t) = c.row.updated {
             out.max_updated = Some(out.max_updated.map_or(t, |m| m.max(t)));
         }
-        let mut note = |level: Level, uuid: Option<[u8; 16]>, name: Option<String>, parent: Option<[u8; 16]>, object: &str| {
-            let Some(uuid) = uuid else { return };
-            let item = match c.value.get(object) {
-                Some(o @ Value::Object(_)) => jsonb::encode(o).ok(),
-                _ => None,
-            };
-            let key = (level, uuid);
-            if !meta.contains_key(&key) {
-                meta_order.push(key);
-            }
-            meta.insert(key, Meta { level, uuid, name, parent, item });
-        };
-        note(Level::Ca, c.row.ca, c.ca_name, None, "ca_data");
-        note(Level::Jdd, c.row.jdd, c.jdd_name, c.row.ca, "jdd_data");
         out.rows.push(c.row);
     }
-    out.meta = meta_order.into_iter().filter_map(|k| meta.remove(&k)).collect();
     out
 }
 
@@ -559,7 +653,7 @@ mod tests {
             {"id_synthese":8,"v":1},
             {"id_synthese":8,"v":2}
         ],"limit":1000}"#;
-        let (summary, p) = prepare(body, &fields()).unwrap();
+        let (summary, p) = prepare(body, &fields(), false).unwrap();
         assert_eq!(summary.len, 10);
         assert_eq!((summary.min_key, summary.max_key, summary.missing_keys), (Some(1), Some(8), 2));
         assert_eq!(p.received, 10);
@@ -598,7 +692,7 @@ mod tests {
     #[test]
     fn hash_follows_content() {
         let body = |v: &str| format!(r#"{{"items":[{{"id_synthese":1,"v":{v}}}],"limit":1000}}"#);
-        let h = |v: &str| prepare(&body(v), &fields()).unwrap().1.rows[0].hash;
+        let h = |v: &str| prepare(&body(v), &fields(), false).unwrap().1.rows[0].hash;
         assert_eq!(h("1"), h("1"));
         assert_eq!(h("1"), h(" 1 "), "same jsonb, same hash");
         assert_ne!(h("1"), h("2"));
@@ -606,7 +700,7 @@ mod tests {
 
     #[test]
     fn page_errors_name_the_cause() {
-        let e = |body: &str| prepare(body, &fields()).unwrap_err();
+        let e = |body: &str| prepare(body, &fields(), false).unwrap_err();
         assert!(e(r#"{"items":[{"id_synthese":1},{"id_sy"#).contains("truncated JSON (35 bytes received)"), "{}", e(r#"{"items":[{"id_synthese":1},{"id_sy"#));
         assert!(e("<html><body>502 Bad Gateway</body></html>").contains("malformed JSON"));
         assert!(e(r#"{"message":"no"}"#).contains("no \"items\""));
@@ -614,7 +708,7 @@ mod tests {
         assert!(e(r#"{"items":"x"}"#).contains("must be an array or a FeatureCollection"));
         assert!(e(r#"{"items":[1,]}"#).contains("malformed JSON"));
         assert!(e(r#"{"items":[]} trailing"#).contains("malformed JSON"));
-        let (s, p) = prepare(r#"{"items":[],"limit":1000,"total":0,"total_filtered":0}"#, &fields()).unwrap();
+        let (s, p) = prepare(r#"{"items":[],"limit":1000,"total":0,"total_filtered":0}"#, &fields(), false).unwrap();
         assert_eq!((s.len, s.limit, s.total, s.total_filtered), (0, Some(1000), Some(0), Some(0)));
         assert!(p.rows.is_empty());
     }
@@ -624,7 +718,7 @@ mod tests {
         let body = r#"{"items":{"type":"FeatureCollection","features":[
             {"type":"Feature","properties":{"id_synthese":1,"t":"a\u0000b"},"geometry":null},
             {"type":"Feature","properties":{"id_synthese":2},"geometry":{"type":"Point","coordinates":[1,2]}}]},"limit":1000}"#;
-        let (summary, p) = prepare(body, &fields()).unwrap();
+        let (summary, p) = prepare(body, &fields(), false).unwrap();
         assert_eq!((summary.len, summary.max_key), (2, Some(2)));
         assert_eq!(p.rows.len(), 1);
         assert_eq!(p.rejected[0].id, Some(1));
@@ -636,7 +730,7 @@ mod tests {
         let body = r#"{"items":{"type":"FeatureCollection","features":[
             {"type":"Feature","geometry":{"type":"Point","coordinates":[4.8,45.7]},"properties":{"id_synthese":12}},
             {"type":"Feature","geometry":null,"properties":{"id_synthese":"15"}}]}}"#;
-        let (summary, p) = prepare(body, &fields()).unwrap();
+        let (summary, p) = prepare(body, &fields(), false).unwrap();
         assert_eq!(summary.shape, Shape::FeatureCollection);
         assert_eq!(p.rows.len(), 2);
         assert!(matches!(p.rows[0].geom, Geom::Ewkb(_)));

@@ -9,7 +9,7 @@
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -500,6 +500,7 @@ impl<T: Send + 'static> Jobs<T> {
         Jobs { tx, rx, cancel: CancelFlag::default(), running: 0 }
     }
 
+    #[cfg(test)]
     pub fn running(&self) -> usize {
         self.running
     }
@@ -551,6 +552,65 @@ impl<T: Send + 'static> Default for Jobs<T> {
 impl<T> Drop for Jobs<T> {
     fn drop(&mut self) {
         // Threads still running stop at their next check instead of finishing a useless page.
+        self.cancel.raise();
+    }
+}
+
+/// Producers on helper threads that run ahead of the backend: each fetches (and prepares) its
+/// pages in order and queues them, at most `ahead` pages beyond what the backend has taken, so
+/// that fetching page N+1 overlaps loading page N even when the request for N+1 needs what page
+/// N says (keyset paging). Like [`Jobs`], the backend waits in short slices and checks for
+/// cancellation; helper threads get a fully blocked signal mask and never call PostgreSQL.
+pub struct Pipeline<T> {
+    tx: Option<SyncSender<T>>,
+    rx: Receiver<T>,
+    cancel: CancelFlag,
+}
+
+impl<T: Send + 'static> Pipeline<T> {
+    /// Room for `capacity` finished items in total.
+    pub fn new(capacity: usize) -> Pipeline<T> {
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        Pipeline { tx: Some(tx), rx, cancel: CancelFlag::default() }
+    }
+
+    /// Starts a producer. It calls `emit` for each item, which blocks while the queue is full and
+    /// returns false once the backend is gone (the producer should then stop).
+    pub fn spawn(&mut self, producer: impl FnOnce(&CancelFlag, &dyn Fn(T) -> bool) + Send + 'static) -> Result<(), SourceError> {
+        let tx = self.tx.clone().ok_or_else(|| SourceError::Config("the pipeline is closed".into()))?;
+        let cancel = self.cancel.clone();
+        with_signals_blocked(|| {
+            std::thread::Builder::new().name("gn2pg-http".into()).spawn(move || {
+                let emit = |item: T| tx.send(item).is_ok();
+                producer(&cancel, &emit);
+            })
+        })
+        .map_err(|e| SourceError::Config(format!("cannot start an HTTP thread: {e}")))?;
+        Ok(())
+    }
+
+    /// The next item of any producer; None once every producer has ended. A cancellation seen
+    /// through `host` stops the producers and returns at once.
+    pub fn next(&mut self, host: &dyn Host) -> Result<Option<T>, SourceError> {
+        // Only producers hold senders now: the channel disconnects when the last one ends.
+        self.tx = None;
+        loop {
+            if let Err(e) = host.check_interrupts() {
+                self.cancel.raise();
+                return Err(e);
+            }
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(v) => return Ok(Some(v)),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return Ok(None),
+            }
+        }
+    }
+}
+
+impl<T> Drop for Pipeline<T> {
+    fn drop(&mut self) {
+        // Producers stop at their next check; a blocked one is released when `rx` goes.
         self.cancel.raise();
     }
 }
@@ -781,6 +841,55 @@ mod tests {
         assert!(matches!(err, SourceError::LoginRefused { status: 401, .. }), "{msg}");
         assert!(msg.contains("Invalid password") && !msg.contains("pw-xyz"), "{msg}");
         h.join().unwrap();
+    }
+
+    #[test]
+    fn pipelines_run_ahead_by_their_capacity_and_end_with_their_producers() {
+        use std::sync::atomic::AtomicUsize;
+        let made = Arc::new(AtomicUsize::new(0));
+        let mut p: Pipeline<(usize, u32)> = Pipeline::new(2);
+        for stream in 0..2 {
+            let made = made.clone();
+            p.spawn(move |_, emit| {
+                // Bounded: three items per producer.
+                for k in 0..3 {
+                    made.fetch_add(1, Ordering::SeqCst);
+                    if !emit((stream, k)) {
+                        return;
+                    }
+                }
+            })
+            .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // Two queued, and one more per producer made but blocked in emit.
+        assert!(made.load(Ordering::SeqCst) <= 4, "producers ran ahead by more than the capacity");
+        let mut got = Vec::new();
+        while let Some(item) = p.next(&NoSleep).unwrap() {
+            got.push(item);
+        }
+        got.sort();
+        assert_eq!(got, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn a_dropped_pipeline_releases_its_producers() {
+        let (done_tx, done_rx) = mpsc::channel();
+        {
+            let mut p: Pipeline<u32> = Pipeline::new(1);
+            p.spawn(move |flag, emit| {
+                // Bounded: stops when emit fails or the flag is raised.
+                for k in 0..1000 {
+                    if flag.check_interrupts().is_err() || !emit(k) {
+                        break;
+                    }
+                }
+                let _ = done_tx.send(());
+            })
+            .unwrap();
+            assert_eq!(p.next(&NoSleep).unwrap(), Some(0));
+        }
+        assert!(done_rx.recv_timeout(Duration::from_secs(5)).is_ok(), "the producer ended");
     }
 
     #[test]
