@@ -96,6 +96,33 @@ pub fn gone(stored: &HashMap<i64, Stored>, page_keys: &[i64]) -> Vec<i64> {
     g
 }
 
+/// Deletes rows of a source by key (the deletion log, or keys a complete pass did not see), and
+/// counts them in the run log.
+pub fn delete_keys(source: &str, run_id: i64, ids: &[i64]) -> SpiResult<i64> {
+    let n = Spi::get_one_with_args::<i64>(
+        "WITH d AS (DELETE FROM gn2pg.observation WHERE source = $1 AND id_data = ANY($2) RETURNING 1)
+         SELECT count(*) FROM d",
+        &[source.into(), ids.to_vec().into()],
+    )?
+    .unwrap_or(0);
+    Spi::run_with_args(
+        "UPDATE gn2pg.run_log SET rows_deleted = rows_deleted + $2 WHERE id = $1",
+        &[run_id.into(), n.into()],
+    )?;
+    Ok(n)
+}
+
+/// Up to `limit` stored keys of a source greater than `after`, in key order.
+pub fn stored_keys_after(source: &str, after: i64, limit: i64) -> SpiResult<Vec<i64>> {
+    Ok(Spi::get_one_with_args::<Vec<i64>>(
+        "SELECT coalesce(array_agg(k.id_data ORDER BY k.id_data), '{}')
+           FROM (SELECT o.id_data FROM gn2pg.observation o
+                  WHERE o.source = $1 AND o.id_data > $2 ORDER BY o.id_data LIMIT $3) k",
+        &[source.into(), after.into(), limit.into()],
+    )?
+    .unwrap_or_default())
+}
+
 /// A by-reference datum built in Rust, handed to SPI as is.
 struct Prebuilt(pg_sys::Datum);
 

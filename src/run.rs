@@ -19,9 +19,9 @@ use crate::source::client::{CancelFlag, Host, Jobs, Pipeline, SourceClient, Stat
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
 use crate::source::error::redact_url;
 use crate::encode::rows::{self, PageRows};
-use crate::loader::{Loader, PageLoad, PageSpec};
+use crate::loader::{self, Loader, PageLoad, PageSpec};
 use crate::source::page::{parse_page, Fields, PageSummary, Shape};
-use crate::source::paging::{split_key_space, KeyRange, Pager, Step};
+use crate::source::paging::{split_key_space, KeyRange, Pager, SeenKeys, Step};
 use crate::source::SourceError;
 use crate::store::{self, Progress, RunStart};
 
@@ -394,6 +394,8 @@ struct Produced {
 
 struct Ready {
     rows: PageRows,
+    /// `count(*)` of the whole view at this request (source-api.md §3.1).
+    total: Option<u64>,
     /// The key range this page proves complete (keyset full runs).
     sweep: Option<KeyRange>,
     /// The stream's position after this page, for the checkpoint written with it.
@@ -422,7 +424,7 @@ fn produce(mut job: StreamJob, flag: &CancelFlag, emit: &dyn Fn(Produced) -> boo
             let step = job.pager.step_for(&summary).map_err(SourceError::Paging)?;
             let sweep = if job.full { job.pager.covered_range(&summary, &step) } else { None };
             job.pager.advance(&summary);
-            Ok(Ready { rows, sweep, pager: job.pager.clone(), done: step == Step::Done })
+            Ok(Ready { rows, total: summary.total, sweep, pager: job.pager.clone(), done: step == Step::Done })
         });
         let last = page.as_ref().map_or(true, |r| r.done);
         if !emit(Produced { stream: job.stream, stats: job.client.stats.clone(), page }) || last {
@@ -613,6 +615,12 @@ fn load_ranges(
         };
         pipeline.spawn(move |flag, emit| produce(job, flag, emit))?;
     }
+    // An offset walk proves nothing page by page; a complete one, started at the first page,
+    // over a view whose size did not change meanwhile, proves that the keys it did not see are
+    // gone (a view that changes shifts rows between pages, and the walk can miss some).
+    let sweeps = offset && setup.mode == Mode::Full;
+    let mut seen = (sweeps && setup.start == Start::Page(0)).then(SeenKeys::new);
+    let mut view_totals: Vec<Option<u64>> = Vec::new();
     let mut pages = 0u64;
     loop {
         let waited = Instant::now();
@@ -633,11 +641,60 @@ fn load_ranges(
         let stats = totals.sum(&client.stats);
         load_page(&loader, &spec, &ready.rows, &stats, source_wait_ms, checkpoint, position)
             .map_err(|e| Stop::Failed(format!("page {pages} could not be loaded: {e}")))?;
+        if let Some(seen) = seen.as_mut() {
+            ready.rows.keys.iter().for_each(|k| seen.add(*k));
+            if !view_totals.contains(&ready.total) {
+                view_totals.push(ready.total);
+            }
+        }
     }
     if let Some(i) = streams.iter().position(|s| !s.done) {
         return Err(Stop::Failed(format!("stream {i} stopped before the end of its key range")));
     }
+    if !sweeps {
+        return Ok(());
+    }
+    let why_not = match (seen, view_totals.as_slice()) {
+        (Some(seen), [Some(_)]) => return sweep_unseen(run_id, &setup.cfg.name, &seen.finish(), host),
+        (None, _) => "it resumed an interrupted walk".to_string(),
+        (Some(_), [None]) => "the source does not report the size of the view (total)".to_string(),
+        (Some(_), totals) => format!(
+            "the view changed size during the walk (total: {})",
+            totals.iter().map(|t| t.map_or("none".into(), |t| t.to_string())).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    pgrx::log!(
+        "gn2pg: run {run_id} of source \"{}\" did not remove rows gone from the source: {why_not}; a later complete offset walk or a keyset run will",
+        setup.cfg.name
+    );
     Ok(())
+}
+
+/// Stored keys read per transaction when sweeping after an offset walk.
+const SWEEP_BATCH: i64 = 50_000;
+
+/// After a complete offset walk: deletes the source's stored rows whose keys the walk did not
+/// receive, a batch of keys per transaction.
+fn sweep_unseen(run_id: i64, source: &str, seen: &SeenKeys, host: &WorkerHost) -> Result<(), Stop> {
+    let mut after = i64::MIN;
+    // Bounded: each turn moves past SWEEP_BATCH stored keys, or ends.
+    for _ in 0..=(MAX_PAGES * 1000 / SWEEP_BATCH as u64) {
+        host.check_interrupts()?;
+        let done = tx(|| {
+            let keys = loader::stored_keys_after(source, after, SWEEP_BATCH).map_err(spi_err)?;
+            let gone: Vec<i64> = keys.iter().copied().filter(|k| !seen.contains(*k)).collect();
+            if !gone.is_empty() {
+                loader::delete_keys(source, run_id, &gone).map_err(spi_err)?;
+            }
+            after = keys.last().copied().unwrap_or(i64::MAX);
+            Ok((keys.len() as i64) < SWEEP_BATCH)
+        })
+        .map_err(|e| Stop::Failed(format!("removing rows gone from the source: {e}")))?;
+        if done {
+            return Ok(());
+        }
+    }
+    Err(Stop::Failed("removing rows gone from the source: too many stored rows".into()))
 }
 
 /// Deletions of an incremental run of a login source, from the deletion log.
@@ -648,7 +705,7 @@ fn deletions(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &Worke
     let Some(since) = setup.since.clone() else { return Ok(()) };
     match on_helper(client, host, move |c, flag| c.fetch_deletions(&since, flag)) {
         Ok(ids) if !ids.is_empty() => {
-            tx(|| store::delete_ids(&setup.cfg.name, run_id, &ids).map_err(spi_err)).map_err(Stop::Failed)?;
+            tx(|| loader::delete_keys(&setup.cfg.name, run_id, &ids).map_err(spi_err)).map_err(Stop::Failed)?;
         }
         Ok(_) => {}
         // GeoNature < 2.12 has no deletion log; full runs still reconcile deletions.

@@ -453,21 +453,6 @@ pub fn parts_status(run_id: i64) -> SpiResult<Vec<(i32, String, Option<String>)>
     })
 }
 
-/// Deletes rows the source reports as deleted (its deletion log), set-based.
-pub fn delete_ids(source: &str, run_id: i64, ids: &[i64]) -> SpiResult<i64> {
-    let n = Spi::get_one_with_args::<i64>(
-        "WITH d AS (DELETE FROM gn2pg.observation WHERE source = $1 AND id_data = ANY($2) RETURNING 1)
-         SELECT count(*) FROM d",
-        &[source.into(), ids.to_vec().into()],
-    )?
-    .unwrap_or(0);
-    Spi::run_with_args(
-        "UPDATE gn2pg.run_log SET rows_deleted = rows_deleted + $2 WHERE id = $1",
-        &[run_id.into(), n.into()],
-    )?;
-    Ok(n)
-}
-
 pub fn finish_run(run_id: i64, status: &str, error: Option<&str>, requests: i64, retries: i64, bytes: i64) -> SpiResult<()> {
     Spi::run_with_args(
         "UPDATE gn2pg.run_log

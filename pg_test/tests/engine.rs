@@ -42,6 +42,28 @@ fn changes_during_a_full_run_are_not_lost() {
 }
 
 #[test]
+fn an_offset_walk_over_a_changing_view_removes_nothing_until_a_stable_one() {
+    let fx = fixture(6000);
+    let mut db = TestDb::new("offset_race");
+    add_source(&mut db.client, "off", &fx, 3, "public", r#"{"paging": "offset"}"#);
+    harvest(&mut db.client, "off", "full").unwrap();
+    // Deletions at the source during an offset walk shift the later pages: the walk misses rows
+    // that still exist, so it must not take their absence for a deletion.
+    fx.faults(Faults { slow_ms: 150, ..Default::default() });
+    let run = harvest_async(&mut db.client, "off", "full");
+    wait_run(&mut db.client, run, Duration::from_secs(60), "2 pages", |r| n(r, "pages_done") >= 2 || finished(r));
+    fx.mutate(Mutation { delete: 300, ..Default::default() });
+    let walked = wait_run(&mut db.client, run, Duration::from_secs(60), "end", finished);
+    assert_eq!((walked["status"].as_str(), n(&walked, "rows_deleted")), (Some("success"), 0), "{walked}");
+    let local: i64 = db.client.query_one("SELECT count(*) FROM gn2pg.observation", &[]).unwrap().get(0);
+    assert_eq!(local, 6000, "nothing removed on an unstable walk");
+    fx.faults(Faults::default());
+    let stable = harvest(&mut db.client, "off", "full").unwrap();
+    assert_eq!(n(&stable, "rows_deleted"), 300, "{stable}");
+    assert_equal_to_source(&mut db.client, "off", &fx, 3);
+}
+
+#[test]
 fn bursts_of_5xx_and_cut_answers_are_retried() {
     let fx = fixture(3000);
     let mut db = TestDb::new("retry");

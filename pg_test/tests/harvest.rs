@@ -121,16 +121,22 @@ fn second_full_harvest_leaves_the_same_rows_and_rewrites_nothing() {
 
 #[test]
 fn full_harvest_applies_source_inserts_updates_and_deletes() {
-    let fx = fixture(3000);
-    let mut db = TestDb::new("full_changes");
-    add_source(&mut db.client, "chg", &fx, 3, "public", "{}");
-    harvest(&mut db.client, "chg", "full").unwrap();
-    let m = fx.mutate(Mutation { insert: 20, update: 30, delete: 50, ..Default::default() });
-    assert_eq!((m.inserted.len(), m.updated.len(), m.deleted.len()), (20, 30, 50));
-    let run = harvest(&mut db.client, "chg", "full").unwrap();
-    assert_eq!(n(&run, "rows_deleted"), 50);
-    assert_eq!(n(&run, "rows_upserted"), 50);
-    assert_equal_to_source(&mut db.client, "chg", &fx, 3);
+    // Keyset runs sweep each page's key range; an offset walk sweeps once it is complete.
+    for paging in ["keyset", "offset"] {
+        let fx = fixture(3000);
+        let mut db = TestDb::new("full_changes");
+        add_source(&mut db.client, "chg", &fx, 3, "public", &format!(r#"{{"paging": "{paging}"}}"#));
+        harvest(&mut db.client, "chg", "full").unwrap();
+        let m = fx.mutate(Mutation { insert: 20, update: 30, delete: 50, ..Default::default() });
+        assert_eq!((m.inserted.len(), m.updated.len(), m.deleted.len()), (20, 30, 50));
+        let run = harvest(&mut db.client, "chg", "full").unwrap();
+        assert_eq!(n(&run, "rows_deleted"), 50, "{paging}: {run}");
+        assert_eq!(n(&run, "rows_upserted"), 50, "{paging}");
+        assert_equal_to_source(&mut db.client, "chg", &fx, 3);
+        // Nothing changed: nothing rewritten, nothing removed.
+        let again = harvest(&mut db.client, "chg", "full").unwrap();
+        assert_eq!((n(&again, "rows_upserted"), n(&again, "rows_deleted")), (0, 0), "{paging}: {again}");
+    }
 }
 
 #[test]
@@ -242,6 +248,26 @@ fn a_run_that_fails_mid_way_keeps_committed_pages() {
         (r.get(0), r.get(1))
     };
     assert_eq!((pages, kept), (1, 1000));
+}
+
+#[test]
+fn a_resumed_offset_walk_leaves_deletions_to_the_next_complete_one() {
+    let fx = fixture(3000);
+    let mut db = TestDb::new("offset_resume");
+    add_source(&mut db.client, "off", &fx, 3, "public", r#"{"paging": "offset", "max_retries": 0}"#);
+    harvest(&mut db.client, "off", "full").unwrap();
+    // A walk interrupted after its first page, then resumed after a deletion at the source:
+    // the resumed walk never saw page 0, so it cannot tell which keys are gone.
+    fx.faults(Faults { error_every: 2, error_status: 500, ..Default::default() });
+    harvest(&mut db.client, "off", "full").unwrap_err();
+    fx.faults(Faults::default());
+    fx.mutate(Mutation { delete: 10, ..Default::default() });
+    let resumed = harvest(&mut db.client, "off", "full").unwrap();
+    assert!(resumed["resumed_from"].is_i64(), "{resumed}");
+    assert_eq!(n(&resumed, "rows_deleted"), 0, "{resumed}");
+    let complete = harvest(&mut db.client, "off", "full").unwrap();
+    assert_eq!(n(&complete, "rows_deleted"), 10, "{complete}");
+    assert_equal_to_source(&mut db.client, "off", &fx, 3);
 }
 
 #[test]

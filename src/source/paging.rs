@@ -194,6 +194,62 @@ pub fn split_key_space(lo: i64, max: i64, n: u32) -> Vec<(i64, Option<i64>)> {
     out
 }
 
+/// The keys a complete pass received, as sorted disjoint ranges: pages come ordered by key, so
+/// a pass over a dense key space holds a few ranges rather than every key.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SeenKeys {
+    ranges: Vec<(i64, i64)>,
+    sorted: bool,
+}
+
+impl SeenKeys {
+    pub fn new() -> SeenKeys {
+        SeenKeys { ranges: Vec::new(), sorted: true }
+    }
+
+    pub fn add(&mut self, k: i64) {
+        if let Some(last) = self.ranges.last_mut() {
+            if last.1.checked_add(1) == Some(k) {
+                last.1 = k;
+                return;
+            }
+            if (last.0..=last.1).contains(&k) {
+                return;
+            }
+            if k < last.0 {
+                self.sorted = false;
+            }
+        }
+        self.ranges.push((k, k));
+    }
+
+    /// Sorted, merged ranges: call once the pass is over, before [`Self::contains`].
+    pub fn finish(mut self) -> SeenKeys {
+        if !self.sorted {
+            self.ranges.sort_unstable();
+        }
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(self.ranges.len());
+        for (lo, hi) in self.ranges {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        SeenKeys { ranges: merged, sorted: true }
+    }
+
+    pub fn contains(&self, k: i64) -> bool {
+        debug_assert!(self.sorted);
+        let i = self.ranges.partition_point(|r| r.1 < k);
+        self.ranges.get(i).is_some_and(|r| r.0 <= k)
+    }
+
+    #[cfg(test)]
+    pub fn ranges(&self) -> usize {
+        self.ranges.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +286,25 @@ mod tests {
         let short = page(10, 1501, 1600, Shape::Array);
         assert_eq!(pg.step_for(&short).unwrap(), Step::Done);
         assert_eq!(pg.covered_range(&short, &Step::Done), Some(KeyRange { lo: 1501, hi: None }));
+    }
+
+    #[test]
+    fn seen_keys_merge_into_ranges() {
+        let mut s = SeenKeys::new();
+        for k in (1..=1000).chain(1002..=2000).chain([5000, 10, 4999]) {
+            s.add(k);
+        }
+        let s = s.finish();
+        assert_eq!(s.ranges(), 3, "1-1000, 1002-2000, 4999-5000");
+        for (k, seen) in [(0, false), (1, true), (1000, true), (1001, false), (1500, true), (2001, false), (4999, true), (5000, true), (5001, false)] {
+            assert_eq!(s.contains(k), seen, "{k}");
+        }
+        assert!(!SeenKeys::new().finish().contains(1));
+        let mut big = SeenKeys::new();
+        big.add(i64::MAX);
+        big.add(i64::MIN);
+        let big = big.finish();
+        assert!(big.contains(i64::MAX) && big.contains(i64::MIN) && !big.contains(0));
     }
 
     #[test]
