@@ -35,11 +35,7 @@ pub enum Converted {
 /// never "null").
 pub fn from_geojson(text: &str) -> Converted {
     let mut out = Ewkb::with_capacity(text.len());
-    let mut p = Json {
-        s: text.as_bytes(),
-        text,
-        i: 0,
-    };
+    let mut p = Json(Cursor::new(text));
     p.ws();
     if p.geometry(&mut out, true, 0).is_err() {
         return Converted::Defer;
@@ -55,11 +51,7 @@ pub fn from_geojson(text: &str) -> Converted {
 /// `SRID=n;` prefix.
 pub fn from_wkt(text: &str) -> Converted {
     let mut out = Ewkb::with_capacity(text.len());
-    let mut p = Wkt {
-        s: text.as_bytes(),
-        text,
-        i: 0,
-    };
+    let mut p = Wkt(Cursor::new(text));
     if p.wkt(&mut out).is_err() {
         return Converted::Defer;
     }
@@ -187,18 +179,25 @@ impl Ewkb {
     }
 }
 
-/// A strict JSON reader for GeoJSON geometry objects.
-struct Json<'a> {
+/// A position in the text, with what both readers need to move through it.
+#[derive(Clone, Copy)]
+struct Cursor<'a> {
     s: &'a [u8],
     text: &'a str,
     i: usize,
 }
 
-impl<'a> Json<'a> {
+impl<'a> Cursor<'a> {
+    fn new(text: &'a str) -> Cursor<'a> {
+        Cursor { s: text.as_bytes(), text, i: 0 }
+    }
+
     fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
     }
 
+    /// JSON's whitespace, and exactly the WKT lexer's `[ \t\n\r]` (`\f` or `\v` is a WKT parse
+    /// error).
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.i += 1;
@@ -229,6 +228,93 @@ impl<'a> Json<'a> {
         }
         self.i - start
     }
+}
+
+/// What the GeoJSON and WKT readers share: lists, point arrays and rings. They differ in their
+/// brackets and in how one point is written.
+trait PointLists<'a>: std::ops::DerefMut<Target = Cursor<'a>> + Sized {
+    const OPEN: u8;
+    const CLOSE: u8;
+
+    /// One point, written into `out`.
+    fn point(&mut self, out: &mut Ewkb) -> R<()>;
+
+    /// `(item, item, ...)` in WKT, `[item, item, ...]` in GeoJSON; an empty list is an error in
+    /// PostGIS's WKT and EMPTY is not on the fast path either way.
+    fn list(&mut self, mut item: impl FnMut(&mut Self) -> R<()>) -> R<usize> {
+        self.expect(Self::OPEN)?;
+        self.ws();
+        let mut n = 0;
+        loop {
+            item(self)?;
+            n += 1;
+            self.ws();
+            if !self.eat(b',') {
+                self.expect(Self::CLOSE)?;
+                return Ok(n);
+            }
+            self.ws();
+        }
+    }
+
+    /// A point array. PostGIS's WKT reader refuses lines under 2 points, rings under 4 points
+    /// and unclosed rings ("geometry requires more points", "geometry contains non-closed
+    /// rings"); its GeoJSON reader checks neither, but such geometries are invalid GeoJSON:
+    /// keeping them on the PostGIS path keeps both inputs alike and leaves oddities to PostGIS.
+    fn points(&mut self, out: &mut Ewkb, min: usize, ring: bool) -> R<()> {
+        let slot = out.count_slot();
+        let first = out.buf.len();
+        let n = self.list(|p| p.point(out))?;
+        if n < min || (ring && !out.ring_closed(first)) {
+            return Err(Bail);
+        }
+        out.set_count(slot, n)
+    }
+
+    fn rings(&mut self, out: &mut Ewkb) -> R<()> {
+        let slot = out.count_slot();
+        let n = self.list(|p| p.points(out, 4, true))?;
+        out.set_count(slot, n)
+    }
+}
+
+/// A strict JSON reader for GeoJSON geometry objects.
+struct Json<'a>(Cursor<'a>);
+
+impl<'a> std::ops::Deref for Json<'a> {
+    type Target = Cursor<'a>;
+    fn deref(&self) -> &Cursor<'a> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Json<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> PointLists<'a> for Json<'a> {
+    const OPEN: u8 = b'[';
+    const CLOSE: u8 = b']';
+
+    /// `[x, y]`: PostGIS reads a third number as Z, skips `[]` and rejects a single number.
+    fn point(&mut self, out: &mut Ewkb) -> R<()> {
+        self.expect(b'[')?;
+        self.ws();
+        let x = self.coordinate()?;
+        self.ws();
+        self.expect(b',')?;
+        self.ws();
+        let y = self.coordinate()?;
+        self.ws();
+        self.expect(b']')?;
+        out.point(x, y);
+        Ok(())
+    }
+}
+
+impl<'a> Json<'a> {
 
     /// A string's raw bytes between the quotes, and whether it contained escapes.
     fn string(&mut self) -> R<(&'a [u8], bool)> {
@@ -366,60 +452,10 @@ impl<'a> Json<'a> {
     }
 
     /// `[item, item, ...]` with at least one item (an empty array is an EMPTY geometry).
-    fn list(&mut self, mut item: impl FnMut(&mut Self) -> R<()>) -> R<usize> {
-        self.expect(b'[')?;
-        self.ws();
-        let mut n = 0;
-        loop {
-            item(self)?;
-            n += 1;
-            self.ws();
-            if !self.eat(b',') {
-                self.expect(b']')?;
-                return Ok(n);
-            }
-            self.ws();
-        }
-    }
-
-    /// `[x, y]`: PostGIS reads a third number as Z, skips `[]` and rejects a single number.
-    fn position(&mut self, out: &mut Ewkb) -> R<()> {
-        self.expect(b'[')?;
-        self.ws();
-        let x = self.coordinate()?;
-        self.ws();
-        self.expect(b',')?;
-        self.ws();
-        let y = self.coordinate()?;
-        self.ws();
-        self.expect(b']')?;
-        out.point(x, y);
-        Ok(())
-    }
-
-    /// A point array. PostGIS's GeoJSON reader checks neither point counts nor ring closure,
-    /// but the WKT reader refuses such geometries and they are invalid GeoJSON: keeping them
-    /// on the PostGIS path keeps both inputs alike and leaves oddities to PostGIS.
-    fn points(&mut self, out: &mut Ewkb, min: usize, ring: bool) -> R<()> {
-        let slot = out.count_slot();
-        let first = out.buf.len();
-        let n = self.list(|p| p.position(out))?;
-        if n < min || (ring && !out.ring_closed(first)) {
-            return Err(Bail);
-        }
-        out.set_count(slot, n)
-    }
-
-    fn rings(&mut self, out: &mut Ewkb) -> R<()> {
-        let slot = out.count_slot();
-        let n = self.list(|p| p.points(out, 4, true))?;
-        out.set_count(slot, n)
-    }
-
     fn coordinates(&mut self, kind: Kind, out: &mut Ewkb, outer: bool) -> R<()> {
         out.header(kind, outer);
         match kind {
-            Kind::Point => self.position(out),
+            Kind::Point => self.point(out),
             Kind::LineString => self.points(out, 2, false),
             Kind::Polygon => self.rings(out),
             Kind::MultiPoint | Kind::MultiLineString | Kind::MultiPolygon => {
@@ -427,7 +463,7 @@ impl<'a> Json<'a> {
                 let n = self.list(|p| match kind {
                     Kind::MultiPoint => {
                         out.header(Kind::Point, false);
-                        p.position(out)
+                        p.point(out)
                     }
                     Kind::MultiLineString => {
                         out.header(Kind::LineString, false);
@@ -548,12 +584,7 @@ impl<'a> Json<'a> {
         }
         match (kind, coordinates) {
             _ if written => Ok(()),
-            (Some(k), Some(at)) if k != Kind::Collection => Json {
-                s: self.s,
-                text: self.text,
-                i: at,
-            }
-            .coordinates(k, out, outer),
+            (Some(k), Some(at)) if k != Kind::Collection => Json(Cursor { i: at, ..self.0 }).coordinates(k, out, outer),
             // No type, or no coordinates / geometries: PostGIS errors out.
             _ => Err(Bail),
         }
@@ -562,41 +593,44 @@ impl<'a> Json<'a> {
 
 /// A WKT reader accepting the subset of PostGIS's grammar (`lwin_wkt_lex.l`,
 /// `lwin_wkt_parse.y`) that describes plain 2D geometries.
-struct Wkt<'a> {
-    s: &'a [u8],
-    text: &'a str,
-    i: usize,
+struct Wkt<'a>(Cursor<'a>);
+
+impl<'a> std::ops::Deref for Wkt<'a> {
+    type Target = Cursor<'a>;
+    fn deref(&self) -> &Cursor<'a> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Wkt<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> PointLists<'a> for Wkt<'a> {
+    const OPEN: u8 = b'(';
+    const CLOSE: u8 = b')';
+
+    /// `x y`; a third number would make the geometry 3D.
+    fn point(&mut self, out: &mut Ewkb) -> R<()> {
+        let x = self.number()?;
+        let before = self.i;
+        self.ws();
+        if self.i == before {
+            return Err(Bail);
+        }
+        let y = self.number()?;
+        self.ws();
+        if !matches!(self.peek(), Some(b',' | b')')) {
+            return Err(Bail);
+        }
+        out.point(x, y);
+        Ok(())
+    }
 }
 
 impl<'a> Wkt<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
-    }
-
-    /// The lexer's whitespace is exactly `[ \t\n\r]`; `\f` or `\v` is a parse error.
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, b: u8) -> bool {
-        if self.peek() == Some(b) {
-            self.i += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn expect(&mut self, b: u8) -> R<()> {
-        if self.eat(b) {
-            Ok(())
-        } else {
-            Err(Bail)
-        }
-    }
-
     fn wkt(&mut self, out: &mut Ewkb) -> R<()> {
         // The loader transforms `SRID=n;` texts to 4326, a no-op for 4326 itself (checked:
         // identical bytes, whatever the case of `SRID`). Other SRIDs need PROJ; a prefix after
@@ -651,58 +685,6 @@ impl<'a> Wkt<'a> {
         Ok(v)
     }
 
-    /// `x y`; a third number would make the geometry 3D.
-    fn coordinate(&mut self, out: &mut Ewkb) -> R<()> {
-        let x = self.number()?;
-        let before = self.i;
-        self.ws();
-        if self.i == before {
-            return Err(Bail);
-        }
-        let y = self.number()?;
-        self.ws();
-        if !matches!(self.peek(), Some(b',' | b')')) {
-            return Err(Bail);
-        }
-        out.point(x, y);
-        Ok(())
-    }
-
-    /// `(item, item, ...)`; `()` is a parse error in PostGIS and EMPTY is not on the fast path.
-    fn list(&mut self, mut item: impl FnMut(&mut Self) -> R<()>) -> R<usize> {
-        self.expect(b'(')?;
-        self.ws();
-        let mut n = 0;
-        loop {
-            item(self)?;
-            n += 1;
-            self.ws();
-            if !self.eat(b',') {
-                self.expect(b')')?;
-                return Ok(n);
-            }
-            self.ws();
-        }
-    }
-
-    /// A point array: PostGIS refuses lines under 2 points, rings under 4 points and unclosed
-    /// rings ("geometry requires more points", "geometry contains non-closed rings").
-    fn points(&mut self, out: &mut Ewkb, min: usize, ring: bool) -> R<()> {
-        let slot = out.count_slot();
-        let first = out.buf.len();
-        let n = self.list(|p| p.coordinate(out))?;
-        if n < min || (ring && !out.ring_closed(first)) {
-            return Err(Bail);
-        }
-        out.set_count(slot, n)
-    }
-
-    fn rings(&mut self, out: &mut Ewkb) -> R<()> {
-        let slot = out.count_slot();
-        let n = self.list(|p| p.points(out, 4, true))?;
-        out.set_count(slot, n)
-    }
-
     fn geometry(&mut self, out: &mut Ewkb, outer: bool, depth: usize) -> R<()> {
         if depth > MAX_WKT_DEPTH {
             return Err(Bail);
@@ -724,7 +706,7 @@ impl<'a> Wkt<'a> {
             Kind::Point => {
                 self.expect(b'(')?;
                 self.ws();
-                self.coordinate(out)?;
+                self.point(out)?;
                 self.expect(b')')
             }
             Kind::LineString => self.points(out, 2, false),
@@ -736,10 +718,10 @@ impl<'a> Wkt<'a> {
                     out.header(Kind::Point, false);
                     if p.eat(b'(') {
                         p.ws();
-                        p.coordinate(out)?;
+                        p.point(out)?;
                         p.expect(b')')
                     } else {
-                        p.coordinate(out)
+                        p.point(out)
                     }
                 })?;
                 out.set_count(slot, n)
