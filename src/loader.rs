@@ -375,34 +375,40 @@ impl Loader {
         })
     }
 
+    /// What is stored for the page's keys: its whole key range when the page proves that range
+    /// complete (the sweep needs it), plus any key outside it (a source ignoring a bound).
     fn stored(&self, c: &SpiClient, spec: &PageSpec, page: &PageRows) -> SpiResult<HashMap<i64, Stored>> {
-        let t = match spec.sweep {
-            Some(r) => c.select(
-                &self.stored_in_range,
-                None,
-                &[spec.source.into(), r.lo.into(), r.hi.unwrap_or(i64::MAX).into()],
-            )?,
-            None => {
-                if page.rows.is_empty() {
-                    return Ok(HashMap::new());
-                }
-                let keys = ints(page.rows.iter().map(|r| Some(r.id)));
-                c.select(&self.stored_keys, None, &[spec.source.into(), array_arg(&keys, INT8_ARRAY)])?
-            }
+        let (lo, hi) = match spec.sweep {
+            Some(r) => (r.lo, r.hi.unwrap_or(i64::MAX)),
+            None => (1, 0),
         };
+        let outside: Vec<i64> = page.rows.iter().map(|r| r.id).filter(|k| !(lo..=hi).contains(k)).collect();
+        let mut out = HashMap::with_capacity(page.rows.len());
+        if spec.sweep.is_some() {
+            let t = c.select(&self.stored_in_range, None, &[spec.source.into(), lo.into(), hi.into()])?;
+            Self::collect_stored(t, &mut out)?;
+        }
+        if !outside.is_empty() {
+            let keys = ints(outside.into_iter().map(Some));
+            let t = c.select(&self.stored_keys, None, &[spec.source.into(), array_arg(&keys, INT8_ARRAY)])?;
+            Self::collect_stored(t, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn collect_stored(t: pgrx::spi::SpiTupleTable, out: &mut HashMap<i64, Stored>) -> SpiResult<()> {
         let r = t.first();
         let ids = r.get::<Vec<Option<i64>>>(1)?.unwrap_or_default();
         let hashes = r.get::<Vec<Option<i64>>>(2)?.unwrap_or_default();
         let cas = r.get::<Vec<Option<pgrx::Uuid>>>(3)?.unwrap_or_default();
         let jdds = r.get::<Vec<Option<pgrx::Uuid>>>(4)?.unwrap_or_default();
-        let mut out = HashMap::with_capacity(ids.len());
         for (i, id) in ids.into_iter().enumerate() {
             if let Some(id) = id {
                 let u = |v: &Vec<Option<pgrx::Uuid>>| v.get(i).copied().flatten().map(|u| *u);
                 out.insert(id, Stored { hash: hashes.get(i).copied().flatten(), ca: u(&cas), jdd: u(&jdds) });
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Destinations of the page's distinct (CA, JDD) pairs (gn2pg._resolve_mapping).
