@@ -18,7 +18,7 @@ if [ ! -x "$VENV/bin/gn2pg_cli" ]; then
 fi
 
 bash scripts/install.sh
-cargo build --release -p gn2pg-pg-test --bin gn2pg-bench 2>&1 | grep -Ev '^\s*(Compiling|Checking)' || true
+cargo build --release -p gn2pg-pg-test --bin gn2pg-bench
 bash scripts/test-cluster.sh start
 trap 'bash scripts/test-cluster.sh stop' EXIT
 mkdir -p bench/out

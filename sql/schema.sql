@@ -133,7 +133,12 @@ CREATE TABLE gn2pg.observation (
 COMMENT ON COLUMN gn2pg.observation.content_hash IS
     'Hash of what was stored from the source (item, geometry, CA, JDD); rows with an equal hash are not rewritten.';
 CREATE INDEX observation_geom_idx ON gn2pg.observation USING gist (geom);
-CREATE INDEX observation_uuid_idx ON gn2pg.observation (uuid);
+-- A SINP permanent id identifies one observation across every source (as GN2PG's unique_uuid).
+-- Deferred: a uuid may move between two rows of one page; the check holds at commit, so two
+-- sources harvested at once cannot both store it. The loader relies on it instead of looking
+-- every uuid up before writing, and looks them up only to report a conflict.
+ALTER TABLE gn2pg.observation
+    ADD CONSTRAINT observation_uuid_key UNIQUE (uuid) DEFERRABLE INITIALLY DEFERRED;
 COMMENT ON TABLE gn2pg.observation IS 'Harvested observations, one row per source row.';
 
 CREATE TABLE gn2pg.metadata (

@@ -8,7 +8,9 @@
 //! 2. delete the stored keys of that range the page no longer has (mark-and-sweep in one pass);
 //! 3. resolve the CA/JDD mappings of the page's few distinct (CA, JDD) pairs;
 //! 4. convert the geometries Rust left to PostGIS, report the invalid ones;
-//! 5. report uuids another row already owns (never silently skipped);
+//! 5. report uuids another row already owns (never silently skipped): the unique constraint on
+//!    uuid finds them while writing, and only a page where it fires is loaded again with a lookup
+//!    of each uuid, which names the owner;
 //! 6. INSERT the new rows, UPDATE the changed ones; rows whose hash and mapping are unchanged are
 //!    not written at all (no WAL, no bloat, no trigger downstream);
 //! 7. upsert the page's CA/JDD into gn2pg.metadata, write the rejections to gn2pg.run_error.
@@ -292,6 +294,9 @@ fn oids(list: &[pg_sys::Oid]) -> Vec<PgOid> {
 
 /// The page loader's statements, prepared once per run.
 pub struct Loader {
+    /// gn2pg.observation.uuid is unique (deferred): a page is first written without looking its
+    /// uuids up, and only if that fails is it written again with the lookups (`careful`).
+    pub uuid_unique: bool,
     stored_in_range: OwnedPreparedStatement,
     stored_keys: OwnedPreparedStatement,
     delete_keys: OwnedPreparedStatement,
@@ -313,12 +318,18 @@ impl Loader {
             s.replace("{rows}", ROWS).replace("{pg}", &pg).replace("{meta_upsert}", METADATA_UPSERT)
         };
         let rows_args = [TEXTOID, INT8OID, INT8_ARRAY, UUID_ARRAY, JSONB_ARRAY, BYTEA_ARRAY, UUID_ARRAY, UUID_ARRAY, UUID_ARRAY, UUID_ARRAY, TIMESTAMP_ARRAY, INT8_ARRAY];
+        let uuid_unique = Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                             WHERE conrelid = 'gn2pg.observation'::regclass AND conname = 'observation_uuid_key')",
+        )?
+        .unwrap_or(false);
         Spi::connect(|c| {
             let keep = |c: &SpiClient, s: &str, args: &[pg_sys::Oid], writes: bool| -> SpiResult<OwnedPreparedStatement> {
                 let s = sql(s);
                 Ok(if writes { c.prepare_mut(s.as_str(), &oids(args))? } else { c.prepare(s.as_str(), &oids(args))? }.keep())
             };
             Ok(Loader {
+                uuid_unique,
                 stored_in_range: keep(c, STORED_IN_RANGE_SQL, &[TEXTOID, INT8OID, INT8OID], false)?,
                 stored_keys: keep(c, STORED_KEYS_SQL, &[TEXTOID, INT8_ARRAY], false)?,
                 delete_keys: keep(c, DELETE_KEYS_SQL, &[TEXTOID, INT8_ARRAY], true)?,
@@ -333,8 +344,11 @@ impl Loader {
         })
     }
 
-    /// Loads a page (see the module documentation); the caller owns the transaction.
-    pub fn load(&self, spec: &PageSpec, page: &PageRows) -> SpiResult<PageLoad> {
+    /// Loads a page (see the module documentation); the caller owns the transaction. Unless
+    /// `careful`, uuids are left to the unique constraint, checked before returning: a uuid
+    /// stored under another key makes the whole page fail, and the caller loads it again
+    /// carefully, which reports that row and loads the others.
+    pub fn load(&self, spec: &PageSpec, page: &PageRows, careful: bool) -> SpiResult<PageLoad> {
         Spi::connect_mut(|c| {
             let mut rejected: Vec<Rejected> = Vec::new();
             let stored = self.stored(c, spec, page)?;
@@ -357,9 +371,15 @@ impl Loader {
                 .collect();
             let unchanged = page.rows.len() as i64 - write.len() as i64;
             self.convert_deferred(c, &mut write, &mut rejected)?;
-            self.check_uuid_owners(c, spec, &mut write, &mut rejected)?;
+            if careful || !self.uuid_unique {
+                self.check_uuid_owners(c, spec, &mut write, &mut rejected)?;
+            }
             write.retain(|w| w.ok);
             let (inserted, updated) = self.write_rows(c, spec, page, &write)?;
+            if self.uuid_unique {
+                // Raises here, inside the page's transaction, rather than at its commit.
+                c.update("SET CONSTRAINTS gn2pg.observation_uuid_key IMMEDIATE", None, &[])?;
+            }
             self.write_metadata(c, spec, page)?;
             let failed = (page.rejected.len() + rejected.len()) as i64;
             self.write_rejections(c, spec, page.rejected.iter().chain(rejected.iter()))?;

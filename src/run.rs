@@ -774,25 +774,47 @@ fn load_page(
     checkpoint: serde_json::Value,
     part: Option<store::PartPosition>,
 ) -> Result<PageLoad, String> {
-    tx(|| {
-        // A lost commit loses a page that the next run fetches again.
-        Spi::run("SET LOCAL synchronous_commit = off").map_err(spi_err)?;
-        // The loader's statements are all driven by the page's keys: their generic plans (index
-        // lookups per key) suit any table size, whereas a custom plan for a 1000-key array can
-        // pick a hash join over the whole table while it is still small, and replans every page.
-        Spi::run("SET LOCAL plan_cache_mode = force_generic_plan").map_err(spi_err)?;
-        let load = loader.load(spec, page).map_err(spi_err)?;
-        store::record_page(&Progress {
-            run_id: spec.run_id,
-            part,
-            page: &load,
-            requests: stats.requests as i64,
-            retries: stats.retries as i64,
-            bytes: stats.bytes as i64,
-            source_wait_ms,
-            checkpoint,
+    let attempt = |careful: bool| {
+        tx(|| {
+            // A lost commit loses a page that the next run fetches again.
+            Spi::run("SET LOCAL synchronous_commit = off").map_err(spi_err)?;
+            // The loader's statements are all driven by the page's keys: their generic plans
+            // (index lookups per key) suit any table size, whereas a custom plan for a 1000-key
+            // array can pick a hash join over the whole table while it is still small, and
+            // replans every page.
+            Spi::run("SET LOCAL plan_cache_mode = force_generic_plan").map_err(spi_err)?;
+            let load = loader.load(spec, page, careful).map_err(spi_err)?;
+            store::record_page(&Progress {
+                run_id: spec.run_id,
+                part,
+                page: &load,
+                requests: stats.requests as i64,
+                retries: stats.retries as i64,
+                bytes: stats.bytes as i64,
+                source_wait_ms,
+                checkpoint: checkpoint.clone(),
+            })
+            .map_err(spi_err)?;
+            Ok(load)
         })
-        .map_err(spi_err)?;
-        Ok(load)
-    })
+    };
+    let first = match attempt(false) {
+        Ok(l) => return Ok(l),
+        Err(e) if loader.uuid_unique => e,
+        Err(e) => return Err(e),
+    };
+    // A uuid stored under another key: the careful load reports that row and loads the others.
+    // Another source harvested at the same time may still hold uncommitted rows with the same
+    // uuids (or a deadlock may pick this page): a few careful attempts see them committed.
+    let mut last = first.clone();
+    for _ in 0..CAREFUL_ATTEMPTS {
+        match attempt(true) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(if last == first { last } else { format!("{last} (first attempt: {first})") })
 }
+
+/// Careful loads of a page whose fast load failed.
+const CAREFUL_ATTEMPTS: usize = 3;

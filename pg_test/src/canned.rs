@@ -1,17 +1,23 @@
-//! A one-export source serving a canned page, for items the fixture never produces.
+//! A one-export source serving canned pages, for items the fixture never produces.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 
-/// A one-export source on 127.0.0.1: the first data request gets `page`, the next an empty
-/// page, and so on; anything else is a 404. Serves at most 8 requests (two harvests).
+/// A one-export source on 127.0.0.1: the first data request gets `page`, later ones an empty
+/// page; anything else is a 404. Serves at most 8 requests.
 pub fn one_page_source(page: String) -> (String, std::thread::JoinHandle<()>) {
+    pages_source(vec![page])
+}
+
+/// As [`one_page_source`], data request k getting `pages[k]`: with short pages (fewer rows than
+/// the limit), one page per harvest.
+pub fn pages_source(pages: Vec<String>) -> (String, std::thread::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/gn", l.local_addr().unwrap());
     let h = std::thread::spawn(move || {
         let mut served = 0;
-        // Bounded: module lookup + two data pages per harvest, two harvests.
-        for _ in 0..8 {
+        // Bounded: a few harvests of a module lookup and a page or two each.
+        for _ in 0..16 {
             let Ok((mut s, _)) = l.accept() else { return };
             let mut rd = BufReader::new(s.try_clone().unwrap());
             let mut line = String::new();
@@ -32,10 +38,9 @@ pub fn one_page_source(page: String) -> (String, std::thread::JoinHandle<()>) {
             let _ = rd.read_exact(&mut body);
             let (status, out) = if line.contains("/api/exports/api/") {
                 served += 1;
-                if served % 2 == 1 {
-                    ("200 OK", page.clone())
-                } else {
-                    ("200 OK", r#"{"items":[],"limit":1000,"page":0,"total":0,"total_filtered":0}"#.to_string())
+                match pages.get(served - 1) {
+                    Some(p) => ("200 OK", p.clone()),
+                    None => ("200 OK", r#"{"items":[],"limit":1000,"page":0,"total":0,"total_filtered":0}"#.to_string()),
                 }
             } else {
                 ("404 NOT FOUND", r#"{"code":404,"name":"Not Found","description":"nope"}"#.to_string())

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use gn2pg_pg_test::canned::one_page_source;
+use gn2pg_pg_test::canned::{one_page_source, pages_source};
 use gn2pg_pg_test::checks::{add_source, assert_equal_to_source, harvest, n, run_rows, wait_run};
 use gn2pg_pg_test::db::{connect, error_text, Client, TestDb};
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer, Mutation};
@@ -260,6 +260,64 @@ fn auto_mode_reconciles_with_a_periodic_full_run() {
     let run = harvest(&mut db.client, "pub", "auto").unwrap();
     assert_eq!((run["mode"].as_str(), n(&run, "rows_deleted")), (Some("full"), 10));
     assert_equal_to_source(&mut db.client, "pub", &fx, 3);
+}
+
+#[test]
+fn a_uuid_may_move_between_two_rows_of_a_page() {
+    let page = |a: &str, b: &str| {
+        let item = |id: i64, uuid: &str| format!(r#"{{"id_synthese":{id},"id_perm_sinp":"{uuid}","wkt_4326":"POINT(5 45)"}}"#);
+        format!(r#"{{"items":[{},{}],"limit":1000,"page":0,"total":2,"total_filtered":2}}"#, item(1, a), item(2, b))
+    };
+    let (x, y) = ("11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222");
+    let (url, server) = pages_source(vec![page(x, y), page(y, x)]);
+    let mut db = TestDb::new("uuid_swap");
+    db.client.execute("SELECT gn2pg_add_source('canned', $1, 1)", &[&url]).unwrap();
+    harvest(&mut db.client, "canned", "full").unwrap();
+    // The unique check is deferred to the end of the page: swapping is no conflict.
+    let run = harvest(&mut db.client, "canned", "full").unwrap();
+    assert_eq!((n(&run, "rows_upserted"), n(&run, "rows_failed")), (2, 0), "{run}");
+    let stored: Vec<(i64, String)> = db
+        .client
+        .query("SELECT id_data, uuid::text FROM gn2pg.observation ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(stored, vec![(1, y.to_string()), (2, x.to_string())]);
+    drop(server);
+}
+
+#[test]
+fn two_sources_sharing_uuids_harvested_at_once_store_each_uuid_once() {
+    // Two partners publishing the same observations (same SINP ids), harvested together.
+    let a = fixture(4000);
+    let b = fixture(4000);
+    let mut db = TestDb::new("shared_uuids");
+    add_source(&mut db.client, "a", &a, 3, "public", "{}");
+    add_source(&mut db.client, "b", &b, 3, "public", "{}");
+    // Slow answers make the two runs' pages interleave.
+    for fx in [&a, &b] {
+        fx.faults(Faults { slow_ms: 100, ..Default::default() });
+    }
+    let ra = harvest_async(&mut db.client, "a", "full");
+    let rb = harvest_async(&mut db.client, "b", "full");
+    let ra = wait_run(&mut db.client, ra, Duration::from_secs(120), "end", finished);
+    let rb = wait_run(&mut db.client, rb, Duration::from_secs(120), "end", finished);
+    assert_eq!((ra["status"].as_str(), rb["status"].as_str()), (Some("success"), Some("success")), "{ra}\n{rb}");
+    let r = db
+        .client
+        .query_one("SELECT count(*), count(DISTINCT uuid) FROM gn2pg.observation", &[])
+        .unwrap();
+    let (rows, uuids): (i64, i64) = (r.get(0), r.get(1));
+    assert_eq!((rows, uuids), (4000, 4000), "every uuid stored once");
+    assert_eq!(n(&ra, "rows_upserted") + n(&rb, "rows_upserted"), 4000);
+    assert_eq!(n(&ra, "rows_failed") + n(&rb, "rows_failed"), 4000, "the other copy of each is reported");
+    let unexplained: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM gn2pg.run_error WHERE error NOT LIKE '%already belongs to source%'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(unexplained, 0);
 }
 
 #[test]

@@ -101,3 +101,33 @@ fn a_database_that_is_not_utf8_is_refused_at_create_extension() {
     let e = db.client.batch_execute("CREATE EXTENSION gn2pg CASCADE").map_err(|e| error_text(&e)).unwrap_err();
     assert!(e.contains("gn2pg needs a database with UTF8 encoding, this one is LATIN1"), "{e}");
 }
+
+#[test]
+fn duplicate_uuids_left_by_an_old_version_keep_the_uuid_index_plain() {
+    let fx = FixtureServer::start(FixtureConfig { rows: 1200, ..Default::default() }).unwrap();
+    let mut db = TestDb::empty("dup_uuids", "");
+    db.client.batch_execute("CREATE EXTENSION gn2pg VERSION '0.1.0' CASCADE").unwrap();
+    // What two sources harvested at once could leave under 0.1.0.
+    db.client
+        .batch_execute(
+            "INSERT INTO gn2pg.observation (source, id_data, uuid, item) VALUES
+               ('x', 1, '99999999-9999-4999-8999-999999999999', '{}'),
+               ('y', 1, '99999999-9999-4999-8999-999999999999', '{}')",
+        )
+        .unwrap();
+    db.client.batch_execute("ALTER EXTENSION gn2pg UPDATE").unwrap();
+    let unique: bool = db
+        .client
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'observation_uuid_key')", &[])
+        .unwrap()
+        .get(0);
+    assert!(!unique, "the constraint would have failed the update");
+    // Harvests still refuse a uuid stored under another key, by looking it up.
+    let first = fx.expected_rows(3)[0].uuid.clone();
+    db.client
+        .execute("INSERT INTO gn2pg.observation (source, id_data, uuid, item) VALUES ('z', 7, $1::text::uuid, '{}')", &[&first])
+        .unwrap();
+    add_source(&mut db.client, "pub", &fx, 3, "public", "{}");
+    let run = harvest(&mut db.client, "pub", "full").unwrap();
+    assert_eq!((n(&run, "rows_upserted"), n(&run, "rows_failed")), (1199, 1), "{run}");
+}

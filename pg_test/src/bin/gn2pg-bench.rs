@@ -64,6 +64,12 @@ fn sample_memory(db: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<M
     })
 }
 
+/// Every timed phase starts from a clean checkpoint, so that none pays for the dirty buffers
+/// and the WAL of the phase before it.
+fn checkpoint(db: &mut postgres::Client) {
+    db.batch_execute("CHECKPOINT").unwrap();
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -88,6 +94,7 @@ fn main() {
     // (2) gn2pg full harvest, FeatureCollection export, 1000 rows per page.
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample_memory(db.name.clone(), stop.clone());
+    checkpoint(&mut db.client);
     let t = Instant::now();
     let run: String = db.client.query_one("SELECT gn2pg_harvest('bench', 'full')::text", &[]).unwrap().get(0);
     let full = t.elapsed();
@@ -112,6 +119,7 @@ fn main() {
             &[&fx.base_url(), &token, &workers],
         )
         .unwrap();
+    checkpoint(&mut db.client);
     let t = Instant::now();
     let prun: String = db.client.query_one("SELECT gn2pg_harvest('bench', 'full')::text", &[]).unwrap().get(0);
     let pfull = t.elapsed();
@@ -126,6 +134,7 @@ fn main() {
     db.client
         .batch_execute("CREATE TABLE public.copy_target (LIKE gn2pg.observation INCLUDING ALL)")
         .unwrap();
+    checkpoint(&mut db.client);
     let t = Instant::now();
     db.client.batch_execute(&format!("COPY public.copy_target FROM '{file}'")).unwrap();
     let copy = t.elapsed();
@@ -136,6 +145,7 @@ fn main() {
     // Incremental run after 1 % of the rows changed at the source.
     let changed = (rows / 100).max(1);
     fx.mutate(Mutation { update: changed, ..Default::default() });
+    checkpoint(&mut db.client);
     let t = Instant::now();
     let inc: String = db.client.query_one("SELECT gn2pg_harvest('bench', 'auto')::text", &[]).unwrap().get(0);
     let inc_time = t.elapsed();
@@ -152,7 +162,7 @@ fn main() {
     let mut peer_rate = None;
     if let Some(cli) = cli {
         let pfx = FixtureServer::start(FixtureConfig { rows: peer_rows, ..Default::default() }).expect("fixture");
-        let peer = TestDb::new("peer");
+        let mut peer = TestDb::new("peer");
         let home = std::env::temp_dir().join(format!("gn2pg-peer-{}", std::process::id()));
         std::fs::create_dir_all(&home).unwrap();
         let cfg = home.join("peer.toml");
@@ -185,6 +195,7 @@ fn main() {
         if !init.status.success() {
             out(format!("(3) gn2pg_cli db init failed: {}", String::from_utf8_lossy(&init.stderr)));
         }
+        checkpoint(&mut peer.client);
         let t = Instant::now();
         let dl = run_cli(&["-q", "download", "--full"]);
         let took = t.elapsed();
