@@ -11,12 +11,13 @@
 //! 5. report uuids another row already owns (never silently skipped): the unique constraint on
 //!    uuid finds them while writing, and only a page where it fires is loaded again with a lookup
 //!    of each uuid, which names the owner;
-//! 6. INSERT the new rows, UPDATE the changed ones; rows whose hash and mapping are unchanged are
+//! 6. INSERT the new rows, upsert the changed ones; rows whose hash and mapping are unchanged are
 //!    not written at all (no WAL, no bloat, no trigger downstream);
 //! 7. upsert the page's CA/JDD into gn2pg.metadata, write the rejections to gn2pg.run_error.
 //!
 //! Statements are prepared once per run and kept. Array parameters are built as bytes
-//! (`encode::array`) and copied into palloc'd memory. Every object is schema-qualified: workers
+//! (`encode::array`): the INSERT's, in aligned memory handed to SPI as is; the others, copied
+//! into palloc'd memory. Every object is schema-qualified: workers
 //! run with the default search_path, and PostGIS may live in any schema.
 
 use std::collections::{HashMap, HashSet};
@@ -26,8 +27,8 @@ use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{self, quote_identifier, OwnedPreparedStatement, SpiClient};
 
-use crate::encode::array::{Aligned, ArrayBuilder, Elem};
-use crate::encode::rows::{uuid_text, Geom, PageRows, Rejected, Row};
+use crate::encode::array::{Aligned, ArrayBuilder};
+use crate::encode::rows::{uuid_text, Columns, Geom, PageRows, Rejected, Row};
 use crate::source::paging::KeyRange;
 
 type SpiResult<T> = Result<T, spi::Error>;
@@ -101,12 +102,7 @@ pub fn gone(stored: &HashMap<i64, Stored>, page_keys: &[i64]) -> Vec<i64> {
 /// Deletes rows of a source by key (the deletion log, or keys a complete pass did not see), and
 /// counts them in the run log.
 pub fn delete_keys(source: &str, run_id: i64, ids: &[i64]) -> SpiResult<i64> {
-    let n = Spi::get_one_with_args::<i64>(
-        "WITH d AS (DELETE FROM gn2pg.observation WHERE source = $1 AND id_data = ANY($2) RETURNING 1)
-         SELECT count(*) FROM d",
-        &[source.into(), ids.to_vec().into()],
-    )?
-    .unwrap_or(0);
+    let n = Spi::get_one_with_args::<i64>(DELETE_KEYS_SQL, &[source.into(), ids.to_vec().into()])?.unwrap_or(0);
     Spi::run_with_args(
         "UPDATE gn2pg.run_log SET rows_deleted = rows_deleted + $2 WHERE id = $1",
         &[run_id.into(), n.into()],
@@ -150,7 +146,7 @@ fn array_arg<'a>(a: &ArrayBuilder, array_type: pg_sys::Oid) -> DatumWithOid<'a> 
     }
 }
 
-/// An array the helper thread built (`encode::rows::Columns`), handed to SPI without a copy.
+/// An array built in aligned memory (`encode::rows::Columns`), handed to SPI without a copy.
 fn prebuilt_arg<'a>(a: &'a Aligned, array_type: pg_sys::Oid) -> DatumWithOid<'a> {
     // SAFETY: `a` is a complete, MAXALIGNed array varlena of `array_type`; it belongs to the page
     // being loaded and outlives the statement; PostgreSQL only reads parameter values.
@@ -158,33 +154,15 @@ fn prebuilt_arg<'a>(a: &'a Aligned, array_type: pg_sys::Oid) -> DatumWithOid<'a>
 }
 
 fn ints(values: impl Iterator<Item = Option<i64>>) -> ArrayBuilder {
-    let mut a = ArrayBuilder::new(Elem::Int8, pg_sys::INT8OID.into());
-    values.for_each(|v| a.push_opt_i64(v));
-    a
-}
-
-fn uuids<'u>(values: impl Iterator<Item = Option<&'u Uuid16>>) -> ArrayBuilder {
-    let mut a = ArrayBuilder::new(Elem::Uuid, pg_sys::UUIDOID.into());
-    values.for_each(|v| a.push_opt_uuid(v));
-    a
+    ArrayBuilder::of_i64(pg_sys::INT8OID.into(), values)
 }
 
 fn texts<'t>(values: impl Iterator<Item = Option<&'t str>>) -> ArrayBuilder {
-    let mut a = ArrayBuilder::new(Elem::Varlena, pg_sys::TEXTOID.into());
-    values.for_each(|v| a.push_opt_bytes(v.map(str::as_bytes)));
-    a
+    ArrayBuilder::of_bytes(pg_sys::TEXTOID.into(), values.map(|v| v.map(str::as_bytes)))
 }
 
-fn varlenas<'v>(elem: pg_sys::Oid, values: impl Iterator<Item = Option<&'v [u8]>>) -> ArrayBuilder {
-    let mut a = ArrayBuilder::new(Elem::Varlena, elem.into());
-    values.for_each(|v| a.push_opt_varlena(v));
-    a
-}
-
-fn bytea<'v>(values: impl Iterator<Item = Option<&'v [u8]>>) -> ArrayBuilder {
-    let mut a = ArrayBuilder::new(Elem::Varlena, pg_sys::BYTEAOID.into());
-    values.for_each(|v| a.push_opt_bytes(v));
-    a
+fn jsonbs<'v>(values: impl Iterator<Item = Option<&'v [u8]>>) -> ArrayBuilder {
+    ArrayBuilder::of_varlenas(pg_sys::JSONBOID.into(), 0, values)
 }
 
 const INT8_ARRAY: pg_sys::Oid = pg_sys::INT8ARRAYOID;
@@ -194,17 +172,12 @@ const JSONB_ARRAY: pg_sys::Oid = pg_sys::JSONBARRAYOID;
 const BYTEA_ARRAY: pg_sys::Oid = pg_sys::BYTEAARRAYOID;
 const TIMESTAMP_ARRAY: pg_sys::Oid = pg_sys::TIMESTAMPARRAYOID;
 
-const STORED_IN_RANGE_SQL: &str = "
+/// (key, hash, CA, JDD) of stored rows, as four arrays; `{where}` chooses the rows.
+const STORED_SQL: &str = "
 SELECT coalesce(array_agg(o.id_data), '{}'), coalesce(array_agg(o.content_hash), '{}'),
        coalesce(array_agg(o.ca_uuid), '{}'), coalesce(array_agg(o.jdd_uuid), '{}')
   FROM gn2pg.observation o
- WHERE o.source = $1 AND o.id_data BETWEEN $2 AND $3";
-
-const STORED_KEYS_SQL: &str = "
-SELECT coalesce(array_agg(o.id_data), '{}'), coalesce(array_agg(o.content_hash), '{}'),
-       coalesce(array_agg(o.ca_uuid), '{}'), coalesce(array_agg(o.jdd_uuid), '{}')
-  FROM gn2pg.observation o
- WHERE o.source = $1 AND o.id_data = ANY ($2)";
+ WHERE o.source = $1 AND {where}";
 
 const DELETE_KEYS_SQL: &str = "
 WITH d AS (DELETE FROM gn2pg.observation o WHERE o.source = $1 AND o.id_data = ANY ($2) RETURNING 1)
@@ -212,8 +185,7 @@ SELECT count(*) FROM d";
 
 const RESOLVE_SQL: &str = "
 SELECT coalesce(array_agg(r.source_ca), '{}'), coalesce(array_agg(r.source_jdd), '{}'),
-       coalesce(array_agg(r.ca_uuid), '{}'), coalesce(array_agg(r.jdd_uuid), '{}'),
-       count(*)
+       coalesce(array_agg(r.ca_uuid), '{}'), coalesce(array_agg(r.jdd_uuid), '{}')
   FROM gn2pg._resolve_mapping($1, $2, $3) r";
 
 /// Geometries Rust did not convert: PostGIS converts them, with the per-row error trap of
@@ -242,22 +214,17 @@ const ROWS: &str = "(SELECT unnest($3::bigint[]) AS id, unnest($4::uuid[]) AS uu
                            unnest($11::timestamp[]) AS updated, unnest($12::bigint[]) AS hash) AS t";
 
 const INSERT_SQL: &str = "
-INSERT INTO gn2pg.observation
+INSERT INTO gn2pg.observation AS o
        (source, id_data, uuid, item, geom, ca_uuid, jdd_uuid, source_ca_uuid, source_jdd_uuid,
         source_updated_at, updated_at, run_id, content_hash)
 SELECT $1, t.id, t.uuid, t.item, {pg}.ST_GeomFromEWKB(t.geom), t.ca, t.jdd, t.source_ca, t.source_jdd,
        t.updated, now(), $2, t.hash
   FROM {rows}";
 
-/// Changed rows. An upsert rather than UPDATE … FROM unnest: its conflict check is a primary key
-/// lookup per row, so no join has to be planned, and downstream triggers see what 0.1 did.
-const UPDATE_SQL: &str = "
-INSERT INTO gn2pg.observation AS o
-       (source, id_data, uuid, item, geom, ca_uuid, jdd_uuid, source_ca_uuid, source_jdd_uuid,
-        source_updated_at, updated_at, run_id, content_hash)
-SELECT $1, t.id, t.uuid, t.item, {pg}.ST_GeomFromEWKB(t.geom), t.ca, t.jdd, t.source_ca, t.source_jdd,
-       t.updated, now(), $2, t.hash
-  FROM {rows}
+/// Changed rows: INSERT_SQL as an upsert rather than UPDATE … FROM unnest: its conflict check is
+/// a primary key lookup per row, so no join has to be planned, and downstream triggers see what
+/// 0.1 did.
+const UPSERT_CLAUSE: &str = "
     ON CONFLICT (source, id_data) DO UPDATE
    SET uuid = EXCLUDED.uuid, item = EXCLUDED.item, geom = EXCLUDED.geom, ca_uuid = EXCLUDED.ca_uuid,
        jdd_uuid = EXCLUDED.jdd_uuid, source_ca_uuid = EXCLUDED.source_ca_uuid,
@@ -330,14 +297,14 @@ impl Loader {
             };
             Ok(Loader {
                 uuid_unique,
-                stored_in_range: keep(c, STORED_IN_RANGE_SQL, &[TEXTOID, INT8OID, INT8OID], false)?,
-                stored_keys: keep(c, STORED_KEYS_SQL, &[TEXTOID, INT8_ARRAY], false)?,
+                stored_in_range: keep(c, &STORED_SQL.replace("{where}", "o.id_data BETWEEN $2 AND $3"), &[TEXTOID, INT8OID, INT8OID], false)?,
+                stored_keys: keep(c, &STORED_SQL.replace("{where}", "o.id_data = ANY ($2)"), &[TEXTOID, INT8_ARRAY], false)?,
                 delete_keys: keep(c, DELETE_KEYS_SQL, &[TEXTOID, INT8_ARRAY], true)?,
                 resolve: keep(c, RESOLVE_SQL, &[TEXTOID, UUID_ARRAY, UUID_ARRAY], false)?,
                 deferred_geometry: keep(c, DEFERRED_GEOMETRY_SQL, &[TEXT_ARRAY, TEXT_ARRAY], false)?,
                 uuid_owners: keep(c, UUID_OWNERS_SQL, &[TEXTOID, UUID_ARRAY, INT8_ARRAY], false)?,
                 insert: keep(c, INSERT_SQL, &rows_args, true)?,
-                update: keep(c, UPDATE_SQL, &rows_args, true)?,
+                update: keep(c, &format!("{INSERT_SQL}{UPSERT_CLAUSE}"), &rows_args, true)?,
                 metadata: keep(c, METADATA_SQL, &[TEXTOID, INT8OID, TEXT_ARRAY, UUID_ARRAY, TEXT_ARRAY, UUID_ARRAY, JSONB_ARRAY], true)?,
                 reject: keep(c, REJECT_SQL, &[TEXTOID, INT8OID, INT8_ARRAY, TEXT_ARRAY, JSONB_ARRAY, TEXT_ARRAY], true)?,
             })
@@ -444,8 +411,8 @@ impl Loader {
             None,
             &[
                 spec.source.into(),
-                array_arg(&uuids(pairs.iter().map(|p| p.0.as_ref())), UUID_ARRAY),
-                array_arg(&uuids(pairs.iter().map(|p| p.1.as_ref())), UUID_ARRAY),
+                array_arg(&ArrayBuilder::of_uuid(pairs.iter().map(|p| p.0.as_ref())), UUID_ARRAY),
+                array_arg(&ArrayBuilder::of_uuid(pairs.iter().map(|p| p.1.as_ref())), UUID_ARRAY),
             ],
         )?;
         let r = t.first();
@@ -501,7 +468,7 @@ impl Loader {
             None,
             &[
                 spec.source.into(),
-                array_arg(&uuids(probe.iter().map(|&i| write[i].row.uuid.as_ref())), UUID_ARRAY),
+                array_arg(&ArrayBuilder::of_uuid(probe.iter().map(|&i| write[i].row.uuid.as_ref())), UUID_ARRAY),
                 array_arg(&ints(probe.iter().map(|&i| Some(write[i].row.id))), INT8_ARRAY),
             ],
         )?;
@@ -539,46 +506,35 @@ impl Loader {
             }
             // A page of new rows only (every page of a first full run) is inserted from the
             // arrays the helper thread built; otherwise the rows to write are gathered here.
-            let prebuilt = page.columns.as_ref().filter(|_| action == Action::Insert && rows.len() == page.rows.len());
-            let deferred = rows.iter().any(|w| matches!(w.row.geom, Geom::Defer { .. }));
-            let built = |col: &dyn Fn() -> ArrayBuilder, oid| array_arg(&col(), oid);
-            let (id, uuid, item, source_ca, source_jdd, updated, hash) = match prebuilt {
-                Some(p) => (
-                    prebuilt_arg(&p.id, INT8_ARRAY),
-                    prebuilt_arg(&p.uuid, UUID_ARRAY),
-                    prebuilt_arg(&p.item, JSONB_ARRAY),
-                    prebuilt_arg(&p.source_ca, UUID_ARRAY),
-                    prebuilt_arg(&p.source_jdd, UUID_ARRAY),
-                    prebuilt_arg(&p.updated, TIMESTAMP_ARRAY),
-                    prebuilt_arg(&p.hash, INT8_ARRAY),
-                ),
-                None => (
-                    built(&|| ints(rows.iter().map(|w| Some(w.row.id))), INT8_ARRAY),
-                    built(&|| uuids(rows.iter().map(|w| w.row.uuid.as_ref())), UUID_ARRAY),
-                    built(&|| varlenas(pg_sys::JSONBOID, rows.iter().map(|w| Some(&w.row.item[..]))), JSONB_ARRAY),
-                    built(&|| uuids(rows.iter().map(|w| w.row.ca.as_ref())), UUID_ARRAY),
-                    built(&|| uuids(rows.iter().map(|w| w.row.jdd.as_ref())), UUID_ARRAY),
-                    built(&|| timestamps(rows.iter().map(|w| w.row.updated)), TIMESTAMP_ARRAY),
-                    built(&|| ints(rows.iter().map(|w| Some(w.row.hash))), INT8_ARRAY),
-                ),
+            let gathered;
+            let cols = match page.columns.as_ref().filter(|_| action == Action::Insert && rows.len() == page.rows.len()) {
+                Some(prebuilt) => prebuilt,
+                None => {
+                    gathered = Columns::of(rows.iter().map(|w| w.row));
+                    &gathered
+                }
             };
-            let geom = match prebuilt.filter(|_| !deferred) {
-                Some(p) => prebuilt_arg(&p.geom, BYTEA_ARRAY),
-                None => array_arg(&bytea(rows.iter().map(|w| w.geometry())), BYTEA_ARRAY),
+            // Geometries PostGIS converted are not in the arrays.
+            let deferred = rows.iter().any(|w| matches!(w.row.geom, Geom::Defer { .. }));
+            let geom = if deferred {
+                array_arg(&ArrayBuilder::of_bytes(pg_sys::BYTEAOID.into(), rows.iter().map(|w| w.geometry())), BYTEA_ARRAY)
+            } else {
+                prebuilt_arg(&cols.geom, BYTEA_ARRAY)
             };
             let args = [
                 spec.source.into(),
                 spec.run_id.into(),
-                id,
-                uuid,
-                item,
+                prebuilt_arg(&cols.id, INT8_ARRAY),
+                prebuilt_arg(&cols.uuid, UUID_ARRAY),
+                prebuilt_arg(&cols.item, JSONB_ARRAY),
                 geom,
-                array_arg(&uuids(rows.iter().map(|w| w.ca.as_ref())), UUID_ARRAY),
-                array_arg(&uuids(rows.iter().map(|w| w.jdd.as_ref())), UUID_ARRAY),
-                source_ca,
-                source_jdd,
-                updated,
-                hash,
+                // Where the rows land depends on the mappings, resolved here.
+                array_arg(&ArrayBuilder::of_uuid(rows.iter().map(|w| w.ca.as_ref())), UUID_ARRAY),
+                array_arg(&ArrayBuilder::of_uuid(rows.iter().map(|w| w.jdd.as_ref())), UUID_ARRAY),
+                prebuilt_arg(&cols.source_ca, UUID_ARRAY),
+                prebuilt_arg(&cols.source_jdd, UUID_ARRAY),
+                prebuilt_arg(&cols.updated, TIMESTAMP_ARRAY),
+                prebuilt_arg(&cols.hash, INT8_ARRAY),
             ];
             let stmt = if action == Action::Insert { &self.insert } else { &self.update };
             let n = c.update(stmt, None, &args)?.len() as i64;
@@ -603,10 +559,10 @@ impl Loader {
                 spec.source.into(),
                 spec.run_id.into(),
                 array_arg(&texts(m.iter().map(|e| Some(e.level.label()))), TEXT_ARRAY),
-                array_arg(&uuids(m.iter().map(|e| Some(&e.uuid))), UUID_ARRAY),
+                array_arg(&ArrayBuilder::of_uuid(m.iter().map(|e| Some(&e.uuid))), UUID_ARRAY),
                 array_arg(&texts(m.iter().map(|e| e.name.as_deref())), TEXT_ARRAY),
-                array_arg(&uuids(m.iter().map(|e| e.parent.as_ref())), UUID_ARRAY),
-                array_arg(&varlenas(pg_sys::JSONBOID, m.iter().map(|e| e.item.as_deref())), JSONB_ARRAY),
+                array_arg(&ArrayBuilder::of_uuid(m.iter().map(|e| e.parent.as_ref())), UUID_ARRAY),
+                array_arg(&jsonbs(m.iter().map(|e| e.item.as_deref())), JSONB_ARRAY),
             ],
         )?;
         Ok(())
@@ -624,7 +580,7 @@ impl Loader {
                 spec.run_id.into(),
                 array_arg(&ints(rejected.clone().map(|r| r.id)), INT8_ARRAY),
                 array_arg(&texts(rejected.clone().map(|r| r.uuid.as_deref())), TEXT_ARRAY),
-                array_arg(&varlenas(pg_sys::JSONBOID, rejected.clone().map(|r| r.item.as_deref())), JSONB_ARRAY),
+                array_arg(&jsonbs(rejected.clone().map(|r| r.item.as_deref())), JSONB_ARRAY),
                 array_arg(&texts(rejected.map(|r| Some(r.reason.as_str()))), TEXT_ARRAY),
             ],
         )?;
@@ -638,12 +594,6 @@ fn unhex(h: &str) -> Option<Vec<u8>> {
         return None;
     }
     b.chunks(2).map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok()).collect()
-}
-
-fn timestamps(values: impl Iterator<Item = Option<i64>>) -> ArrayBuilder {
-    let mut a = ArrayBuilder::new(Elem::Int8, pg_sys::TIMESTAMPOID.into());
-    values.for_each(|v| a.push_opt_i64(v));
-    a
 }
 
 fn rejection(row: &Row, reason: String) -> Rejected {

@@ -22,6 +22,9 @@ pub enum Elem {
 
 const MAXALIGN: usize = 8;
 
+/// `uuid`'s type oid (built in, pg_type.dat).
+const UUID_OID: u32 = 2950;
+
 fn align(n: usize, a: usize) -> usize {
     n.div_ceil(a) * a
 }
@@ -59,6 +62,33 @@ impl ArrayBuilder {
 
     pub fn with_capacity(elem: Elem, elem_oid: u32, items: usize, bytes: usize) -> ArrayBuilder {
         ArrayBuilder { elem, elem_oid, data: Vec::with_capacity(bytes), not_null: Vec::with_capacity(items) }
+    }
+
+    /// An `int8` or `timestamp` array (`elem_oid`) of `values`.
+    pub fn of_i64(elem_oid: u32, values: impl Iterator<Item = Option<i64>>) -> ArrayBuilder {
+        let mut a = ArrayBuilder::new(Elem::Int8, elem_oid);
+        values.for_each(|v| a.push_opt_i64(v));
+        a
+    }
+
+    pub fn of_uuid<'u>(values: impl Iterator<Item = Option<&'u [u8; 16]>>) -> ArrayBuilder {
+        let mut a = ArrayBuilder::new(Elem::Uuid, UUID_OID);
+        values.for_each(|v| a.push_opt_uuid(v));
+        a
+    }
+
+    /// A `text` or `bytea` array (`elem_oid`) of payloads.
+    pub fn of_bytes<'b>(elem_oid: u32, values: impl Iterator<Item = Option<&'b [u8]>>) -> ArrayBuilder {
+        let mut a = ArrayBuilder::new(Elem::Varlena, elem_oid);
+        values.for_each(|v| a.push_opt_bytes(v));
+        a
+    }
+
+    /// An array (`elem_oid`, e.g. jsonb) of complete varlenas, with `bytes` reserved.
+    pub fn of_varlenas<'b>(elem_oid: u32, bytes: usize, values: impl Iterator<Item = Option<&'b [u8]>>) -> ArrayBuilder {
+        let mut a = ArrayBuilder::with_capacity(Elem::Varlena, elem_oid, 0, bytes);
+        values.for_each(|v| a.push_opt_varlena(v));
+        a
     }
 
     pub fn push_null(&mut self) {

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::Hasher;
 
-use super::array::{Aligned, ArrayBuilder, Elem};
+use super::array::{Aligned, ArrayBuilder};
 use super::geometry::{self, Converted};
 use super::jsonb::{self, JsonbError, Scanner, Value};
 use super::varlena;
@@ -108,10 +108,9 @@ pub struct PageRows {
 }
 
 /// Element type oids of the INSERT's arrays (fixed, built-in: pg_type.dat).
-pub mod oid {
+mod oid {
     pub const INT8: u32 = 20;
     pub const BYTEA: u32 = 17;
-    pub const UUID: u32 = 2950;
     pub const JSONB: u32 = 3802;
     pub const TIMESTAMP: u32 = 1114;
 }
@@ -131,29 +130,22 @@ pub struct Columns {
 }
 
 impl Columns {
-    fn of(rows: &[Row]) -> Columns {
-        let col = |elem, oid, f: &dyn Fn(&mut ArrayBuilder, &Row)| {
-            let mut a = ArrayBuilder::with_capacity(elem, oid, rows.len(), 0);
-            rows.iter().for_each(|r| f(&mut a, r));
-            a.finish_aligned()
+    /// The INSERT's arrays of `rows`, in order.
+    pub fn of<'r>(rows: impl Iterator<Item = &'r Row> + Clone) -> Columns {
+        let bytes: usize = rows.clone().map(|r| r.item.len() + 4).sum();
+        let ewkb = |r: &'r Row| match &r.geom {
+            Geom::Ewkb(b) => Some(&b[..]),
+            _ => None,
         };
-        let bytes: usize = rows.iter().map(|r| r.item.len() + 4).sum();
-        let mut items = ArrayBuilder::with_capacity(Elem::Varlena, oid::JSONB, rows.len(), bytes);
-        rows.iter().for_each(|r| items.push_varlena(&r.item));
         Columns {
-            id: col(Elem::Int8, oid::INT8, &|a, r| a.push_i64(r.id)),
-            uuid: col(Elem::Uuid, oid::UUID, &|a, r| a.push_opt_uuid(r.uuid.as_ref())),
-            item: items.finish_aligned(),
-            geom: col(Elem::Varlena, oid::BYTEA, &|a, r| {
-                a.push_opt_bytes(match &r.geom {
-                    Geom::Ewkb(b) => Some(b),
-                    _ => None,
-                })
-            }),
-            source_ca: col(Elem::Uuid, oid::UUID, &|a, r| a.push_opt_uuid(r.ca.as_ref())),
-            source_jdd: col(Elem::Uuid, oid::UUID, &|a, r| a.push_opt_uuid(r.jdd.as_ref())),
-            updated: col(Elem::Int8, oid::TIMESTAMP, &|a, r| a.push_opt_i64(r.updated)),
-            hash: col(Elem::Int8, oid::INT8, &|a, r| a.push_i64(r.hash)),
+            id: ArrayBuilder::of_i64(oid::INT8, rows.clone().map(|r| Some(r.id))).finish_aligned(),
+            uuid: ArrayBuilder::of_uuid(rows.clone().map(|r| r.uuid.as_ref())).finish_aligned(),
+            item: ArrayBuilder::of_varlenas(oid::JSONB, bytes, rows.clone().map(|r| Some(&r.item[..]))).finish_aligned(),
+            geom: ArrayBuilder::of_bytes(oid::BYTEA, rows.clone().map(ewkb)).finish_aligned(),
+            source_ca: ArrayBuilder::of_uuid(rows.clone().map(|r| r.ca.as_ref())).finish_aligned(),
+            source_jdd: ArrayBuilder::of_uuid(rows.clone().map(|r| r.jdd.as_ref())).finish_aligned(),
+            updated: ArrayBuilder::of_i64(oid::TIMESTAMP, rows.clone().map(|r| r.updated)).finish_aligned(),
+            hash: ArrayBuilder::of_i64(oid::INT8, rows.map(|r| Some(r.hash))).finish_aligned(),
         }
     }
 }
@@ -210,7 +202,7 @@ pub fn prepare(body: &str, f: &Fields, compress: bool) -> Result<(PageSummary, P
             }
         }
     }
-    rows.columns = Some(Columns::of(&rows.rows));
+    rows.columns = Some(Columns::of(rows.rows.iter()));
     Ok((summary, rows))
 }
 
