@@ -264,6 +264,9 @@ pub struct Loader {
     /// gn2pg.observation.uuid is unique (deferred): a page is first written without looking its
     /// uuids up, and only if that fails is it written again with the lookups (`careful`).
     pub uuid_unique: bool,
+    /// gn2pg.observation.item compresses with lz4 (as created): items are compressed the same
+    /// way on the helper thread; with any other method they are left to PostgreSQL.
+    pub compress_items: bool,
     stored_in_range: OwnedPreparedStatement,
     stored_keys: OwnedPreparedStatement,
     delete_keys: OwnedPreparedStatement,
@@ -285,11 +288,13 @@ impl Loader {
             s.replace("{rows}", ROWS).replace("{pg}", &pg).replace("{meta_upsert}", METADATA_UPSERT)
         };
         let rows_args = [TEXTOID, INT8OID, INT8_ARRAY, UUID_ARRAY, JSONB_ARRAY, BYTEA_ARRAY, UUID_ARRAY, UUID_ARRAY, UUID_ARRAY, UUID_ARRAY, TIMESTAMP_ARRAY, INT8_ARRAY];
-        let uuid_unique = Spi::get_one::<bool>(
+        let (uuid_unique, compress_items) = Spi::get_two::<bool, bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
-                             WHERE conrelid = 'gn2pg.observation'::regclass AND conname = 'observation_uuid_key')",
-        )?
-        .unwrap_or(false);
+                             WHERE conrelid = 'gn2pg.observation'::regclass AND conname = 'observation_uuid_key'),
+                    (SELECT coalesce(attcompression = 'l', false) FROM pg_catalog.pg_attribute
+                      WHERE attrelid = 'gn2pg.observation'::regclass AND attname = 'item')",
+        )?;
+        let (uuid_unique, compress_items) = (uuid_unique.unwrap_or(false), compress_items.unwrap_or(false));
         Spi::connect(|c| {
             let keep = |c: &SpiClient, s: &str, args: &[pg_sys::Oid], writes: bool| -> SpiResult<OwnedPreparedStatement> {
                 let s = sql(s);
@@ -297,6 +302,7 @@ impl Loader {
             };
             Ok(Loader {
                 uuid_unique,
+                compress_items,
                 stored_in_range: keep(c, &STORED_SQL.replace("{where}", "o.id_data BETWEEN $2 AND $3"), &[TEXTOID, INT8OID, INT8OID], false)?,
                 stored_keys: keep(c, &STORED_SQL.replace("{where}", "o.id_data = ANY ($2)"), &[TEXTOID, INT8_ARRAY], false)?,
                 delete_keys: keep(c, DELETE_KEYS_SQL, &[TEXTOID, INT8_ARRAY], true)?,

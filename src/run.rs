@@ -126,8 +126,6 @@ struct Setup {
     since: Option<String>,
     postgis: String,
     start: Start,
-    /// Items are lz4-compressed on the helper thread (the item column compresses with lz4).
-    compress_items: bool,
 }
 
 /// Auto mode runs a reconciling full harvest this often by default: sources without a
@@ -245,8 +243,7 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String>
     })
     .map_err(spi_err)?;
     let postgis = store::postgis_schema().map_err(|_| "PostGIS is not installed in this database".to_string())?;
-    let compress_items = store::item_compression_is_lz4().map_err(spi_err)?;
-    Ok(Setup { cfg, mode, since, postgis, start, compress_items })
+    Ok(Setup { cfg, mode, since, postgis, start })
 }
 
 /// Entry point of a harvest worker once connected to its database.
@@ -282,8 +279,7 @@ pub fn execute_part(run_id: i64, part: i32, name: &str) {
         let cfg = build_config(&row).map_err(|e| e.to_string())?;
         let postgis = store::postgis_schema().map_err(|_| "PostGIS is not installed in this database".to_string())?;
         let range = store::part_range(run_id, part).map_err(spi_err)?.ok_or_else(|| format!("run {run_id} has no part {part}"))?;
-        let compress_items = store::item_compression_is_lz4().map_err(spi_err)?;
-        Ok(Setup { cfg, mode: Mode::Full, since: None, postgis, start: Start::Ranges(vec![range]), compress_items })
+        Ok(Setup { cfg, mode: Mode::Full, since: None, postgis, start: Start::Ranges(vec![range]) })
     });
     let result = match prepared {
         Err(m) => Err(Stop::Failed(m)),
@@ -610,7 +606,7 @@ fn load_ranges(
             pager: s.pager.clone(),
             window: window.clone(),
             fields: fields.clone(),
-            compress: setup.compress_items,
+            compress: loader.compress_items,
             full: setup.mode == Mode::Full,
         };
         pipeline.spawn(move |flag, emit| produce(job, flag, emit))?;

@@ -59,17 +59,6 @@ pub fn extension_version() -> SpiResult<Option<String>> {
     Spi::get_one::<String>("SELECT extversion::text FROM pg_catalog.pg_extension WHERE extname = 'gn2pg'")
 }
 
-/// Whether gn2pg.observation.item compresses with lz4 (as created), so that items can be
-/// compressed the same way before they reach PostgreSQL; with any other method they are left to
-/// PostgreSQL.
-pub fn item_compression_is_lz4() -> SpiResult<bool> {
-    Ok(Spi::get_one::<bool>(
-        "SELECT coalesce(attcompression = 'l', false) FROM pg_catalog.pg_attribute
-          WHERE attrelid = 'gn2pg.observation'::regclass AND attname = 'item'",
-    )?
-    .unwrap_or(false))
-}
-
 /// Session-level advisory lock: one run per source at a time, released when the worker exits.
 pub fn try_lock_source(source_id: i32) -> SpiResult<bool> {
     Ok(Spi::get_one_with_args::<bool>(
