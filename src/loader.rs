@@ -15,6 +15,9 @@
 //!    not written at all (no WAL, no bloat, no trigger downstream);
 //! 7. upsert the page's CA/JDD into gn2pg.metadata, write the rejections to gn2pg.run_error.
 //!
+//! A page of a metadata export (one CA per item, its datasets nested) goes to gn2pg.metadata in
+//! one statement of its own (`LOAD_METADATA_PAGE_SQL`).
+//!
 //! Statements are prepared once per run and kept. Array parameters are built as bytes
 //! (`encode::array`): the INSERT's, in aligned memory handed to SPI as is; the others, copied
 //! into palloc'd memory. Every object is schema-qualified: workers
@@ -234,7 +237,7 @@ const UPSERT_CLAUSE: &str = "
 /// Upsert of gn2pg.metadata rows. One row per (source, level, uuid) holds the latest content;
 /// it is rewritten only when the content changed, and flat columns (a name, no object) never
 /// erase an object received earlier.
-pub const METADATA_UPSERT: &str = "
+const METADATA_UPSERT: &str = "
     ON CONFLICT (source, level, uuid) DO UPDATE
        SET name = coalesce(EXCLUDED.name, m.name),
            parent_uuid = coalesce(EXCLUDED.parent_uuid, m.parent_uuid),
@@ -624,6 +627,119 @@ impl Write<'_> {
             Geom::None => None,
         }
     }
+}
+
+const UUID_RE: &str = "'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'";
+
+/// $1 body, $2 source, $3 run id, $4 key column, $5 FeatureCollection?
+///
+/// One page of a metadata export (GN2PG's `metadata_only` view): one item per CA (`ca_uuid`,
+/// `ca_nom`, `ca_data`) with its datasets nested in `datasets` (`jdd_uuid`, `jdd_nom`,
+/// `jdd_data`). Everything goes to gn2pg.metadata; bad entries go to gn2pg.run_error.
+const LOAD_METADATA_PAGE_SQL: &str = r#"
+WITH doc AS (
+    SELECT $1::jsonb AS j
+), elems AS (
+    SELECT t.ord, CASE WHEN $5 THEN t.e -> 'properties' ELSE t.e END AS p
+      FROM doc,
+           jsonb_array_elements(CASE WHEN $5 THEN doc.j -> 'items' -> 'features'
+                                     ELSE doc.j -> 'items' END) WITH ORDINALITY AS t(e, ord)
+), cas AS (
+    SELECT e.ord, e.p,
+           CASE WHEN jsonb_typeof(e.p -> $4) IN ('number', 'string') AND (e.p ->> $4) ~ '^-?[0-9]{1,18}$'
+                THEN (e.p ->> $4)::bigint END AS id_data,
+           coalesce(e.p ->> 'ca_uuid', e.p -> 'ca_data' ->> 'uuid') AS uuid_text
+      FROM elems e
+), entries AS (
+    SELECT c.ord, 0::bigint AS sub, 'ca'::text AS level, c.id_data, c.p AS raw, c.uuid_text,
+           coalesce(c.p ->> 'ca_nom', c.p -> 'ca_data' ->> 'name') AS name,
+           NULL::text AS parent_text,
+           CASE WHEN jsonb_typeof(c.p -> 'ca_data') = 'object' THEN c.p -> 'ca_data' END AS item
+      FROM cas c
+    UNION ALL
+    SELECT c.ord, d.ord, 'jdd', c.id_data, d.e,
+           coalesce(d.e ->> 'jdd_uuid', d.e -> 'jdd_data' ->> 'uuid'),
+           coalesce(d.e ->> 'jdd_nom', d.e -> 'jdd_data' ->> 'name'),
+           c.uuid_text,
+           CASE WHEN jsonb_typeof(d.e -> 'jdd_data') = 'object' THEN d.e -> 'jdd_data' END
+      FROM cas c
+     CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(c.p -> 'datasets') = 'array'
+                                                  THEN c.p -> 'datasets' ELSE '[]'::jsonb END)
+                        WITH ORDINALITY AS d(e, ord)
+), typed AS (
+    SELECT x.*,
+           CASE WHEN x.uuid_text ~ {uuid_re} THEN x.uuid_text::uuid END AS uuid,
+           CASE WHEN x.parent_text ~ {uuid_re} THEN x.parent_text::uuid END AS parent,
+           CASE WHEN jsonb_typeof(x.raw) IS DISTINCT FROM 'object'
+                     THEN CASE x.level WHEN 'ca' THEN 'item' ELSE 'dataset entry' END || ' is not a JSON object'
+                WHEN x.uuid_text IS NULL
+                     THEN CASE x.level WHEN 'ca' THEN 'missing acquisition framework uuid (ca_uuid)'
+                                       ELSE 'missing dataset uuid (jdd_uuid)' END
+                WHEN NOT (x.uuid_text ~ {uuid_re})
+                     THEN format('invalid %s uuid %s',
+                                 CASE x.level WHEN 'ca' THEN 'acquisition framework' ELSE 'dataset' END,
+                                 left(x.uuid_text, 80))
+           END AS reason
+      FROM entries x
+), rejected AS (
+    INSERT INTO gn2pg.run_error (run_id, source, id_data, uuid, item, error)
+    SELECT $3, $2, t.id_data, t.uuid_text, t.raw, 'metadata export: ' || t.reason
+      FROM typed t WHERE t.reason IS NOT NULL
+    RETURNING 1
+), picked AS (
+    SELECT DISTINCT ON (t.level, t.uuid) t.*
+      FROM typed t WHERE t.reason IS NULL ORDER BY t.level, t.uuid, t.ord DESC, t.sub DESC
+), written AS (
+    INSERT INTO gn2pg.metadata AS m (source, level, uuid, name, parent_uuid, item, run_id)
+    SELECT $2, p.level, p.uuid, p.name, p.parent, p.item, $3 FROM picked p
+    {meta_upsert}
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM elems), (SELECT count(*) FROM written), (SELECT count(*) FROM rejected)
+"#;
+
+pub fn load_metadata_page_sql() -> String {
+    LOAD_METADATA_PAGE_SQL
+        .replace("{uuid_re}", UUID_RE)
+        .replace("{meta_upsert}", METADATA_UPSERT)
+}
+
+/// Where the items of a metadata export are.
+pub struct MetadataPageSpec<'a> {
+    pub source: &'a str,
+    pub run_id: i64,
+    pub key_column: &'a str,
+    pub feature_collection: bool,
+}
+
+/// Counters of one metadata page.
+#[derive(Debug, Default, Clone)]
+pub struct MetadataLoad {
+    /// CA items in the page.
+    pub received: i64,
+    /// CA and JDD rows inserted or changed.
+    pub written: i64,
+    /// CA items and dataset entries rejected.
+    pub failed: i64,
+}
+
+pub fn load_metadata_page(sql: &str, spec: &MetadataPageSpec, body: &str) -> SpiResult<MetadataLoad> {
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            sql,
+            None,
+            &[
+                body.into(),
+                spec.source.into(),
+                spec.run_id.into(),
+                spec.key_column.into(),
+                spec.feature_collection.into(),
+            ],
+        )?;
+        let r = t.first();
+        let n = |i| -> SpiResult<i64> { Ok(r.get::<i64>(i)?.unwrap_or(0)) };
+        Ok(MetadataLoad { received: n(1)?, written: n(2)?, failed: n(3)? })
+    })
 }
 
 #[cfg(test)]

@@ -720,7 +720,7 @@ fn harvest_metadata(run_id: i64, setup: &Setup, client: &mut SourceClient, host:
     let key = o.metadata_key_column.as_str();
     let failed = |m: String| Stop::Failed(format!("metadata export {export_id}: {m}"));
     let mut pager = Pager::new(o.paging, key, o.page_size, 0, 0);
-    let sql = store::load_metadata_page_sql();
+    let sql = loader::load_metadata_page_sql();
     for _ in 0..MAX_METADATA_PAGES {
         host.check_interrupts()?;
         let params = pager.params();
@@ -736,7 +736,7 @@ fn harvest_metadata(run_id: i64, setup: &Setup, client: &mut SourceClient, host:
         })?;
         let step = pager.step_for(&summary).map_err(failed)?;
         pager.advance(&summary);
-        let spec = store::MetadataPageSpec {
+        let spec = loader::MetadataPageSpec {
             source: &setup.cfg.name,
             run_id,
             key_column: key,
@@ -744,7 +744,7 @@ fn harvest_metadata(run_id: i64, setup: &Setup, client: &mut SourceClient, host:
         };
         let s = &client.stats;
         tx(|| {
-            let load = store::load_metadata_page(&sql, &spec, &body).map_err(spi_err)?;
+            let load = loader::load_metadata_page(&sql, &spec, &body).map_err(spi_err)?;
             pgrx::debug1!(
                 "gn2pg: run {run_id}: metadata page: {} items, {} CA/JDD rows written, {} rejected",
                 load.received, load.written, load.failed
