@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::guc;
 use crate::worker::{self, tx};
-use crate::source::client::{CancelFlag, Host, Jobs, Pipeline, SourceClient, Stats};
+use crate::source::client::{CancelFlag, Host, Pipeline, SourceClient, Stats};
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
 use crate::source::error::redact_url;
 use crate::encode::rows::{self, PageRows};
@@ -429,19 +429,19 @@ fn produce(mut job: StreamJob, flag: &CancelFlag, emit: &dyn Fn(Produced) -> boo
     }
 }
 
-/// Runs one protocol step on a helper thread (see `Jobs`), so the backend stays cancellable.
+/// Runs one protocol step on a helper thread (see `Pipeline`), so the backend stays cancellable.
 fn on_helper<T: Send + 'static>(
     client: &mut SourceClient,
     host: &WorkerHost,
     f: impl FnOnce(&mut SourceClient, &CancelFlag) -> Result<T, SourceError> + Send + 'static,
 ) -> Result<T, SourceError> {
-    let mut jobs = Jobs::new();
+    let mut step = Pipeline::new(1);
     let mut c = client.clone();
-    jobs.spawn(move |flag| {
+    step.spawn(move |flag, emit| {
         let r = f(&mut c, flag);
-        (c, r)
+        emit((c, r));
     })?;
-    let (c, r) = jobs.next(host)?;
+    let (c, r) = step.next(host)?.ok_or_else(|| SourceError::Paging("an HTTP thread ended without an answer".into()))?;
     *client = c;
     r
 }

@@ -9,7 +9,7 @@
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -483,84 +483,15 @@ impl Host for CancelFlag {
     }
 }
 
-/// HTTP jobs on helper threads. The backend thread never blocks in a socket: it waits on a
+/// HTTP work on helper threads. The backend thread never blocks in a socket: it waits on a
 /// channel in short slices and checks for cancellation in between, so a cancel takes effect
 /// within a fraction of a second even while a source takes minutes to send its headers.
 /// Helper threads get a fully blocked signal mask and never call PostgreSQL.
-pub struct Jobs<T> {
-    tx: Sender<T>,
-    rx: Receiver<T>,
-    cancel: CancelFlag,
-    running: usize,
-}
-
-impl<T: Send + 'static> Jobs<T> {
-    pub fn new() -> Jobs<T> {
-        let (tx, rx) = mpsc::channel();
-        Jobs { tx, rx, cancel: CancelFlag::default(), running: 0 }
-    }
-
-    #[cfg(test)]
-    pub fn running(&self) -> usize {
-        self.running
-    }
-
-    pub fn spawn(&mut self, job: impl FnOnce(&CancelFlag) -> T + Send + 'static) -> Result<(), SourceError> {
-        let tx = self.tx.clone();
-        let cancel = self.cancel.clone();
-        with_signals_blocked(|| {
-            std::thread::Builder::new().name("gn2pg-http".into()).spawn(move || {
-                let _ = tx.send(job(&cancel));
-            })
-        })
-        .map_err(|e| SourceError::Config(format!("cannot start an HTTP thread: {e}")))?;
-        self.running += 1;
-        Ok(())
-    }
-
-    /// The next finished job. A cancellation seen through `host` raises the flag, so running
-    /// jobs stop at their next check, and returns at once.
-    pub fn next(&mut self, host: &dyn Host) -> Result<T, SourceError> {
-        if self.running == 0 {
-            return Err(SourceError::Paging("no HTTP job is running".into()));
-        }
-        loop {
-            if let Err(e) = host.check_interrupts() {
-                self.cancel.raise();
-                return Err(e);
-            }
-            match self.rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(v) => {
-                    self.running -= 1;
-                    return Ok(v);
-                }
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(SourceError::Paging("an HTTP thread ended without an answer".into()))
-                }
-            }
-        }
-    }
-}
-
-impl<T: Send + 'static> Default for Jobs<T> {
-    fn default() -> Self {
-        Jobs::new()
-    }
-}
-
-impl<T> Drop for Jobs<T> {
-    fn drop(&mut self) {
-        // Threads still running stop at their next check instead of finishing a useless page.
-        self.cancel.raise();
-    }
-}
-
-/// Producers on helper threads that run ahead of the backend: each fetches (and prepares) its
-/// pages in order and queues them, at most `ahead` pages beyond what the backend has taken, so
-/// that fetching page N+1 overlaps loading page N even when the request for N+1 needs what page
-/// N says (keyset paging). Like [`Jobs`], the backend waits in short slices and checks for
-/// cancellation; helper threads get a fully blocked signal mask and never call PostgreSQL.
+///
+/// Each producer sends its results in order and may run ahead of the backend by the queue's
+/// capacity: a stream fetches (and prepares) page N+1 while page N loads, even though the
+/// request for N+1 needs what page N says (keyset paging). A single protocol step is a
+/// producer that sends one result.
 pub struct Pipeline<T> {
     tx: Option<SyncSender<T>>,
     rx: Receiver<T>,
@@ -893,17 +824,20 @@ mod tests {
     }
 
     #[test]
-    fn jobs_return_results_and_stop_on_cancel() {
-        let mut jobs: Jobs<u32> = Jobs::new();
+    fn pipelines_return_results_and_stop_on_cancel() {
+        let mut jobs: Pipeline<u32> = Pipeline::new(3);
         for i in 0..3 {
-            jobs.spawn(move |_| i * 10).unwrap();
+            jobs.spawn(move |_, emit| {
+                emit(i * 10);
+            })
+            .unwrap();
         }
-        let mut got: Vec<u32> = (0..3).map(|_| jobs.next(&NoSleep).unwrap()).collect();
+        let mut got: Vec<u32> = (0..3).map(|_| jobs.next(&NoSleep).unwrap().unwrap()).collect();
         got.sort();
         assert_eq!(got, vec![0, 10, 20]);
-        assert_eq!(jobs.running(), 0);
+        assert_eq!(jobs.next(&NoSleep).unwrap(), None, "no producer left");
 
-        // A job stuck in a long wait is abandoned as soon as the host reports a cancel.
+        // A producer stuck in a long wait is abandoned as soon as the host reports a cancel.
         struct Cancelled;
         impl Host for Cancelled {
             fn check_interrupts(&self) -> Result<(), SourceError> {
@@ -913,16 +847,17 @@ mod tests {
                 Ok(())
             }
         }
+        let mut jobs: Pipeline<u32> = Pipeline::new(1);
         let (seen_tx, seen_rx) = mpsc::channel();
-        jobs.spawn(move |flag| {
+        jobs.spawn(move |flag, emit| {
             let r = flag.sleep(Duration::from_secs(30));
             let _ = seen_tx.send(r.is_err());
-            0
+            emit(0);
         })
         .unwrap();
         let t = std::time::Instant::now();
         assert!(matches!(jobs.next(&Cancelled), Err(SourceError::Cancelled(_))));
-        assert!(seen_rx.recv_timeout(Duration::from_secs(2)).unwrap(), "the job saw the cancel");
+        assert!(seen_rx.recv_timeout(Duration::from_secs(2)).unwrap(), "the producer saw the cancel");
         assert!(t.elapsed() < Duration::from_secs(2));
     }
 
