@@ -13,9 +13,9 @@ use std::hash::Hasher;
 
 use super::array::{Aligned, ArrayBuilder};
 use super::geometry::{self, Converted};
-use super::jsonb::{self, JsonbError, Scanner, Value};
+use super::jsonb::{self, Value};
 use super::varlena;
-use crate::source::page::{is_uuid, item_key, snippet, summary, Fields, PageSummary, Shape};
+use crate::source::page::{is_uuid, item_key, key_of, read_page, summary, Fields, PageSummary, ParsedItem};
 
 /// About what the other columns of a gn2pg.observation row take on disk: an item bigger than
 /// the TOAST threshold minus this makes PostgreSQL compress it.
@@ -154,43 +154,8 @@ impl Columns {
 /// (not an export answer, malformed or cut JSON); item problems become [`Rejected`] entries.
 /// `compress`: compress items as PostgreSQL's TOAST would (the column uses lz4).
 pub fn prepare(body: &str, f: &Fields, compress: bool) -> Result<(PageSummary, PageRows), String> {
-    let page_error = |e: JsonbError| {
-        if e.truncated {
-            format!("truncated JSON ({} bytes received): {e}", body.len())
-        } else {
-            format!("malformed JSON: {e}; body starts with {:?}", snippet(body, 80))
-        }
-    };
-    let number = |v: Value| match v {
-        Value::Number(t) => t.parse::<u64>().ok(),
-        _ => None,
-    };
-    let mut sc = Scanner::new(body);
-    sc.begin_object().map_err(page_error)?;
-    let mut parsed: Vec<Parsed> = Vec::new();
-    let (mut shape, mut limit, mut total, mut total_filtered) = (None, None, None, None);
-    while let Some(k) = sc.next_key().map_err(page_error)? {
-        match k.as_ref() {
-            "items" => {
-                parsed.clear();
-                shape = Some(read_items(&mut sc, f, &mut parsed, &page_error)?);
-            }
-            "limit" | "total" | "total_filtered" => {
-                let v = sc.value().map_err(page_error)?.ok().and_then(number);
-                match k.as_ref() {
-                    "limit" => limit = v,
-                    "total" => total = v,
-                    _ => total_filtered = v,
-                }
-            }
-            _ => {
-                sc.skip().map_err(page_error)?;
-            }
-        }
-    }
-    sc.finish().map_err(page_error)?;
-    let shape = shape.ok_or_else(|| "the answer has no \"items\" (not an export API answer)".to_string())?;
-    let summary = summary(shape, limit, total, total_filtered, parsed.iter().map(|p| p.id));
+    let (env, parsed) = read_page(body, |item, geometry| parse_item(item, geometry, f))?;
+    let summary = summary(&env, parsed.iter().map(|p| p.id));
     let mut rows = assemble(parsed);
     if compress {
         let mut scratch = Vec::new();
@@ -204,79 +169,6 @@ pub fn prepare(body: &str, f: &Fields, compress: bool) -> Result<(PageSummary, P
     }
     rows.columns = Some(Columns::of(rows.rows.iter()));
     Ok((summary, rows))
-}
-
-/// `items`: a plain array, or a GeoJSON FeatureCollection (source-api.md §3.2).
-fn read_items<'a>(
-    sc: &mut Scanner<'a>,
-    f: &Fields,
-    parsed: &mut Vec<Parsed<'a>>,
-    page_error: &dyn Fn(JsonbError) -> String,
-) -> Result<Shape, String> {
-    match sc.peek() {
-        Some(b'[') => {
-            sc.begin_array().map_err(page_error)?;
-            while sc.next_element().map_err(page_error)? {
-                parsed.push(parse_item(sc.value().map_err(page_error)?, None, f));
-            }
-            Ok(Shape::Array)
-        }
-        Some(b'{') => {
-            sc.begin_object().map_err(page_error)?;
-            let (mut kind, mut features) = (None, false);
-            while let Some(k) = sc.next_key().map_err(page_error)? {
-                match k.as_ref() {
-                    "type" => kind = sc.value().map_err(page_error)?.ok(),
-                    "features" => {
-                        features = true;
-                        if sc.peek() != Some(b'[') {
-                            return Err("items is a FeatureCollection whose features are not an array".into());
-                        }
-                        sc.begin_array().map_err(page_error)?;
-                        while sc.next_element().map_err(page_error)? {
-                            read_feature(sc, f, parsed, page_error)?;
-                        }
-                    }
-                    _ => {
-                        sc.skip().map_err(page_error)?;
-                    }
-                }
-            }
-            if kind != Some(Value::String("FeatureCollection".into())) || !features {
-                return Err("items is an object but not a FeatureCollection".into());
-            }
-            Ok(Shape::FeatureCollection)
-        }
-        _ => {
-            let text = sc.skip().map_err(page_error)?;
-            Err(format!("items must be an array or a FeatureCollection, got {}", snippet(text, 40)))
-        }
-    }
-}
-
-fn read_feature<'a>(
-    sc: &mut Scanner<'a>,
-    f: &Fields,
-    parsed: &mut Vec<Parsed<'a>>,
-    page_error: &dyn Fn(JsonbError) -> String,
-) -> Result<(), String> {
-    if sc.peek() != Some(b'{') {
-        let text = sc.skip().map_err(page_error)?;
-        return Err(format!("feature: not a JSON object: {}", snippet(text, 40)));
-    }
-    sc.begin_object().map_err(page_error)?;
-    let (mut geometry, mut properties) = (None, None);
-    while let Some(k) = sc.next_key().map_err(page_error)? {
-        match k.as_ref() {
-            "geometry" => geometry = Some(sc.skip().map_err(page_error)?).filter(|g| *g != "null"),
-            "properties" => properties = Some(sc.value().map_err(page_error)?),
-            _ => {
-                sc.skip().map_err(page_error)?;
-            }
-        }
-    }
-    parsed.push(parse_item(properties.unwrap_or(Ok(Value::Null)), geometry, f));
-    Ok(())
 }
 
 /// One item after parsing: either a row candidate or a rejection.
@@ -309,20 +201,11 @@ fn member_text<'v>(v: Option<&'v Value>) -> Option<Cow<'v, str>> {
     })
 }
 
-fn key_of(v: Option<&Value>) -> Option<i64> {
-    match v? {
-        // Keys serialised as strings ("4521987") still identify the row.
-        Value::Number(t) => t.parse().ok(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
 fn short(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
-fn parse_item<'a>(item: Result<Value<'a>, (JsonbError, &'a str)>, geojson: Option<&'a str>, f: &Fields) -> Parsed<'a> {
+fn parse_item<'a>(item: ParsedItem<'a>, geojson: Option<&'a str>, f: &Fields) -> Parsed<'a> {
     let value = match item {
         Ok(v) => v,
         Err((e, text)) => {
@@ -601,6 +484,7 @@ pub fn timestamp_text(us: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::page::Shape;
 
     fn fields() -> Fields {
         Fields { key: "id_synthese".into(), uuid: "id_perm_sinp".into(), wkt: "wkt_4326".into(), updated: "derniere_action".into() }

@@ -1,11 +1,11 @@
-//! Reading one answer of the export API: the envelope, the items split without decoding them,
-//! and each item's key (for paging). Turning items into rows is `encode::rows`.
+//! Reading one answer of the export API: the envelope and its items in one pass, and each item's
+//! key (for paging). Turning items into rows is `encode::rows`.
 
 use std::fmt;
 
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+
+use crate::encode::jsonb::{JsonbError, Scanner, Value};
 
 /// `items` is a plain array (views without `geometry_field`) or a GeoJSON FeatureCollection
 /// (export module >= 1.7.2 or GeoNature >= 2.16 with `geometry_field`), source-api.md §3.2.
@@ -34,67 +34,138 @@ pub struct PageSummary {
     pub missing_keys: usize,
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    items: Option<&'a RawValue>,
-    limit: Option<serde_json::Number>,
-    total: Option<serde_json::Number>,
-    total_filtered: Option<serde_json::Number>,
+/// The numbers of a page's envelope (source-api.md §3.1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Envelope {
+    pub shape: Shape,
+    pub limit: Option<u64>,
+    pub total: Option<u64>,
+    pub total_filtered: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct FeatureCollection<'a> {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    #[serde(borrow)]
-    features: Vec<&'a RawValue>,
-}
+/// An item as the walk parsed it (a feature's `properties`), or, for JSON that jsonb refuses
+/// (`\u0000`, lone surrogates), the error with the item's text.
+pub type ParsedItem<'a> = Result<Value<'a>, (JsonbError, &'a str)>;
 
-/// The envelope of a page with its items split, not yet decoded.
-struct Items<'a> {
-    shape: Shape,
-    raw: Vec<&'a RawValue>,
-    limit: Option<u64>,
-    total: Option<u64>,
-    total_filtered: Option<u64>,
-}
-
-fn split_items(body: &str) -> Result<Items<'_>, String> {
-    let env: Envelope = serde_json::from_str(body).map_err(|e| describe_json_error(body, &e))?;
-    let items = env
-        .items
-        .ok_or_else(|| "the answer has no \"items\" (not an export API answer)".to_string())?;
-    let text = items.get().trim_start();
-    let (shape, raw): (Shape, Vec<&RawValue>) = if text.starts_with('[') {
-        (Shape::Array, serde_json::from_str(items.get()).map_err(|e| format!("items: {e}"))?)
-    } else if text.starts_with('{') {
-        let fc: FeatureCollection =
-            serde_json::from_str(items.get()).map_err(|e| format!("items is an object but not a FeatureCollection: {e}"))?;
-        if fc.kind.as_deref() != Some("FeatureCollection") {
-            return Err("items is an object but not a FeatureCollection".into());
+/// Walks an answer of the export API in one pass, handing each item and a feature's geometry
+/// text to `item` as it is parsed; the results come back in page order. Errors concern the page
+/// itself (not an export answer, malformed or cut JSON) and are plain strings: the caller wraps
+/// them with the (redacted) URL.
+pub fn read_page<'a, T>(body: &'a str, mut item: impl FnMut(ParsedItem<'a>, Option<&'a str>) -> T) -> Result<(Envelope, Vec<T>), String> {
+    let page_error = |e: JsonbError| {
+        // Truncated bodies are common behind proxies; say so plainly.
+        if e.truncated {
+            format!("truncated JSON ({} bytes received): {e}", body.len())
+        } else {
+            format!("malformed JSON: {e}; body starts with {:?}", snippet(body, 80))
         }
-        (Shape::FeatureCollection, fc.features)
-    } else {
-        return Err(format!("items must be an array or a FeatureCollection, got {}", snippet(text, 40)));
     };
-    let n = |x: Option<serde_json::Number>| x.and_then(|n| n.as_u64());
-    Ok(Items { shape, raw, limit: n(env.limit), total: n(env.total), total_filtered: n(env.total_filtered) })
+    let number = |v: Value| match v {
+        Value::Number(t) => t.parse::<u64>().ok(),
+        _ => None,
+    };
+    let mut sc = Scanner::new(body);
+    sc.begin_object().map_err(page_error)?;
+    let mut items: Vec<T> = Vec::new();
+    let (mut shape, mut limit, mut total, mut total_filtered) = (None, None, None, None);
+    while let Some(k) = sc.next_key().map_err(page_error)? {
+        match k.as_ref() {
+            "items" => {
+                // A repeated member: the last one counts, as in jsonb.
+                items.clear();
+                shape = Some(read_items(&mut sc, &mut item, &mut items, &page_error)?);
+            }
+            "limit" | "total" | "total_filtered" => {
+                let v = sc.value().map_err(page_error)?.ok().and_then(number);
+                match k.as_ref() {
+                    "limit" => limit = v,
+                    "total" => total = v,
+                    _ => total_filtered = v,
+                }
+            }
+            _ => {
+                sc.skip().map_err(page_error)?;
+            }
+        }
+    }
+    sc.finish().map_err(page_error)?;
+    let shape = shape.ok_or_else(|| "the answer has no \"items\" (not an export API answer)".to_string())?;
+    Ok((Envelope { shape, limit, total, total_filtered }, items))
 }
 
-/// The summary of a page whose items have the given keys (None: absent or not an integer).
-fn summarize(items: &Items, keys: impl Iterator<Item = Option<i64>>) -> PageSummary {
-    summary(items.shape, items.limit, items.total, items.total_filtered, keys)
+/// `items`: a plain array, or a GeoJSON FeatureCollection (source-api.md §3.2).
+fn read_items<'a, T>(
+    sc: &mut Scanner<'a>,
+    item: &mut impl FnMut(ParsedItem<'a>, Option<&'a str>) -> T,
+    out: &mut Vec<T>,
+    page_error: &dyn Fn(JsonbError) -> String,
+) -> Result<Shape, String> {
+    match sc.peek() {
+        Some(b'[') => {
+            sc.begin_array().map_err(page_error)?;
+            while sc.next_element().map_err(page_error)? {
+                out.push(item(sc.value().map_err(page_error)?, None));
+            }
+            Ok(Shape::Array)
+        }
+        Some(b'{') => {
+            sc.begin_object().map_err(page_error)?;
+            let (mut kind, mut features) = (None, false);
+            while let Some(k) = sc.next_key().map_err(page_error)? {
+                match k.as_ref() {
+                    "type" => kind = sc.value().map_err(page_error)?.ok(),
+                    "features" => {
+                        features = true;
+                        if sc.peek() != Some(b'[') {
+                            return Err("items is a FeatureCollection whose features are not an array".into());
+                        }
+                        sc.begin_array().map_err(page_error)?;
+                        while sc.next_element().map_err(page_error)? {
+                            out.push(read_feature(sc, item, page_error)?);
+                        }
+                    }
+                    _ => {
+                        sc.skip().map_err(page_error)?;
+                    }
+                }
+            }
+            if kind != Some(Value::String("FeatureCollection".into())) || !features {
+                return Err("items is an object but not a FeatureCollection".into());
+            }
+            Ok(Shape::FeatureCollection)
+        }
+        _ => {
+            let text = sc.skip().map_err(page_error)?;
+            Err(format!("items must be an array or a FeatureCollection, got {}", snippet(text, 40)))
+        }
+    }
 }
 
-/// A page's summary from its envelope numbers and its items' keys.
-pub(crate) fn summary(
-    shape: Shape,
-    limit: Option<u64>,
-    total: Option<u64>,
-    total_filtered: Option<u64>,
-    keys: impl Iterator<Item = Option<i64>>,
-) -> PageSummary {
+fn read_feature<'a, T>(
+    sc: &mut Scanner<'a>,
+    item: &mut impl FnMut(ParsedItem<'a>, Option<&'a str>) -> T,
+    page_error: &dyn Fn(JsonbError) -> String,
+) -> Result<T, String> {
+    if sc.peek() != Some(b'{') {
+        let text = sc.skip().map_err(page_error)?;
+        return Err(format!("feature: not a JSON object: {}", snippet(text, 40)));
+    }
+    sc.begin_object().map_err(page_error)?;
+    let (mut geometry, mut properties) = (None, None);
+    while let Some(k) = sc.next_key().map_err(page_error)? {
+        match k.as_ref() {
+            "geometry" => geometry = Some(sc.skip().map_err(page_error)?).filter(|g| *g != "null"),
+            "properties" => properties = Some(sc.value().map_err(page_error)?),
+            _ => {
+                sc.skip().map_err(page_error)?;
+            }
+        }
+    }
+    Ok(item(properties.unwrap_or(Ok(Value::Null)), geometry))
+}
+
+/// A page's summary from its envelope and its items' keys.
+pub(crate) fn summary(env: &Envelope, keys: impl Iterator<Item = Option<i64>>) -> PageSummary {
     let (mut len, mut max_key, mut min_key, mut missing) = (0usize, None::<i64>, None::<i64>, 0usize);
     for k in keys {
         len += 1;
@@ -106,31 +177,32 @@ pub(crate) fn summary(
             None => missing += 1,
         }
     }
+    let Envelope { shape, limit, total, total_filtered } = *env;
     PageSummary { shape, len, limit, total, total_filtered, max_key, min_key, missing_keys: missing }
 }
 
-/// Reads only the envelope and each item's key. Errors are plain strings: the caller wraps them
-/// with the (redacted) URL.
+/// An item's key: an integer, or a string holding one (keys serialised as strings, "4521987",
+/// still identify the row); anything else is no key.
+pub(crate) fn key_of(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Number(t) => t.parse().ok(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The envelope and each item's key.
 pub fn parse_page(body: &str, key: &str) -> Result<PageSummary, String> {
-    let items = split_items(body)?;
-    let path_props = ["properties", key];
-    let path_flat = [key];
-    let path: &[&str] = if items.shape == Shape::FeatureCollection { &path_props } else { &path_flat };
-    Ok(summarize(&items, items.raw.iter().map(|it| item_key(it.get(), path))))
+    let (env, keys) = read_page(body, |item, _| match item {
+        Ok(v) => key_of(v.get(key)),
+        Err((_, text)) => item_key(text, &[key]),
+    })?;
+    Ok(summary(&env, keys.into_iter()))
 }
 
 pub(crate) fn snippet(s: &str, max: usize) -> String {
     let t: String = s.chars().take(max).collect();
     if s.chars().count() > max { format!("{t}…") } else { t }
-}
-
-/// Truncated bodies are common behind proxies; say so plainly rather than "EOF at line 1".
-fn describe_json_error(body: &str, e: &serde_json::Error) -> String {
-    if e.is_eof() {
-        format!("truncated JSON ({} bytes received): {e}", body.len())
-    } else {
-        format!("malformed JSON: {e}; body starts with {:?}", snippet(body, 80))
-    }
 }
 
 /// Reads an integer at `path` inside one item, skipping every other field unparsed.
