@@ -49,7 +49,11 @@ pub fn extension_owner() -> pg_sys::Oid {
         .ok()
         .flatten()
         .unwrap_or_else(|| {
-            raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "gn2pg: extension gn2pg is not installed in this database".into(), "CREATE EXTENSION gn2pg CASCADE;")
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                "gn2pg: extension gn2pg is not installed in this database".into(),
+                "CREATE EXTENSION gn2pg CASCADE;",
+            )
         })
 }
 
@@ -83,7 +87,8 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
 /// name or IP address. Case and a trailing dot are ignored; IPv6 may be written with or without
 /// brackets.
 pub fn host_allowed(allowed: &str, host: &str) -> bool {
-    let norm = |s: &str| s.trim().trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    let norm =
+        |s: &str| s.trim().trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
     let host = norm(host);
     if host.is_empty() {
         return false;
@@ -92,7 +97,9 @@ pub fn host_allowed(allowed: &str, host: &str) -> bool {
         if e == "*" {
             true
         } else if let Some(domain) = e.strip_prefix("*.") {
-            host.len() > domain.len() + 1 && host.ends_with(domain) && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+            host.len() > domain.len() + 1
+                && host.ends_with(domain)
+                && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
         } else {
             e == host
         }
@@ -123,10 +130,21 @@ mod tests {
     #[test]
     fn allowed_hosts_matching() {
         let list = "geonature.example.org, *.sinp.fr ,127.0.0.1,[::1], Other.Example.NET.";
-        for ok in ["geonature.example.org", "GeoNature.Example.org", "a.sinp.fr", "x.y.sinp.fr", "127.0.0.1", "[::1]", "::1", "other.example.net"] {
+        for ok in [
+            "geonature.example.org",
+            "GeoNature.Example.org",
+            "a.sinp.fr",
+            "x.y.sinp.fr",
+            "127.0.0.1",
+            "[::1]",
+            "::1",
+            "other.example.net",
+        ] {
             assert!(host_allowed(list, ok), "{ok}");
         }
-        for no in ["example.org", "sinp.fr", "evilsinp.fr", "geonature.example.org.evil.com", "127.0.0.2", "localhost", ""] {
+        for no in
+            ["example.org", "sinp.fr", "evilsinp.fr", "geonature.example.org.evil.com", "127.0.0.2", "localhost", ""]
+        {
             assert!(!host_allowed(list, no), "{no}");
         }
         assert!(!host_allowed("", "geonature.example.org"), "empty list allows nothing");

@@ -237,10 +237,11 @@ pub fn check_flows() -> i32 {
     crate::access::require(crate::access::OPERATOR, "gn2pg_check_flows()");
     crate::access::as_owner(|| {
         let raised = Spi::get_one::<i32>("SELECT gn2pg._check_stale()").ok().flatten().unwrap_or(0);
-        let pending = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM gn2pg.alert_event WHERE webhook_state = 'pending')")
-            .ok()
-            .flatten()
-            .unwrap_or(false);
+        let pending =
+            Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM gn2pg.alert_event WHERE webhook_state = 'pending')")
+                .ok()
+                .flatten()
+                .unwrap_or(false);
         if pending {
             if let Err(e) = launch_delivery(true) {
                 pgrx::warning!("gn2pg: alert webhooks wait for the next run or check: {e}");

@@ -43,11 +43,8 @@ pub(crate) fn check_name(name: &str) {
 }
 
 fn source_exists(name: &str) -> bool {
-    spi(Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM gn2pg.source WHERE name = $1)",
-        &[name.into()],
-    ))
-    .unwrap_or(false)
+    spi(Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM gn2pg.source WHERE name = $1)", &[name.into()]))
+        .unwrap_or(false)
 }
 
 pub(crate) fn require_source(name: &str) {
@@ -76,7 +73,12 @@ pub fn add_source(
     access::require(ADMIN, "gn2pg_add_source()");
     check_name(name);
     let bad = |m: String, hint: Option<&str>| -> ! { raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, m, hint) };
-    let api = api_root(url).unwrap_or_else(|e| bad(format!("gn2pg: source \"{name}\": {e}"), Some("Give the GeoNature URL, e.g. https://geonature.example.org (with or without /api).")));
+    let api = api_root(url).unwrap_or_else(|e| {
+        bad(
+            format!("gn2pg: source \"{name}\": {e}"),
+            Some("Give the GeoNature URL, e.g. https://geonature.example.org (with or without /api)."),
+        )
+    });
     if export_id <= 0 {
         bad(format!("gn2pg: source \"{name}\": export_id must be positive, not {export_id}"), None);
     }
@@ -88,7 +90,8 @@ pub fn add_source(
     } else {
         "public"
     });
-    let auth = auth_from_parts(kind, login, password, token).unwrap_or_else(|e| bad(format!("gn2pg: source \"{name}\": {e}"), None));
+    let auth = auth_from_parts(kind, login, password, token)
+        .unwrap_or_else(|e| bad(format!("gn2pg: source \"{name}\": {e}"), None));
     let options = options.map(|j| j.0).unwrap_or_else(|| serde_json::json!({}));
     SourceOptions::from_json(&options).unwrap_or_else(|e| bad(format!("gn2pg: source \"{name}\": {e}"), None));
     // Only a superuser, or a host gn2pg.allowed_hosts lists, may make the server send requests.
@@ -166,13 +169,18 @@ fn remove_source_owned(name: &str, drop_data: bool) -> bool {
         );
     }
     // Its pg_cron job would fire for a source that is gone.
-    let scheduled = spi(Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM gn2pg.schedule WHERE source = $1)", &[name.into()]))
-        .unwrap_or(false);
+    let scheduled = spi(Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM gn2pg.schedule WHERE source = $1)",
+        &[name.into()],
+    ))
+    .unwrap_or(false);
     if scheduled {
         if crate::schedule::cron_available() {
             crate::schedule::unschedule_unchecked(name);
         } else {
-            pgrx::warning!("gn2pg: pg_cron is not loaded: remove job gn2pg:{name} from cron.job yourself if it still exists");
+            pgrx::warning!(
+                "gn2pg: pg_cron is not loaded: remove job gn2pg:{name} from cron.job yourself if it still exists"
+            );
         }
     }
     if drop_data {
@@ -197,9 +205,18 @@ fn next_run_id() -> i64 {
     spi(Spi::get_one::<i64>("SELECT nextval('gn2pg.run_log_id_seq')")).unwrap_or(0)
 }
 
-fn start_worker(run_id: i64, source: &str, mode: &str, wait_for_commit: bool) -> pgrx::bgworkers::DynamicBackgroundWorker {
+fn start_worker(
+    run_id: i64,
+    source: &str,
+    mode: &str,
+    wait_for_commit: bool,
+) -> pgrx::bgworkers::DynamicBackgroundWorker {
     worker::launch(run_id, source, mode, wait_for_commit).unwrap_or_else(|e| {
-        raise(PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, format!("gn2pg: cannot start the harvest of \"{source}\": {e}"), None)
+        raise(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            format!("gn2pg: cannot start the harvest of \"{source}\": {e}"),
+            None,
+        )
     })
 }
 
@@ -214,7 +231,11 @@ fn harvest_owned(source: &str, mode: &str) -> JsonB {
     let run_id = next_run_id();
     let w = start_worker(run_id, source, mode, false);
     if let Err(e) = worker::wait(w) {
-        raise(PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, format!("gn2pg: run {run_id} of \"{source}\": {e}"), None);
+        raise(
+            PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+            format!("gn2pg: run {run_id} of \"{source}\": {e}"),
+            None,
+        );
     }
     let _ = requested;
     let row = spi(Spi::get_one_with_args::<JsonB>(
@@ -231,7 +252,9 @@ fn harvest_owned(source: &str, mode: &str) -> JsonB {
     let status = row.0.get("status").and_then(|s| s.as_str()).unwrap_or("").to_string();
     if status != "success" {
         let why = row.0.get("error").and_then(|s| s.as_str()).unwrap_or("no error recorded").to_string();
-        let hint = format!("SELECT * FROM gn2pg.run_log WHERE id = {run_id}; SELECT * FROM gn2pg.run_error WHERE run_id = {run_id};");
+        let hint = format!(
+            "SELECT * FROM gn2pg.run_log WHERE id = {run_id}; SELECT * FROM gn2pg.run_error WHERE run_id = {run_id};"
+        );
         raise(
             PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
             format!("gn2pg: harvest of source \"{source}\" {status} (run {run_id}): {why}"),
@@ -261,7 +284,8 @@ pub fn harvest_scheduled(source: &str, mode: &str) -> Option<i64> {
         require_source(source);
         parse_mode(mode);
         let (id, enabled) = Spi::connect(|c| {
-            let r = c.select("SELECT id, enabled FROM gn2pg.source WHERE name = $1", Some(1), &[source.into()])?.first();
+            let r =
+                c.select("SELECT id, enabled FROM gn2pg.source WHERE name = $1", Some(1), &[source.into()])?.first();
             Ok::<_, pgrx::spi::Error>((r.get::<i32>(1)?.unwrap_or(0), r.get::<bool>(2)?.unwrap_or(true)))
         })
         .unwrap_or((0, false));
@@ -300,7 +324,8 @@ fn cancel_owned(run_id: i64) -> bool {
         &[run_id.into()],
     ));
     match pid {
-        Some(pid) => spi(Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_terminate_backend($1)", &[pid.into()])).unwrap_or(false),
+        Some(pid) => spi(Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_terminate_backend($1)", &[pid.into()]))
+            .unwrap_or(false),
         None => {
             pgrx::notice!("gn2pg: run {run_id} is not running");
             false

@@ -131,7 +131,9 @@ pub fn parse(expr: &str) -> Result<Schedule, CronError> {
         "@daily" | "@midnight" => "0 0 * * *",
         "@hourly" => "0 * * * *",
         s if s.starts_with('@') => {
-            return Err(CronError(format!("unknown schedule macro {expr:?} (pg_cron 1.4 knows @hourly, @daily, @weekly, @monthly, @yearly, @reboot)")))
+            return Err(CronError(format!(
+            "unknown schedule macro {expr:?} (pg_cron 1.4 knows @hourly, @daily, @weekly, @monthly, @yearly, @reboot)"
+        )))
         }
         _ => expr,
     };

@@ -19,8 +19,11 @@ fn _jsonb_selftest(doc: &str) -> Option<String> {
         Ok(c) => PgTryBuilder::new(AssertUnwindSafe(|| {
             // SAFETY: jsonb_in takes one cstring and returns a palloc'd jsonb varlena.
             unsafe {
-                let d = pgrx::fcinfo::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(c.as_ptr()))])
-                    .expect("jsonb_in returns a value");
+                let d = pgrx::fcinfo::direct_function_call_as_datum(
+                    pg_sys::jsonb_in,
+                    &[Some(pg_sys::Datum::from(c.as_ptr()))],
+                )
+                .expect("jsonb_in returns a value");
                 let p = d.cast_mut_ptr::<pg_sys::varlena>();
                 let len = pgrx::varlena::varsize_any(p);
                 Ok(std::slice::from_raw_parts(p as *const u8, len).to_vec())

@@ -80,7 +80,11 @@ pub enum Action {
 /// The write decided for each accepted row, with its destination CA and JDD. Rows unchanged
 /// since they were stored, mapping included, are kept as they are. Stored rows without a hash
 /// (written by gn2pg 0.1) are rewritten once.
-pub fn diff(rows: &[Row], stored: &HashMap<i64, Stored>, targets: &Targets) -> Vec<(Action, Option<Uuid16>, Option<Uuid16>)> {
+pub fn diff(
+    rows: &[Row],
+    stored: &HashMap<i64, Stored>,
+    targets: &Targets,
+) -> Vec<(Action, Option<Uuid16>, Option<Uuid16>)> {
     rows.iter()
         .map(|r| {
             let (ca, jdd) = targets.get(&(r.ca, r.jdd)).copied().unwrap_or((r.ca, r.jdd));
@@ -287,10 +291,21 @@ impl Loader {
     pub fn prepare(postgis_schema: &str) -> SpiResult<Loader> {
         use pg_sys::{INT8OID, TEXTOID};
         let pg = quote_identifier(postgis_schema);
-        let sql = |s: &str| {
-            s.replace("{rows}", ROWS).replace("{pg}", &pg).replace("{meta_upsert}", METADATA_UPSERT)
-        };
-        let rows_args = [TEXTOID, INT8OID, INT8_ARRAY, UUID_ARRAY, JSONB_ARRAY, BYTEA_ARRAY, UUID_ARRAY, UUID_ARRAY, UUID_ARRAY, UUID_ARRAY, TIMESTAMP_ARRAY, INT8_ARRAY];
+        let sql = |s: &str| s.replace("{rows}", ROWS).replace("{pg}", &pg).replace("{meta_upsert}", METADATA_UPSERT);
+        let rows_args = [
+            TEXTOID,
+            INT8OID,
+            INT8_ARRAY,
+            UUID_ARRAY,
+            JSONB_ARRAY,
+            BYTEA_ARRAY,
+            UUID_ARRAY,
+            UUID_ARRAY,
+            UUID_ARRAY,
+            UUID_ARRAY,
+            TIMESTAMP_ARRAY,
+            INT8_ARRAY,
+        ];
         let (uuid_unique, compress_items) = Spi::get_two::<bool, bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
                              WHERE conrelid = 'gn2pg.observation'::regclass AND conname = 'observation_uuid_key'),
@@ -299,23 +314,48 @@ impl Loader {
         )?;
         let (uuid_unique, compress_items) = (uuid_unique.unwrap_or(false), compress_items.unwrap_or(false));
         Spi::connect(|c| {
-            let keep = |c: &SpiClient, s: &str, args: &[pg_sys::Oid], writes: bool| -> SpiResult<OwnedPreparedStatement> {
+            let keep = |c: &SpiClient,
+                        s: &str,
+                        args: &[pg_sys::Oid],
+                        writes: bool|
+             -> SpiResult<OwnedPreparedStatement> {
                 let s = sql(s);
-                Ok(if writes { c.prepare_mut(s.as_str(), &oids(args))? } else { c.prepare(s.as_str(), &oids(args))? }.keep())
+                Ok(if writes { c.prepare_mut(s.as_str(), &oids(args))? } else { c.prepare(s.as_str(), &oids(args))? }
+                    .keep())
             };
             Ok(Loader {
                 uuid_unique,
                 compress_items,
-                stored_in_range: keep(c, &STORED_SQL.replace("{where}", "o.id_data BETWEEN $2 AND $3"), &[TEXTOID, INT8OID, INT8OID], false)?,
-                stored_keys: keep(c, &STORED_SQL.replace("{where}", "o.id_data = ANY ($2)"), &[TEXTOID, INT8_ARRAY], false)?,
+                stored_in_range: keep(
+                    c,
+                    &STORED_SQL.replace("{where}", "o.id_data BETWEEN $2 AND $3"),
+                    &[TEXTOID, INT8OID, INT8OID],
+                    false,
+                )?,
+                stored_keys: keep(
+                    c,
+                    &STORED_SQL.replace("{where}", "o.id_data = ANY ($2)"),
+                    &[TEXTOID, INT8_ARRAY],
+                    false,
+                )?,
                 delete_keys: keep(c, DELETE_KEYS_SQL, &[TEXTOID, INT8_ARRAY], true)?,
                 resolve: keep(c, RESOLVE_SQL, &[TEXTOID, UUID_ARRAY, UUID_ARRAY], false)?,
                 deferred_geometry: keep(c, DEFERRED_GEOMETRY_SQL, &[TEXT_ARRAY, TEXT_ARRAY], false)?,
                 uuid_owners: keep(c, UUID_OWNERS_SQL, &[TEXTOID, UUID_ARRAY, INT8_ARRAY], false)?,
                 insert: keep(c, INSERT_SQL, &rows_args, true)?,
                 update: keep(c, &format!("{INSERT_SQL}{UPSERT_CLAUSE}"), &rows_args, true)?,
-                metadata: keep(c, METADATA_SQL, &[TEXTOID, INT8OID, TEXT_ARRAY, UUID_ARRAY, TEXT_ARRAY, UUID_ARRAY, JSONB_ARRAY], true)?,
-                reject: keep(c, REJECT_SQL, &[TEXTOID, INT8OID, INT8_ARRAY, TEXT_ARRAY, JSONB_ARRAY, TEXT_ARRAY], true)?,
+                metadata: keep(
+                    c,
+                    METADATA_SQL,
+                    &[TEXTOID, INT8OID, TEXT_ARRAY, UUID_ARRAY, TEXT_ARRAY, UUID_ARRAY, JSONB_ARRAY],
+                    true,
+                )?,
+                reject: keep(
+                    c,
+                    REJECT_SQL,
+                    &[TEXTOID, INT8OID, INT8_ARRAY, TEXT_ARRAY, JSONB_ARRAY, TEXT_ARRAY],
+                    true,
+                )?,
             })
         })
     }
@@ -332,7 +372,11 @@ impl Loader {
             if spec.sweep.is_some() {
                 let gone = gone(&stored, &page.keys);
                 if !gone.is_empty() {
-                    let t = c.update(&self.delete_keys, None, &[spec.source.into(), array_arg(&ints(gone.iter().map(|k| Some(*k))), INT8_ARRAY)])?;
+                    let t = c.update(
+                        &self.delete_keys,
+                        None,
+                        &[spec.source.into(), array_arg(&ints(gone.iter().map(|k| Some(*k))), INT8_ARRAY)],
+                    )?;
                     deleted = t.first().get::<i64>(1)?.unwrap_or(0);
                 }
             }
@@ -433,12 +477,19 @@ impl Loader {
     }
 
     fn convert_deferred(&self, c: &SpiClient, write: &mut [Write], rejected: &mut Vec<Rejected>) -> SpiResult<()> {
-        let deferred: Vec<usize> = (0..write.len()).filter(|&i| matches!(write[i].row.geom, Geom::Defer { .. })).collect();
+        let deferred: Vec<usize> =
+            (0..write.len()).filter(|&i| matches!(write[i].row.geom, Geom::Defer { .. })).collect();
         if deferred.is_empty() {
             return Ok(());
         }
         let text = |i: &usize, geojson: bool| match &write[*i].row.geom {
-            Geom::Defer { geojson: g, wkt } => if geojson { g.as_deref() } else { wkt.as_deref() },
+            Geom::Defer { geojson: g, wkt } => {
+                if geojson {
+                    g.as_deref()
+                } else {
+                    wkt.as_deref()
+                }
+            }
             _ => None,
         };
         let t = c.select(
@@ -467,7 +518,13 @@ impl Loader {
 
     /// A uuid stored under another key (of any source) rejects the row, with the owner named;
     /// an owner rewritten by this very page with another uuid is no conflict.
-    fn check_uuid_owners(&self, c: &SpiClient, spec: &PageSpec, write: &mut [Write], rejected: &mut Vec<Rejected>) -> SpiResult<()> {
+    fn check_uuid_owners(
+        &self,
+        c: &SpiClient,
+        spec: &PageSpec,
+        write: &mut [Write],
+        rejected: &mut Vec<Rejected>,
+    ) -> SpiResult<()> {
         let probe: Vec<usize> = (0..write.len()).filter(|&i| write[i].ok && write[i].row.uuid.is_some()).collect();
         if probe.is_empty() {
             return Ok(());
@@ -490,7 +547,9 @@ impl Loader {
         let owner_id = r.get::<Vec<Option<i64>>>(3)?.unwrap_or_default();
         let rewritten: HashSet<i64> = write.iter().filter(|w| w.ok).map(|w| w.row.id).collect();
         for (k, pos) in at.iter().enumerate() {
-            let (Some(pos), Some(src), Some(oid)) = (pos, owner_source.get(k).cloned().flatten(), owner_id.get(k).copied().flatten()) else {
+            let (Some(pos), Some(src), Some(oid)) =
+                (pos, owner_source.get(k).cloned().flatten(), owner_id.get(k).copied().flatten())
+            else {
                 continue;
             };
             if src == spec.source && rewritten.contains(&oid) {
@@ -500,13 +559,22 @@ impl Loader {
             if w.ok {
                 w.ok = false;
                 let u = w.row.uuid.map(|u| uuid_text(&u)).unwrap_or_default();
-                rejected.push(rejection(w.row, format!("uuid {u} already belongs to source {src}, {} {oid}", spec.key_column)));
+                rejected.push(rejection(
+                    w.row,
+                    format!("uuid {u} already belongs to source {src}, {} {oid}", spec.key_column),
+                ));
             }
         }
         Ok(())
     }
 
-    fn write_rows(&self, c: &mut SpiClient, spec: &PageSpec, page: &PageRows, write: &[Write]) -> SpiResult<(i64, i64)> {
+    fn write_rows(
+        &self,
+        c: &mut SpiClient,
+        spec: &PageSpec,
+        page: &PageRows,
+        write: &[Write],
+    ) -> SpiResult<(i64, i64)> {
         let mut counts = (0, 0);
         for action in [Action::Insert, Action::Update] {
             let rows: Vec<&Write> = write.iter().filter(|w| w.action == action).collect();
@@ -516,7 +584,8 @@ impl Loader {
             // A page of new rows only (every page of a first full run) is inserted from the
             // arrays the helper thread built; otherwise the rows to write are gathered here.
             let gathered;
-            let cols = match page.columns.as_ref().filter(|_| action == Action::Insert && rows.len() == page.rows.len()) {
+            let cols = match page.columns.as_ref().filter(|_| action == Action::Insert && rows.len() == page.rows.len())
+            {
                 Some(prebuilt) => prebuilt,
                 None => {
                     gathered = Columns::of(rows.iter().map(|w| w.row));
@@ -526,7 +595,10 @@ impl Loader {
             // Geometries PostGIS converted are not in the arrays.
             let deferred = rows.iter().any(|w| matches!(w.row.geom, Geom::Defer { .. }));
             let geom = if deferred {
-                array_arg(&ArrayBuilder::of_bytes(pg_sys::BYTEAOID.into(), rows.iter().map(|w| w.geometry())), BYTEA_ARRAY)
+                array_arg(
+                    &ArrayBuilder::of_bytes(pg_sys::BYTEAOID.into(), rows.iter().map(|w| w.geometry())),
+                    BYTEA_ARRAY,
+                )
             } else {
                 prebuilt_arg(&cols.geom, BYTEA_ARRAY)
             };
@@ -577,7 +649,12 @@ impl Loader {
         Ok(())
     }
 
-    fn write_rejections<'r>(&self, c: &mut SpiClient, spec: &PageSpec, rejected: impl Iterator<Item = &'r Rejected> + Clone) -> SpiResult<()> {
+    fn write_rejections<'r>(
+        &self,
+        c: &mut SpiClient,
+        spec: &PageSpec,
+        rejected: impl Iterator<Item = &'r Rejected> + Clone,
+    ) -> SpiResult<()> {
         if rejected.clone().next().is_none() {
             return Ok(());
         }
@@ -699,9 +776,7 @@ SELECT (SELECT count(*) FROM elems), (SELECT count(*) FROM written), (SELECT cou
 "#;
 
 pub fn load_metadata_page_sql() -> String {
-    LOAD_METADATA_PAGE_SQL
-        .replace("{uuid_re}", UUID_RE)
-        .replace("{meta_upsert}", METADATA_UPSERT)
+    LOAD_METADATA_PAGE_SQL.replace("{uuid_re}", UUID_RE).replace("{meta_upsert}", METADATA_UPSERT)
 }
 
 /// Where the items of a metadata export are.
@@ -764,7 +839,11 @@ mod tests {
         .collect();
         let plan = diff(&rows, &stored, &Targets::new());
         let actions: Vec<Action> = plan.iter().map(|p| p.0).collect();
-        assert_eq!(actions, vec![Action::Keep, Action::Update, Action::Insert, Action::Update], "no hash yet: rewritten once");
+        assert_eq!(
+            actions,
+            vec![Action::Keep, Action::Update, Action::Insert, Action::Update],
+            "no hash yet: rewritten once"
+        );
         // Mapping CA a to b changes where row 1 lands: it is rewritten.
         let targets: Targets = [((a, None), (b, None))].into_iter().collect();
         let plan = diff(&rows, &stored, &targets);

@@ -13,17 +13,17 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::json;
 
+use crate::encode::rows::{self, PageRows};
 use crate::guc;
-use crate::worker::{self, tx};
+use crate::loader::{self, Loader, PageLoad, PageSpec};
 use crate::source::client::{CancelFlag, Host, Pipeline, SourceClient, Stats};
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
 use crate::source::error::redact_url;
-use crate::encode::rows::{self, PageRows};
-use crate::loader::{self, Loader, PageLoad, PageSpec};
 use crate::source::page::{parse_page, Fields, PageSummary, Shape};
 use crate::source::paging::{split_key_space, KeyRange, Pager, SeenKeys, Step};
 use crate::source::SourceError;
 use crate::store::{self, Progress, RunStart};
+use crate::worker::{self, tx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requested {
@@ -141,10 +141,8 @@ fn full_every_hours(cfg: &SourceConfig) -> u64 {
 /// Reads a checkpoint written by `checkpoint_json`.
 fn start_from_checkpoint(cp: &serde_json::Value) -> Option<Start> {
     if let Some(ranges) = cp.get("ranges").and_then(|r| r.as_array()) {
-        let parsed: Option<Vec<(i64, Option<i64>)>> = ranges
-            .iter()
-            .map(|r| Some((r.get(0)?.as_i64()?, r.get(1).and_then(|u| u.as_i64()))))
-            .collect();
+        let parsed: Option<Vec<(i64, Option<i64>)>> =
+            ranges.iter().map(|r| Some((r.get(0)?.as_i64()?, r.get(1).and_then(|u| u.as_i64())))).collect();
         return parsed.filter(|v| !v.is_empty()).map(Start::Ranges);
     }
     cp.get("page_index").and_then(|p| p.as_u64()).filter(|p| *p > 0).map(Start::Page)
@@ -275,17 +273,22 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
 /// Entry point of a part worker of a parallel run: loads its key range, records its end.
 pub fn execute_part(run_id: i64, part: i32, name: &str) {
     let prepared = tx(|| {
-        let row = store::load_source(name).map_err(spi_err)?.ok_or_else(|| format!("source \"{name}\" does not exist"))?;
+        let row =
+            store::load_source(name).map_err(spi_err)?.ok_or_else(|| format!("source \"{name}\" does not exist"))?;
         let cfg = build_config(&row).map_err(|e| e.to_string())?;
         let postgis = store::postgis_schema().map_err(|_| "PostGIS is not installed in this database".to_string())?;
-        let range = store::part_range(run_id, part).map_err(spi_err)?.ok_or_else(|| format!("run {run_id} has no part {part}"))?;
+        let range = store::part_range(run_id, part)
+            .map_err(spi_err)?
+            .ok_or_else(|| format!("run {run_id} has no part {part}"))?;
         Ok(Setup { cfg, mode: Mode::Full, since: None, postgis, start: Start::Ranges(vec![range]) })
     });
     let result = match prepared {
         Err(m) => Err(Stop::Failed(m)),
         Ok(setup) => match SourceClient::new(setup.cfg.clone(), guc::limits(&setup.cfg.options)) {
             Err(e) => Err(Stop::from(e)),
-            Ok(mut client) => harvest(run_id, &setup, &mut client, &WorkerHost, &mut Totals::default(), Role::Part(part)),
+            Ok(mut client) => {
+                harvest(run_id, &setup, &mut client, &WorkerHost, &mut Totals::default(), Role::Part(part))
+            }
         },
     };
     let (status, error) = match result {
@@ -347,11 +350,8 @@ fn checkpoint_json(streams: &[Stream], offset: bool) -> serde_json::Value {
         let p = streams.first().map_or(0, |s| s.pager.page_index());
         return json!({ "page_index": p });
     }
-    let ranges: Vec<serde_json::Value> = streams
-        .iter()
-        .filter(|s| !s.done)
-        .map(|s| json!([s.pager.next_key(), s.pager.upper()]))
-        .collect();
+    let ranges: Vec<serde_json::Value> =
+        streams.iter().filter(|s| !s.done).map(|s| json!([s.pager.next_key(), s.pager.upper()])).collect();
     json!({ "ranges": ranges })
 }
 
@@ -370,7 +370,13 @@ fn max_key(client: &mut SourceClient, key: &str, host: &WorkerHost) -> Result<Op
 }
 
 /// Fetches a page and prepares its rows (checked, encoded, hashed), all on the helper thread.
-fn fetch_rows(c: &mut SourceClient, params: &[(String, String)], fields: &Fields, compress: bool, flag: &CancelFlag) -> Result<(PageSummary, PageRows), SourceError> {
+fn fetch_rows(
+    c: &mut SourceClient,
+    params: &[(String, String)],
+    fields: &Fields,
+    compress: bool,
+    flag: &CancelFlag,
+) -> Result<(PageSummary, PageRows), SourceError> {
     let body = c.fetch_export_page(params, flag)?;
     rows::prepare(&body, fields, compress)
         .map_err(|cause| SourceError::BadAnswer { url: redact_url(c.export_url(params).as_str()), cause })
@@ -441,7 +447,8 @@ fn on_helper<T: Send + 'static>(
         let r = f(&mut c, flag);
         emit((c, r));
     })?;
-    let (c, r) = step.next(host)?.ok_or_else(|| SourceError::Paging("an HTTP thread ended without an answer".into()))?;
+    let (c, r) =
+        step.next(host)?.ok_or_else(|| SourceError::Paging("an HTTP thread ended without an answer".into()))?;
     *client = c;
     r
 }
@@ -534,7 +541,11 @@ fn stop_parts(parts: Vec<pgrx::bgworkers::DynamicBackgroundWorker>) {
 }
 
 /// Waits for the part workers of a parallel run; the first failure fails the run.
-fn wait_parts(run_id: i64, parts: Vec<pgrx::bgworkers::DynamicBackgroundWorker>, host: &WorkerHost) -> Result<(), Stop> {
+fn wait_parts(
+    run_id: i64,
+    parts: Vec<pgrx::bgworkers::DynamicBackgroundWorker>,
+    host: &WorkerHost,
+) -> Result<(), Stop> {
     use pgrx::bgworkers::BackgroundWorkerStatus;
     // Bounded by the parts themselves: each turn sleeps on the latch, which the postmaster sets
     // when a part stops (bgw_notify_pid).
@@ -556,7 +567,9 @@ fn wait_parts(run_id: i64, parts: Vec<pgrx::bgworkers::DynamicBackgroundWorker>,
             // Every part process ended, yet one did not record an end: it died.
             let statuses = tx(|| store::parts_status(run_id).map_err(spi_err)).map_err(Stop::Failed)?;
             if let Some((k, _, _)) = statuses.iter().find(|(_, st, _)| st == "running") {
-                return Err(Stop::Failed(format!("the worker of part {k} exited without finishing (see the server log)")));
+                return Err(Stop::Failed(format!(
+                    "the worker of part {k} exited without finishing (see the server log)"
+                )));
             }
             continue;
         }
@@ -580,7 +593,10 @@ fn load_ranges(
         Start::Page(p) => vec![Stream { pager: Pager::new(o.paging, &o.key_column, o.page_size, 0, p), done: false }],
         Start::Ranges(_) => ranges
             .iter()
-            .map(|(lo, hi)| Stream { pager: Pager::new(o.paging, &o.key_column, o.page_size, *lo, 0).with_upper(*hi), done: false })
+            .map(|(lo, hi)| Stream {
+                pager: Pager::new(o.paging, &o.key_column, o.page_size, *lo, 0).with_upper(*hi),
+                done: false,
+            })
             .collect(),
     };
     totals.streams = vec![Stats::default(); streams.len()];
@@ -633,7 +649,8 @@ fn load_ranges(
         }
         let spec = PageSpec { source: &setup.cfg.name, run_id, key_column: &o.key_column, sweep: ready.sweep };
         let checkpoint = checkpoint_json(&streams, offset);
-        let position = part.map(|p| store::PartPosition { part: p, next_key: streams[i].pager.next_key(), done: streams[i].done });
+        let position =
+            part.map(|p| store::PartPosition { part: p, next_key: streams[i].pager.next_key(), done: streams[i].done });
         let stats = totals.sum(&client.stats);
         load_page(&loader, &spec, &ready.rows, &stats, source_wait_ms, checkpoint, position)
             .map_err(|e| Stop::Failed(format!("page {pages} could not be loaded: {e}")))?;
@@ -706,7 +723,10 @@ fn deletions(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &Worke
         Ok(_) => {}
         // GeoNature < 2.12 has no deletion log; full runs still reconcile deletions.
         Err(SourceError::NotFound { .. }) => {
-            pgrx::log!("gn2pg: source \"{}\" has no /synthese/log; deletions wait for the next full run", setup.cfg.name);
+            pgrx::log!(
+                "gn2pg: source \"{}\" has no /synthese/log; deletions wait for the next full run",
+                setup.cfg.name
+            );
         }
         Err(e) => return Err(e.into()),
     }
@@ -715,7 +735,13 @@ fn deletions(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &Worke
 
 /// The metadata export (`options.metadata_export_id`: one row per CA with its datasets) is
 /// small, so every run reads it in full, before the data, into gn2pg.metadata.
-fn harvest_metadata(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerHost, export_id: i32) -> Result<(), Stop> {
+fn harvest_metadata(
+    run_id: i64,
+    setup: &Setup,
+    client: &mut SourceClient,
+    host: &WorkerHost,
+    export_id: i32,
+) -> Result<(), Stop> {
     let o = &setup.cfg.options;
     let key = o.metadata_key_column.as_str();
     let failed = |m: String| Stop::Failed(format!("metadata export {export_id}: {m}"));
@@ -747,7 +773,9 @@ fn harvest_metadata(run_id: i64, setup: &Setup, client: &mut SourceClient, host:
             let load = loader::load_metadata_page(&sql, &spec, &body).map_err(spi_err)?;
             pgrx::debug1!(
                 "gn2pg: run {run_id}: metadata page: {} items, {} CA/JDD rows written, {} rejected",
-                load.received, load.written, load.failed
+                load.received,
+                load.written,
+                load.failed
             );
             store::record_metadata_page(run_id, load.failed, s.requests as i64, s.retries as i64, s.bytes as i64)
                 .map_err(spi_err)

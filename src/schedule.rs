@@ -44,7 +44,10 @@ pub fn preloads(list: &str, lib: &str) -> bool {
 
 /// The cron database, or a clear error when pg_cron cannot be used.
 fn cron_database() -> (String, pg_sys::Oid) {
-    let spl = Spi::get_one::<String>("SELECT pg_catalog.current_setting('shared_preload_libraries')").ok().flatten().unwrap_or_default();
+    let spl = Spi::get_one::<String>("SELECT pg_catalog.current_setting('shared_preload_libraries')")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     if !preloads(&spl, "pg_cron") {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -52,20 +55,24 @@ fn cron_database() -> (String, pg_sys::Oid) {
             Some("Install pg_cron (Debian: postgresql-15-cron), add pg_cron to shared_preload_libraries, set cron.database_name, restart PostgreSQL, then run CREATE EXTENSION pg_cron in that database."),
         );
     }
-    let db = Spi::get_one::<String>("SELECT coalesce(pg_catalog.current_setting('cron.database_name', true), 'postgres')")
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| "postgres".into());
-    let oid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT (SELECT oid FROM pg_catalog.pg_database WHERE datname = $1)", &[db.as_str().into()])
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| {
-            raise(
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                format!("gn2pg: the pg_cron database \"{db}\" (cron.database_name) does not exist"),
-                Some(&format!("CREATE DATABASE \"{db}\"; then CREATE EXTENSION pg_cron; in it.")),
-            )
-        });
+    let db =
+        Spi::get_one::<String>("SELECT coalesce(pg_catalog.current_setting('cron.database_name', true), 'postgres')")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "postgres".into());
+    let oid = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT (SELECT oid FROM pg_catalog.pg_database WHERE datname = $1)",
+        &[db.as_str().into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("gn2pg: the pg_cron database \"{db}\" (cron.database_name) does not exist"),
+            Some(&format!("CREATE DATABASE \"{db}\"; then CREATE EXTENSION pg_cron; in it.")),
+        )
+    });
     (db, oid)
 }
 
@@ -112,7 +119,11 @@ fn call_cron_worker(cron_db: pg_sys::Oid, request: &Value) -> Value {
             )
         });
     if let Err(e) = crate::worker::wait(worker) {
-        raise(PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, format!("gn2pg: the pg_cron helper worker: {e}"), None);
+        raise(
+            PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+            format!("gn2pg: the pg_cron helper worker: {e}"),
+            None,
+        );
     }
     // SAFETY: the worker has exited; the answer (if any) is complete when state says so.
     let answer = unsafe {
@@ -136,7 +147,11 @@ fn call_cron_worker(cron_db: pg_sys::Oid, request: &Value) -> Value {
     let v: Value = serde_json::from_str(&answer).unwrap_or_else(|_| json!({"ok": false, "error": answer}));
     if v["ok"].as_bool() != Some(true) {
         let msg = v["error"].as_str().unwrap_or("unknown error");
-        raise(PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, format!("gn2pg: pg_cron refused: {msg}"), v["hint"].as_str());
+        raise(
+            PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+            format!("gn2pg: pg_cron refused: {msg}"),
+            v["hint"].as_str(),
+        );
     }
     v
 }
@@ -145,9 +160,10 @@ fn call_cron_worker(cron_db: pg_sys::Oid, request: &Value) -> Value {
 fn cron_op(req: &Value) -> Result<Value, String> {
     let s = |k: &str| req[k].as_str().unwrap_or("").to_string();
     let (op, job, db) = (s("op"), s("job"), s("database"));
-    let has_cron = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron')")
-        .map_err(|e| e.to_string())?
-        .unwrap_or(false);
+    let has_cron =
+        Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron')")
+            .map_err(|e| e.to_string())?
+            .unwrap_or(false);
     if !has_cron {
         return Ok(json!({
             "ok": false,
@@ -156,7 +172,8 @@ fn cron_op(req: &Value) -> Result<Value, String> {
         }));
     }
     // One gn2pg schedule change at a time, whatever the database: keeps one job per name.
-    Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('gn2pg:cron'))").map_err(|e| e.to_string())?;
+    Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('gn2pg:cron'))")
+        .map_err(|e| e.to_string())?;
     // Jobs of this name for this database, or for a database that was dropped since.
     let remove = "SELECT count(cron.unschedule(j.jobid))::bigint FROM cron.job j
                    WHERE j.jobname = $1::name
@@ -177,15 +194,25 @@ fn cron_op(req: &Value) -> Result<Value, String> {
                     "hint": "pg_cron job names are shared by every database of the cluster: give this source another name, or unschedule it in the other database.",
                 }));
             }
-            Spi::get_one_with_args::<i64>(remove, &[job.as_str().into(), db.as_str().into()]).map_err(|e| e.to_string())?;
+            Spi::get_one_with_args::<i64>(remove, &[job.as_str().into(), db.as_str().into()])
+                .map_err(|e| e.to_string())?;
             let jobid = Spi::get_one_with_args::<i64>(
                 "SELECT cron.schedule_in_database($1, $2, $3, $4, $5, true)",
-                &[job.as_str().into(), s("schedule").as_str().into(), s("command").as_str().into(), db.as_str().into(), s("username").as_str().into()],
+                &[
+                    job.as_str().into(),
+                    s("schedule").as_str().into(),
+                    s("command").as_str().into(),
+                    db.as_str().into(),
+                    s("username").as_str().into(),
+                ],
             )
             .map_err(|e| e.to_string())?;
-            let purge = Spi::get_one_with_args::<bool>("SELECT NOT EXISTS (SELECT 1 FROM cron.job WHERE jobname = $1)", &[PURGE_JOB.into()])
-                .map_err(|e| e.to_string())?
-                .unwrap_or(false);
+            let purge = Spi::get_one_with_args::<bool>(
+                "SELECT NOT EXISTS (SELECT 1 FROM cron.job WHERE jobname = $1)",
+                &[PURGE_JOB.into()],
+            )
+            .map_err(|e| e.to_string())?
+            .unwrap_or(false);
             if purge {
                 Spi::run_with_args(
                     "SELECT cron.schedule_in_database($1, $2, $3, current_database(), NULL, true)",
@@ -196,7 +223,9 @@ fn cron_op(req: &Value) -> Result<Value, String> {
             Ok(json!({"ok": true, "jobid": jobid}))
         }
         "unschedule" => {
-            let n = Spi::get_one_with_args::<i64>(remove, &[job.as_str().into(), db.as_str().into()]).map_err(|e| e.to_string())?.unwrap_or(0);
+            let n = Spi::get_one_with_args::<i64>(remove, &[job.as_str().into(), db.as_str().into()])
+                .map_err(|e| e.to_string())?
+                .unwrap_or(0);
             Ok(json!({"ok": true, "removed": n}))
         }
         other => Ok(json!({"ok": false, "error": format!("unknown operation {other}")})),
@@ -227,16 +256,17 @@ pub extern "C-unwind" fn gn2pg_cron_worker(arg: pg_sys::Datum) {
         serde_json::from_slice(std::slice::from_raw_parts(base.add(HEADER), len)).unwrap_or(Value::Null)
     };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
-    let answer = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| BackgroundWorker::transaction(|| cron_op(&request))))
-        .catch_others(|e| {
-            // SAFETY: BackgroundWorker::transaction re-raised without closing the transaction.
-            unsafe { pg_sys::AbortCurrentTransaction() };
-            use pg_sys::panic::CaughtError::*;
-            Err(match &e {
-                PostgresError(r) | ErrorReport(r) | RustPanic { ereport: r, .. } => r.message().to_string(),
+    let answer =
+        PgTryBuilder::new(std::panic::AssertUnwindSafe(|| BackgroundWorker::transaction(|| cron_op(&request))))
+            .catch_others(|e| {
+                // SAFETY: BackgroundWorker::transaction re-raised without closing the transaction.
+                unsafe { pg_sys::AbortCurrentTransaction() };
+                use pg_sys::panic::CaughtError::*;
+                Err(match &e {
+                    PostgresError(r) | ErrorReport(r) | RustPanic { ereport: r, .. } => r.message().to_string(),
+                })
             })
-        })
-        .execute();
+            .execute();
     let answer = match answer {
         Ok(v) => v,
         Err(e) => json!({"ok": false, "error": e}),
@@ -294,7 +324,9 @@ fn schedule_job(job: &str, expr: &str, command: &str) -> (i64, String, String) {
 fn unschedule_job(job: &str) -> i64 {
     let (_, cron_oid) = cron_database();
     let db = current_database();
-    call_cron_worker(cron_oid, &json!({"op": "unschedule", "job": job, "database": db}))["removed"].as_i64().unwrap_or(0)
+    call_cron_worker(cron_oid, &json!({"op": "unschedule", "job": job, "database": db}))["removed"]
+        .as_i64()
+        .unwrap_or(0)
 }
 
 fn current_database() -> String {
@@ -323,7 +355,15 @@ pub fn schedule(source: &str, expr: &str, mode: &str) -> i64 {
                 SET schedule = EXCLUDED.schedule, mode = EXCLUDED.mode, job_name = EXCLUDED.job_name,
                     cron_jobid = EXCLUDED.cron_jobid, cron_database = EXCLUDED.cron_database,
                     run_as = EXCLUDED.run_as, scheduled_at = now()",
-            &[source.into(), expr.into(), mode.into(), job_name(source).as_str().into(), jobid.into(), cron_db.as_str().into(), run_as.as_str().into()],
+            &[
+                source.into(),
+                expr.into(),
+                mode.into(),
+                job_name(source).as_str().into(),
+                jobid.into(),
+                cron_db.as_str().into(),
+                run_as.as_str().into(),
+            ],
         )
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("gn2pg: SPI failed: {e}"), None));
         jobid
@@ -333,10 +373,13 @@ pub fn schedule(source: &str, expr: &str, mode: &str) -> i64 {
 /// Removes the pg_cron job of a source (and gn2pg's record of it). Returns whether there was one.
 /// Runs as the extension owner; the caller checked the role.
 pub fn unschedule_unchecked(source: &str) -> bool {
-    let had_row = Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM gn2pg.schedule WHERE source = $1)", &[source.into()])
-        .ok()
-        .flatten()
-        .unwrap_or(false);
+    let had_row = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM gn2pg.schedule WHERE source = $1)",
+        &[source.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
     let removed = unschedule_job(&job_name(source));
     let _ = Spi::run_with_args("DELETE FROM gn2pg.schedule WHERE source = $1", &[source.into()]);
     had_row || removed > 0
@@ -369,7 +412,10 @@ pub fn unschedule_check_flows() -> bool {
 
 /// Whether pg_cron can be reached at all (for gn2pg_remove_source, which must work without it).
 pub fn cron_available() -> bool {
-    let spl = Spi::get_one::<String>("SELECT pg_catalog.current_setting('shared_preload_libraries')").ok().flatten().unwrap_or_default();
+    let spl = Spi::get_one::<String>("SELECT pg_catalog.current_setting('shared_preload_libraries')")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     preloads(&spl, "pg_cron")
 }
 

@@ -329,7 +329,14 @@ pub fn parts_status(run_id: i64) -> SpiResult<Vec<(i32, String, Option<String>)>
     })
 }
 
-pub fn finish_run(run_id: i64, status: &str, error: Option<&str>, requests: i64, retries: i64, bytes: i64) -> SpiResult<()> {
+pub fn finish_run(
+    run_id: i64,
+    status: &str,
+    error: Option<&str>,
+    requests: i64,
+    retries: i64,
+    bytes: i64,
+) -> SpiResult<()> {
     Spi::run_with_args(
         "UPDATE gn2pg.run_log
             SET status = $2, error = $3, finished_at = now(),
@@ -338,14 +345,7 @@ pub fn finish_run(run_id: i64, status: &str, error: Option<&str>, requests: i64,
                 http_retries = coalesce((SELECT sum(http_retries) FROM gn2pg.run_part WHERE run_id = $1), $5),
                 bytes_received = coalesce((SELECT sum(bytes_received) FROM gn2pg.run_part WHERE run_id = $1), $6)
           WHERE id = $1",
-        &[
-            run_id.into(),
-            status.into(),
-            error.into(),
-            (requests as i32).into(),
-            (retries as i32).into(),
-            bytes.into(),
-        ],
+        &[run_id.into(), status.into(), error.into(), (requests as i32).into(), (retries as i32).into(), bytes.into()],
     )
 }
 

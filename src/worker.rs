@@ -2,7 +2,9 @@
 //! point. The worker runs in the calling database as the extension owner; what it needs
 //! travels in `bgw_extra` (< 128 bytes) and the run id in the main argument.
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
+};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -18,10 +20,11 @@ pub fn launch(run_id: i64, source: &str, mode: &str, wait_for_commit: bool) -> R
     let (db, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
     // The worker runs as the extension's owner: it must read credentials that the calling role
     // (an operator) may not. Who may start a run is checked by the SQL function, before this.
-    let user = Spi::get_one::<pg_sys::Oid>("SELECT (SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'gn2pg')")
-        .ok()
-        .flatten()
-        .ok_or_else(|| "extension gn2pg is not installed in this database".to_string())?;
+    let user =
+        Spi::get_one::<pg_sys::Oid>("SELECT (SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'gn2pg')")
+            .ok()
+            .flatten()
+            .ok_or_else(|| "extension gn2pg is not installed in this database".to_string())?;
     let xid: u32 = if wait_for_commit {
         // SAFETY: assigns (or returns) the top-level xid of the current transaction.
         u32::from(unsafe { pg_sys::GetTopTransactionId() })
@@ -32,16 +35,24 @@ pub fn launch(run_id: i64, source: &str, mode: &str, wait_for_commit: bool) -> R
     if extra.len() > 127 {
         return Err(format!("source name too long for a worker: {source}"));
     }
-    start_worker(&format!("gn2pg harvest {source}"), "gn2pg harvest", "gn2pg_harvest_worker", run_id, &extra, pid).ok_or_else(|| {
-        "no free background worker slot: raise max_worker_processes (and restart) \
+    start_worker(&format!("gn2pg harvest {source}"), "gn2pg harvest", "gn2pg_harvest_worker", run_id, &extra, pid)
+        .ok_or_else(|| {
+            "no free background worker slot: raise max_worker_processes (and restart) \
          or wait for running harvests to end"
-            .to_string()
-    })
+                .to_string()
+        })
 }
 
 /// Registers a dynamic worker of this library that receives a run id and `extra` (at most 127
 /// bytes: `bgw_extra`) and notifies `notify_pid` of its start and end. None: no free slot.
-fn start_worker(name: &str, kind: &str, function: &str, run_id: i64, extra: &str, notify_pid: i32) -> Option<DynamicBackgroundWorker> {
+fn start_worker(
+    name: &str,
+    kind: &str,
+    function: &str,
+    run_id: i64,
+    extra: &str,
+    notify_pid: i32,
+) -> Option<DynamicBackgroundWorker> {
     BackgroundWorkerBuilder::new(name)
         .set_type(kind)
         .set_library("gn2pg")
@@ -59,8 +70,17 @@ pub fn launch_part(run_id: i64, part: i32, source: &str) -> Result<DynamicBackgr
     // SAFETY: reading backend globals of this worker.
     let (db, user, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetUserId(), pg_sys::MyProcPid) };
     let extra = format!("{} {} {} {}", u32::from(db), u32::from(user), part, source);
-    start_worker(&format!("gn2pg harvest {source} part {part}"), "gn2pg harvest part", "gn2pg_part_worker", run_id, &extra, pid)
-        .ok_or_else(|| format!("no free background worker slot for part {part}: lower options.workers or raise max_worker_processes"))
+    start_worker(
+        &format!("gn2pg harvest {source} part {part}"),
+        "gn2pg harvest part",
+        "gn2pg_part_worker",
+        run_id,
+        &extra,
+        pid,
+    )
+    .ok_or_else(|| {
+        format!("no free background worker slot for part {part}: lower options.workers or raise max_worker_processes")
+    })
 }
 
 /// Entry point of a part worker.

@@ -40,7 +40,9 @@ pub fn pages_source(pages: Vec<String>) -> (String, std::thread::JoinHandle<()>)
                 served += 1;
                 match pages.get(served - 1) {
                     Some(p) => ("200 OK", p.clone()),
-                    None => ("200 OK", r#"{"items":[],"limit":1000,"page":0,"total":0,"total_filtered":0}"#.to_string()),
+                    None => {
+                        ("200 OK", r#"{"items":[],"limit":1000,"page":0,"total":0,"total_filtered":0}"#.to_string())
+                    }
                 }
             } else {
                 ("404 NOT FOUND", r#"{"code":404,"name":"Not Found","description":"nope"}"#.to_string())
@@ -54,4 +56,3 @@ pub fn pages_source(pages: Vec<String>) -> (String, std::thread::JoinHandle<()>)
     });
     (url, h)
 }
-

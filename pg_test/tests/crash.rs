@@ -23,7 +23,8 @@ fn a_killed_worker_is_marked_abandoned_and_the_next_run_resumes() {
     add_source(&mut db.client, "kill", &fx, 3, "public", "{}");
     fx.faults(Faults { slow_ms: 100, ..Default::default() });
     let run = harvest_async(&mut db.client, "kill", "full");
-    let r = wait_run(&mut db.client, run, Duration::from_secs(60), "6 pages", |r| n(r, "pages_done") >= 6 || finished(r));
+    let r =
+        wait_run(&mut db.client, run, Duration::from_secs(60), "6 pages", |r| n(r, "pages_done") >= 6 || finished(r));
     assert_eq!(r["status"], "running", "{r}");
     let pid = n(&r, "worker_pid");
     let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
@@ -53,4 +54,3 @@ fn a_killed_worker_is_marked_abandoned_and_the_next_run_resumes() {
     assert_eq!(n(&next, "rows_upserted") + done_before, 20_000);
     assert_equal_to_source(&mut db2, "kill", &fx, 3);
 }
-

@@ -76,8 +76,25 @@ impl Gen {
         let mut s = String::from("\"");
         for _ in 0..self.below(10) {
             s.push_str(self.pick(&[
-                "a", "é", "中", "😀", " ", "Δ", "zz", "\\n", "\\t", "\\\"", "\\\\", "\\/", "\\b", "\\f", "\\r", "\\u00e9", "\\u4e2d",
-                "\\ud83d\\ude00", "\\u0041",
+                "a",
+                "é",
+                "中",
+                "😀",
+                " ",
+                "Δ",
+                "zz",
+                "\\n",
+                "\\t",
+                "\\\"",
+                "\\\\",
+                "\\/",
+                "\\b",
+                "\\f",
+                "\\r",
+                "\\u00e9",
+                "\\u4e2d",
+                "\\ud83d\\ude00",
+                "\\u0041",
             ]));
             // Rarely, what only jsonb refuses.
             if self.below(400) == 0 {
@@ -120,11 +137,47 @@ fn jsonb_built_in_rust_is_byte_identical_to_jsonb_in() {
     let mut db = TestDb::new("jsonb_selftest");
     define_is_jsonb(&mut db.client);
     let mut docs: Vec<String> = [
-        "1", "-0", "0.000", "-0.00e5", "1e-5", "123456789012345678901234567890.123456789", "1e300", "1E+2", "-1.5e-300",
-        "99999999", "100000000", "1e63", "1e64", "1e-63", "1e-64", "1e-65", "1e-16383", "1e-16384", "0e-16384", "1e400000",
-        "\"\"", "true", "null", "[]", "{}", "[[]]", "{\"\":\"\"}", "{\"b\":1,\"a\":2,\"ab\":3,\"a\":4}",
-        "\"\\u00e9\\ud83d\\ude00\\n\\t\\\"\\\\\\/\"", "\"\\u0000\"", "\"\\ud83d\"", "\"\\ude00\"", "{\"a\":1,\"a\":{\"x\":1},\"a\":[1]}",
-        "  {  \"spaces\" :  [ 1 , 2 ]  }  ", "[1,]", "01", "{\"a\" 1}", "1.", ".5", "+1", "[1] 2",
+        "1",
+        "-0",
+        "0.000",
+        "-0.00e5",
+        "1e-5",
+        "123456789012345678901234567890.123456789",
+        "1e300",
+        "1E+2",
+        "-1.5e-300",
+        "99999999",
+        "100000000",
+        "1e63",
+        "1e64",
+        "1e-63",
+        "1e-64",
+        "1e-65",
+        "1e-16383",
+        "1e-16384",
+        "0e-16384",
+        "1e400000",
+        "\"\"",
+        "true",
+        "null",
+        "[]",
+        "{}",
+        "[[]]",
+        "{\"\":\"\"}",
+        "{\"b\":1,\"a\":2,\"ab\":3,\"a\":4}",
+        "\"\\u00e9\\ud83d\\ude00\\n\\t\\\"\\\\\\/\"",
+        "\"\\u0000\"",
+        "\"\\ud83d\"",
+        "\"\\ude00\"",
+        "{\"a\":1,\"a\":{\"x\":1},\"a\":[1]}",
+        "  {  \"spaces\" :  [ 1 , 2 ]  }  ",
+        "[1,]",
+        "01",
+        "{\"a\" 1}",
+        "1.",
+        ".5",
+        "+1",
+        "[1] 2",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -157,7 +210,11 @@ fn fast_path_geometries_are_identical_to_what_postgis_makes_of_the_text() {
         let run = harvest(&mut db.client, "src", "full").unwrap();
         assert_eq!(n(&run, "rows_failed"), 0, "{run}");
         assert_equal_to_source(&mut db.client, "src", &fx, export as u32);
-        let kinds: i64 = db.client.query_one("SELECT count(DISTINCT GeometryType(geom)) FROM gn2pg.observation", &[]).unwrap().get(0);
+        let kinds: i64 = db
+            .client
+            .query_one("SELECT count(DISTINCT GeometryType(geom)) FROM gn2pg.observation", &[])
+            .unwrap()
+            .get(0);
         assert!(kinds >= 2, "export {export}: points and other types were compared");
     }
 }
@@ -196,8 +253,15 @@ fn geometries_rust_leaves_to_postgis_are_converted_or_reported() {
         .unwrap()
         .get(0);
     assert_eq!(mismatches, 0);
-    let r = db.client.query_one("SELECT ST_SRID(geom), ST_NDims(geom)::int FROM gn2pg.observation WHERE id_data = 3", &[]).unwrap();
-    assert_eq!((r.get::<_, i32>(0), r.get::<_, i32>(1)), (4326, 2), "the column is 2D: Z is dropped, the item keeps the WKT");
+    let r = db
+        .client
+        .query_one("SELECT ST_SRID(geom), ST_NDims(geom)::int FROM gn2pg.observation WHERE id_data = 3", &[])
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, i32>(0), r.get::<_, i32>(1)),
+        (4326, 2),
+        "the column is 2D: Z is dropped, the item keeps the WKT"
+    );
     let (id, error): (i64, String) = {
         let r = db.client.query_one("SELECT id_data, error FROM gn2pg.run_error", &[]).unwrap();
         (r.get(0), r.get(1))

@@ -117,7 +117,8 @@ fn persistent_faults_fail_clearly_and_load_nothing_from_the_bad_page() {
     fx.faults(Faults { fail_next: 100, error_status: 503, html_errors: true, ..Default::default() });
     let err = harvest(&mut db.client, "burst", "full").unwrap_err();
     assert!(err.contains("HTTP 503") && err.contains("after 2 retries"), "{err}");
-    let statuses: Vec<String> = ["cut", "slow", "burst"].iter().map(|s| run_rows(&mut db.client, s)[0].1.clone()).collect();
+    let statuses: Vec<String> =
+        ["cut", "slow", "burst"].iter().map(|s| run_rows(&mut db.client, s)[0].1.clone()).collect();
     assert_eq!(statuses, vec!["failed"; 3]);
 }
 
@@ -265,7 +266,8 @@ fn auto_mode_reconciles_with_a_periodic_full_run() {
 #[test]
 fn a_uuid_may_move_between_two_rows_of_a_page() {
     let page = |a: &str, b: &str| {
-        let item = |id: i64, uuid: &str| format!(r#"{{"id_synthese":{id},"id_perm_sinp":"{uuid}","wkt_4326":"POINT(5 45)"}}"#);
+        let item =
+            |id: i64, uuid: &str| format!(r#"{{"id_synthese":{id},"id_perm_sinp":"{uuid}","wkt_4326":"POINT(5 45)"}}"#);
         format!(r#"{{"items":[{},{}],"limit":1000,"page":0,"total":2,"total_filtered":2}}"#, item(1, a), item(2, b))
     };
     let (x, y) = ("11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222");
@@ -304,10 +306,7 @@ fn two_sources_sharing_uuids_harvested_at_once_store_each_uuid_once() {
     let ra = wait_run(&mut db.client, ra, Duration::from_secs(120), "end", finished);
     let rb = wait_run(&mut db.client, rb, Duration::from_secs(120), "end", finished);
     assert_eq!((ra["status"].as_str(), rb["status"].as_str()), (Some("success"), Some("success")), "{ra}\n{rb}");
-    let r = db
-        .client
-        .query_one("SELECT count(*), count(DISTINCT uuid) FROM gn2pg.observation", &[])
-        .unwrap();
+    let r = db.client.query_one("SELECT count(*), count(DISTINCT uuid) FROM gn2pg.observation", &[]).unwrap();
     let (rows, uuids): (i64, i64) = (r.get(0), r.get(1));
     assert_eq!((rows, uuids), (4000, 4000), "every uuid stored once");
     assert_eq!(n(&ra, "rows_upserted") + n(&rb, "rows_upserted"), 4000);
@@ -322,12 +321,17 @@ fn two_sources_sharing_uuids_harvested_at_once_store_each_uuid_once() {
 
 #[test]
 fn bad_items_go_to_run_error_and_the_rest_of_the_page_loads() {
-    let good = |id: i64, uuid: &str| format!(r#"{{"id_synthese":{id},"id_perm_sinp":"{uuid}","wkt_4326":"POINT(5 45)","derniere_action":"2025-01-01 10:00:00"}}"#);
+    let good = |id: i64, uuid: &str| {
+        format!(
+            r#"{{"id_synthese":{id},"id_perm_sinp":"{uuid}","wkt_4326":"POINT(5 45)","derniere_action":"2025-01-01 10:00:00"}}"#
+        )
+    };
     let items = [
         good(1, "11111111-1111-4111-8111-111111111111"),
         r#"{"id_perm_sinp":"22222222-2222-4222-8222-222222222222","wkt_4326":"POINT(5 45)"}"#.to_string(),
         good(3, "not-a-uuid"),
-        r#"{"id_synthese":4,"id_perm_sinp":"44444444-4444-4444-8444-444444444444","wkt_4326":"POINT(oops)"}"#.to_string(),
+        r#"{"id_synthese":4,"id_perm_sinp":"44444444-4444-4444-8444-444444444444","wkt_4326":"POINT(oops)"}"#
+            .to_string(),
         good(5, "55555555-5555-4555-8555-555555555555"),
         good(6, "11111111-1111-4111-8111-111111111111"),
         good(7, "77777777-7777-4777-8777-777777777777"),

@@ -3,7 +3,9 @@
 
 use gn2pg_pg_test::checks::{add_source, assert_equal_to_source, harvest, n, run_rows};
 use gn2pg_pg_test::db::{error_text, Client, TestDb};
-use gn2pg_pg_test::fixture::{Access, ExportConfig, Faults, FixtureConfig, FixtureServer, Mutation, Shape, TotalFiltered, View};
+use gn2pg_pg_test::fixture::{
+    Access, ExportConfig, Faults, FixtureConfig, FixtureServer, Mutation, Shape, TotalFiltered, View,
+};
 
 fn fixture(rows: u64) -> FixtureServer {
     FixtureServer::start(FixtureConfig { rows, ..Default::default() }).expect("fixture server starts")
@@ -39,7 +41,8 @@ fn login_mode_uses_a_session_and_discovers_the_module() {
 
 #[test]
 fn login_mode_follows_a_custom_module_path() {
-    let fx = FixtureServer::start(FixtureConfig { rows: 300, module_path: "export_pne".into(), ..Default::default() }).unwrap();
+    let fx = FixtureServer::start(FixtureConfig { rows: 300, module_path: "export_pne".into(), ..Default::default() })
+        .unwrap();
     let mut db = TestDb::new("module_path");
     add_source(&mut db.client, "oldgn", &fx, 1, "login", "{}");
     harvest(&mut db.client, "oldgn", "full").unwrap();
@@ -77,11 +80,24 @@ fn every_total_filtered_profile_is_harvested_completely() {
         let export = 10 + i as u32;
         fx.set_export(
             export,
-            ExportConfig { access: Access::Public, shape: Shape::Array, view: View::CdNomenclature, total_filtered: profile, max_page_size: 1000 },
+            ExportConfig {
+                access: Access::Public,
+                shape: Shape::Array,
+                view: View::CdNomenclature,
+                total_filtered: profile,
+                max_page_size: 1000,
+            },
         );
         for paging in ["keyset", "offset"] {
             let name = format!("tf{i}{}", &paging[..1]);
-            add_source(&mut db.client, &name, &fx, export as i32, "public", &format!(r#"{{"page_size": 100, "paging": "{paging}"}}"#));
+            add_source(
+                &mut db.client,
+                &name,
+                &fx,
+                export as i32,
+                "public",
+                &format!(r#"{{"page_size": 100, "paging": "{paging}"}}"#),
+            );
             let run = harvest(&mut db.client, &name, "full").unwrap_or_else(|e| panic!("{profile:?}/{paging}: {e}"));
             assert_eq!(n(&run, "rows_upserted"), 1050, "{profile:?}/{paging}");
             assert_equal_to_source(&mut db.client, &name, &fx, export);
@@ -189,10 +205,7 @@ fn bad_credentials_fail_without_leaking_them() {
     let fx = fixture(100);
     let mut db = TestDb::new("bad_login");
     db.client
-        .execute(
-            "SELECT gn2pg_add_source('badpw', $1, 1, 'login', 'harvester', 'wrong-pass-xyz')",
-            &[&fx.base_url()],
-        )
+        .execute("SELECT gn2pg_add_source('badpw', $1, 1, 'login', 'harvester', 'wrong-pass-xyz')", &[&fx.base_url()])
         .unwrap();
     let err = harvest(&mut db.client, "badpw", "auto").unwrap_err();
     assert_failed_run(&mut db.client, "badpw", &err, &["login refused", "401"]);
@@ -210,7 +223,10 @@ fn wrong_token_and_unknown_export_fail_clearly() {
     let fx = fixture(100);
     let mut db = TestDb::new("bad_export");
     db.client
-        .execute("SELECT gn2pg_add_source('badtok', $1, 2, token => 'deadbeefdeadbeefdeadbeefdeadbeef')", &[&fx.base_url()])
+        .execute(
+            "SELECT gn2pg_add_source('badtok', $1, 2, token => 'deadbeefdeadbeefdeadbeefdeadbeef')",
+            &[&fx.base_url()],
+        )
         .unwrap();
     let err = harvest(&mut db.client, "badtok", "auto").unwrap_err();
     assert_failed_run(&mut db.client, "badtok", &err, &["denied", "403"]);
@@ -244,7 +260,10 @@ fn a_run_that_fails_mid_way_keeps_committed_pages() {
     let err = harvest(&mut db.client, "mid", "full").unwrap_err();
     assert_failed_run(&mut db.client, "mid", &err, &["HTTP 500"]);
     let (pages, kept): (i32, i64) = {
-        let r = db.client.query_one("SELECT pages_done, (SELECT count(*) FROM gn2pg.observation) FROM gn2pg.run_log", &[]).unwrap();
+        let r = db
+            .client
+            .query_one("SELECT pages_done, (SELECT count(*) FROM gn2pg.observation) FROM gn2pg.run_log", &[])
+            .unwrap();
         (r.get(0), r.get(1))
     };
     assert_eq!((pages, kept), (1, 1000));

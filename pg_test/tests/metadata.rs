@@ -78,7 +78,11 @@ fn catalog(fx: &FixtureServer) -> Catalog {
             let j = d["jdd_uuid"].as_str().unwrap().to_string();
             c.all.insert(
                 ("jdd".into(), j.clone()),
-                Meta { name: d["jdd_nom"].as_str().unwrap().into(), parent: Some(ca.clone()), item: d["jdd_data"].clone() },
+                Meta {
+                    name: d["jdd_nom"].as_str().unwrap().into(),
+                    parent: Some(ca.clone()),
+                    item: d["jdd_data"].clone(),
+                },
             );
             jdds.push(j);
         }
@@ -112,7 +116,13 @@ fn metadata(db: &mut Client, source: &str) -> BTreeMap<(String, String), MetaRow
 
 /// Asserts the metadata of a source: every CA/JDD of `expected` with its name and parent, and
 /// the nested object when `with_items` (NULL otherwise: flat columns carry no object).
-fn assert_metadata(db: &mut Client, source: &str, cat: &Catalog, expected: &BTreeSet<(String, String)>, with_items: bool) {
+fn assert_metadata(
+    db: &mut Client,
+    source: &str,
+    cat: &Catalog,
+    expected: &BTreeSet<(String, String)>,
+    with_items: bool,
+) {
     let got = metadata(db, source);
     assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), *expected, "one row per (source, level, uuid)");
     for (k, (name, parent, item, _)) in &got {
@@ -129,9 +139,7 @@ fn assert_metadata(db: &mut Client, source: &str, cat: &Catalog, expected: &BTre
 
 /// CA/JDD pairs the rows of an export use.
 fn seen_in_rows(rows: &[ExpectedRow]) -> BTreeSet<(String, String)> {
-    rows.iter()
-        .flat_map(|r| [("ca".to_string(), r.ca_uuid.clone()), ("jdd".to_string(), r.jdd_uuid.clone())])
-        .collect()
+    rows.iter().flat_map(|r| [("ca".to_string(), r.ca_uuid.clone()), ("jdd".to_string(), r.jdd_uuid.clone())]).collect()
 }
 
 /// Checks every local row of a source against the export: the item as received minus the
@@ -177,7 +185,10 @@ fn unmapped(ca: &str, jdd: &str) -> (String, String) {
 
 /// The metadata_mapping view of a source, keyed by (level, uuid): (rows, mapped_by, target CA, target JDD).
 #[allow(clippy::type_complexity)]
-fn mapping_view(db: &mut Client, source: &str) -> BTreeMap<(String, String), (i64, Option<String>, Option<String>, Option<String>)> {
+fn mapping_view(
+    db: &mut Client,
+    source: &str,
+) -> BTreeMap<(String, String), (i64, Option<String>, Option<String>, Option<String>)> {
     db.query(
         "SELECT level, source_uuid::text, rows, mapped, mapped_by, target_ca_uuid::text, target_jdd_uuid::text
            FROM gn2pg.metadata_mapping WHERE source = $1",
@@ -211,7 +222,8 @@ fn flat_columns_fill_metadata_and_keep_the_rows_as_received() {
     assert_metadata(&mut db.client, "flat", &cat, &seen_in_rows(&exp), false);
     assert_rows(&mut db.client, "flat", &exp, &unmapped);
     // Flat views keep ca_nom, jdd_nom, jdd_acteurs in the item, as received.
-    let flat = count(&mut db.client, "SELECT count(*) FROM gn2pg.observation WHERE item ? 'ca_nom' AND item ? 'jdd_acteurs'");
+    let flat =
+        count(&mut db.client, "SELECT count(*) FROM gn2pg.observation WHERE item ? 'ca_nom' AND item ? 'jdd_acteurs'");
     assert_eq!(flat, 1200);
 }
 
@@ -252,7 +264,11 @@ fn metadata_export_gives_every_ca_and_jdd_in_full_at_each_run() {
     assert_rows(&mut db.client, "withmeta", &fx.expected_rows(1), &unmapped);
     let view = mapping_view(&mut db.client, "withmeta");
     assert_eq!(view.len(), 13);
-    assert_eq!(view.values().filter(|v| v.0 == 0).count(), 13 - seen_in_rows(&fx.expected_rows(1)).len(), "CA/JDD without rows are listed with 0 rows");
+    assert_eq!(
+        view.values().filter(|v| v.0 == 0).count(),
+        13 - seen_in_rows(&fx.expected_rows(1)).len(),
+        "CA/JDD without rows are listed with 0 rows"
+    );
 
     // Re-read at every run, rewritten only if changed: a CA renamed at the source is updated.
     let before = metadata(&mut db.client, "withmeta");
@@ -315,10 +331,18 @@ fn ca_and_jdd_mappings_apply_with_jdd_first_then_ca_then_source() {
     let (ca1, j2, j4) = (cat.cas[1].clone(), cat.jdds_of[2][0].clone(), cat.jdds_of[1][1].clone());
     assert_eq!(cat.all[&("jdd".into(), j4.clone())].parent.as_deref(), Some(ca1.as_str()));
     let c = &mut db.client;
-    let id: i32 = c.query_one("SELECT gn2pg_map_ca('map', $1, $2, target_name => 'CA régional')", &[&ca1, &T_CA1]).unwrap().get(0);
-    let again: i32 = c.query_one("SELECT gn2pg_map_ca('map', source_ca => $1, target_ca => $2)", &[&ca1, &T_CA1]).unwrap().get(0);
+    let id: i32 = c
+        .query_one("SELECT gn2pg_map_ca('map', $1, $2, target_name => 'CA régional')", &[&ca1, &T_CA1])
+        .unwrap()
+        .get(0);
+    let again: i32 =
+        c.query_one("SELECT gn2pg_map_ca('map', source_ca => $1, target_ca => $2)", &[&ca1, &T_CA1]).unwrap().get(0);
     assert_eq!(id, again, "mapping again is idempotent");
-    c.execute("SELECT gn2pg_map_jdd('map', $1, $2, target_ca => $3, target_name => 'JDD partenaire')", &[&j2, &T_J2, &T_J2_CA]).unwrap();
+    c.execute(
+        "SELECT gn2pg_map_jdd('map', $1, $2, target_ca => $3, target_name => 'JDD partenaire')",
+        &[&j2, &T_J2, &T_J2_CA],
+    )
+    .unwrap();
     c.execute("SELECT gn2pg_map_jdd('map', $1, $2)", &[&j4, &T_J4]).unwrap();
 
     // The loader applies mappings while harvesting.
@@ -351,12 +375,19 @@ fn ca_and_jdd_mappings_apply_with_jdd_first_then_ca_then_source() {
             ("ca", u) => (None, u.to_string(), None),
             (_, u) if u == j2 => (Some("jdd mapping"), T_J2_CA.to_string(), Some(T_J2.to_string())),
             (_, u) if u == j4 => (Some("jdd mapping"), T_CA1.to_string(), Some(T_J4.to_string())),
-            (_, u) if parent.as_deref() == Some(ca1.as_str()) => (Some("ca mapping"), T_CA1.to_string(), Some(u.to_string())),
+            (_, u) if parent.as_deref() == Some(ca1.as_str()) => {
+                (Some("ca mapping"), T_CA1.to_string(), Some(u.to_string()))
+            }
             (_, u) => (None, parent.clone().unwrap(), Some(u.to_string())),
         };
-        assert_eq!((by.as_deref(), tca.as_deref(), tjdd.clone()), (want_by, Some(want_ca.as_str()), want_jdd), "{level} {uuid}");
+        assert_eq!(
+            (by.as_deref(), tca.as_deref(), tjdd.clone()),
+            (want_by, Some(want_ca.as_str()), want_jdd),
+            "{level} {uuid}"
+        );
     }
-    let unmapped_cas = count(c, "SELECT count(*) FROM gn2pg.metadata_mapping WHERE source = 'map' AND level = 'ca' AND NOT mapped");
+    let unmapped_cas =
+        count(c, "SELECT count(*) FROM gn2pg.metadata_mapping WHERE source = 'map' AND level = 'ca' AND NOT mapped");
     assert_eq!(unmapped_cas, 2, "CA 0 and CA 2 are visibly unmapped");
     let names: Vec<(String, Option<String>)> = c
         .query("SELECT source_uuid::text, target_name FROM gn2pg.metadata_mapping WHERE source = 'map' AND source_uuid = ANY($1::text[]::uuid[]) ORDER BY level",
@@ -371,12 +402,19 @@ fn ca_and_jdd_mappings_apply_with_jdd_first_then_ca_then_source() {
     assert_eq!(changed, others);
     let with_wide = |ca: &str, jdd: &str| -> (String, String) {
         let (dca, djdd) = specific(ca, jdd);
-        if dca == ca { (T_ALL.into(), djdd) } else { (dca, djdd) }
+        if dca == ca {
+            (T_ALL.into(), djdd)
+        } else {
+            (dca, djdd)
+        }
     };
     assert_rows(c, "map", &exp, &with_wide);
     assert_eq!(count(c, "SELECT count(*) FROM gn2pg.metadata_mapping WHERE source = 'map' AND NOT mapped"), 0);
     // The described target JDD's CA wins over every CA mapping.
-    let j2_rows = count(c, &format!("SELECT count(*) FROM gn2pg.observation WHERE ca_uuid = '{T_J2_CA}' AND jdd_uuid = '{T_J2}'"));
+    let j2_rows = count(
+        c,
+        &format!("SELECT count(*) FROM gn2pg.observation WHERE ca_uuid = '{T_J2_CA}' AND jdd_uuid = '{T_J2}'"),
+    );
     assert_eq!(j2_rows, rows_of("jdd", &j2));
 }
 
@@ -400,8 +438,13 @@ fn remap_of_100000_rows_makes_no_http_request_and_unmap_restores_source_values()
     let changed: i64 = c.query_one("SELECT gn2pg_remap('big')", &[]).unwrap().get(0);
     eprintln!("remap of 100000 rows: {:?}", t.elapsed());
     assert_eq!(changed, 100_000);
-    let moved = count(c, &format!("SELECT count(*) FROM gn2pg.observation WHERE ca_uuid = '{T_ALL}' AND jdd_uuid = '{T_J4}'
-                                      AND source_ca_uuid <> ca_uuid AND source_jdd_uuid <> jdd_uuid"));
+    let moved = count(
+        c,
+        &format!(
+            "SELECT count(*) FROM gn2pg.observation WHERE ca_uuid = '{T_ALL}' AND jdd_uuid = '{T_J4}'
+                                      AND source_ca_uuid <> ca_uuid AND source_jdd_uuid <> jdd_uuid"
+        ),
+    );
     assert_eq!(moved, 100_000);
     assert_eq!(count(c, "SELECT count(*) FROM gn2pg.metadata_mapping WHERE remap_pending"), 0);
     let again: i64 = c.query_one("SELECT gn2pg_remap('big')", &[]).unwrap().get(0);
@@ -411,7 +454,10 @@ fn remap_of_100000_rows_makes_no_http_request_and_unmap_restores_source_values()
     assert!(c.query_one("SELECT gn2pg_unmap_jdd('big', NULL)", &[]).unwrap().get::<_, bool>(0));
     let changed: i64 = c.query_one("SELECT gn2pg_remap('big')", &[]).unwrap().get(0);
     assert_eq!(changed, 100_000);
-    let restored = count(c, "SELECT count(*) FROM gn2pg.observation WHERE ca_uuid = source_ca_uuid AND jdd_uuid = source_jdd_uuid");
+    let restored = count(
+        c,
+        "SELECT count(*) FROM gn2pg.observation WHERE ca_uuid = source_ca_uuid AND jdd_uuid = source_jdd_uuid",
+    );
     assert_eq!(restored, 100_000, "unmap gives every row its source values back");
     assert_eq!(fx.stats().requests, 0, "remapping never contacts the source: {:?}", fx.stats());
 }
@@ -424,8 +470,16 @@ fn the_next_run_applies_pending_mappings_and_remap_waits_for_a_running_harvest()
     harvest(&mut db.client, "next", "auto").unwrap();
     let c = &mut db.client;
     // "1 API = 1 JDD défini au niveau du collecteur" (GeoNature #789).
-    c.execute("SELECT gn2pg_map_jdd('next', NULL, $1, target_ca => $2, target_name => 'Flux partenaire')", &[&T_J2, &T_J2_CA]).unwrap();
-    assert_eq!(count(c, &format!("SELECT count(*) FROM gn2pg.observation WHERE jdd_uuid = '{T_J2}'")), 0, "nothing moves before a remap");
+    c.execute(
+        "SELECT gn2pg_map_jdd('next', NULL, $1, target_ca => $2, target_name => 'Flux partenaire')",
+        &[&T_J2, &T_J2_CA],
+    )
+    .unwrap();
+    assert_eq!(
+        count(c, &format!("SELECT count(*) FROM gn2pg.observation WHERE jdd_uuid = '{T_J2}'")),
+        0,
+        "nothing moves before a remap"
+    );
     let run = harvest(c, "next", "auto").unwrap();
     assert_eq!(run["mode"], "incremental");
     assert!(n(&run, "rows_received") < 1500, "{run}");
@@ -460,19 +514,28 @@ fn invalid_mapping_arguments_are_rejected_with_a_clear_error() {
     add_source(&mut db.client, "src", &fx, 3, "public", "{}");
     let ok = "c0000000-0000-4000-8000-000000000001";
     let cases: Vec<(String, &str)> = vec![
-        (format!("SELECT gn2pg_map_ca('src', 'not-a-uuid', '{ok}')"), "gn2pg_map_ca: source_ca \"not-a-uuid\" is not a valid UUID"),
+        (
+            format!("SELECT gn2pg_map_ca('src', 'not-a-uuid', '{ok}')"),
+            "gn2pg_map_ca: source_ca \"not-a-uuid\" is not a valid UUID",
+        ),
         ("SELECT gn2pg_map_ca('src', NULL, '1234')".into(), "gn2pg_map_ca: target_ca \"1234\" is not a valid UUID"),
         ("SELECT gn2pg_map_ca('src', NULL, '')".into(), "target_ca \"\" is not a valid UUID"),
         ("SELECT gn2pg_map_ca('src', NULL, NULL)".into(), "gn2pg_map_ca: target_ca must not be NULL"),
         (format!("SELECT gn2pg_map_jdd('src', '{ok}x', '{ok}')"), "gn2pg_map_jdd: source_jdd"),
         (format!("SELECT gn2pg_map_jdd('src', NULL, 'zz{ok}')"), "gn2pg_map_jdd: target_jdd"),
-        (format!("SELECT gn2pg_map_jdd('src', NULL, '{ok}', target_ca => 'ca?')"), "gn2pg_map_jdd: target_ca \"ca?\" is not a valid UUID"),
+        (
+            format!("SELECT gn2pg_map_jdd('src', NULL, '{ok}', target_ca => 'ca?')"),
+            "gn2pg_map_jdd: target_ca \"ca?\" is not a valid UUID",
+        ),
         ("SELECT gn2pg_unmap_ca('src', 'nope')".into(), "gn2pg_unmap_ca: source_ca \"nope\" is not a valid UUID"),
         ("SELECT gn2pg_unmap_jdd('src', 'nope')".into(), "gn2pg_unmap_jdd: source_jdd"),
         (format!("SELECT gn2pg_map_ca('nosuch', NULL, '{ok}')"), "gn2pg_map_ca: source \"nosuch\" does not exist"),
         (format!("SELECT gn2pg_map_jdd(NULL, NULL, '{ok}')"), "gn2pg_map_jdd: source must not be NULL"),
         ("SELECT gn2pg_remap('nosuch')".into(), "gn2pg_remap: source \"nosuch\" does not exist"),
-        ("SELECT gn2pg_describe_target('ca', 'x')".into(), "gn2pg_describe_target: target_uuid \"x\" is not a valid UUID"),
+        (
+            "SELECT gn2pg_describe_target('ca', 'x')".into(),
+            "gn2pg_describe_target: target_uuid \"x\" is not a valid UUID",
+        ),
         (format!("SELECT gn2pg_describe_target('af', '{ok}')"), "level must be 'ca' or 'jdd'"),
         (format!("SELECT gn2pg_describe_target('ca', '{ok}', parent_ca => '{ok}')"), "parent_ca is for a JDD"),
     ];

@@ -86,7 +86,10 @@ impl Drop for Unschedule<'_> {
 /// pg_cron jobs named `job`, from the cron database: (jobid, schedule, command, database, username).
 fn cron_jobs(job: &str) -> Vec<(i64, String, String, String, String)> {
     connect(CRON_DB)
-        .query("SELECT jobid, schedule, command, database, username FROM cron.job WHERE jobname = $1 ORDER BY jobid", &[&job])
+        .query(
+            "SELECT jobid, schedule, command, database, username FROM cron.job WHERE jobname = $1 ORDER BY jobid",
+            &[&job],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
@@ -152,9 +155,9 @@ impl Hook {
                 let _ = r.read_exact(&mut body);
                 let status: u16 = if n < fail_first { 500 } else { 200 };
                 let reason = if status == 200 { "OK" } else { "Internal Server Error" };
-                let _ = r
-                    .get_mut()
-                    .write_all(format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+                let _ = r.get_mut().write_all(
+                    format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+                );
                 if tx.send((path, String::from_utf8_lossy(&body).into_owned(), status)).is_err() {
                     return;
                 }
@@ -191,10 +194,8 @@ fn harvest(db: &mut Client, source: &str) -> Result<Value, String> {
 }
 
 fn flow(db: &mut Client, source: &str) -> Value {
-    let t: String = db
-        .query_one("SELECT to_jsonb(f)::text FROM gn2pg.flow_status f WHERE source = $1", &[&source])
-        .unwrap()
-        .get(0);
+    let t: String =
+        db.query_one("SELECT to_jsonb(f)::text FROM gn2pg.flow_status f WHERE source = $1", &[&source]).unwrap().get(0);
     serde_json::from_str(&t).unwrap()
 }
 
@@ -216,7 +217,10 @@ fn a_schedule_is_one_cron_job_and_rescheduling_replaces_it() {
     let jobs = cron_jobs(&job);
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     let (jobid, schedule, command, database, username) = jobs[0].clone();
-    assert_eq!((jobid, schedule.as_str(), database.as_str(), username.as_str()), (id1, "*/30 * * * *", db.name.as_str(), "postgres"));
+    assert_eq!(
+        (jobid, schedule.as_str(), database.as_str(), username.as_str()),
+        (id1, "*/30 * * * *", db.name.as_str(), "postgres")
+    );
     assert_eq!(command, format!("SELECT public.gn2pg_harvest_scheduled('{src}', 'auto')"));
 
     // The dashboard shows the schedule and when it fires next (a :00 or :30 in UTC).
@@ -325,7 +329,10 @@ fn pg_cron_runs_a_scheduled_harvest() {
     // pg_cron recorded the job's command as succeeded, in the cron database.
     let (status, command): (String, String) = {
         let r = connect(CRON_DB)
-            .query_one("SELECT status, command FROM cron.job_run_details WHERE jobid = $1 ORDER BY runid LIMIT 1", &[&jobid])
+            .query_one(
+                "SELECT status, command FROM cron.job_run_details WHERE jobid = $1 ORDER BY runid LIMIT 1",
+                &[&jobid],
+            )
             .unwrap();
         (r.get(0), r.get(1))
     };
@@ -365,7 +372,11 @@ fn scheduled_runs_skip_a_source_that_is_still_running() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let f = flow(&mut c, "slow");
-    assert_eq!((f["last_run_id"].as_i64(), f["health"].as_str()), (Some(first), Some("ok")), "the refused run is not the last run: {f}");
+    assert_eq!(
+        (f["last_run_id"].as_i64(), f["health"].as_str()),
+        (Some(first), Some("ok")),
+        "the refused run is not the last run: {f}"
+    );
     fx.faults(Faults::default());
     let next: Option<i64> = c.query_one("SELECT gn2pg_harvest_scheduled('slow')", &[]).unwrap().get(0);
     assert!(next.is_some_and(|n| n > first));
@@ -398,7 +409,9 @@ fn a_failing_source_raises_an_alert_notify_and_webhook_and_recovery_clears_it() 
 
     // The alert row.
     let (kind, run_id, message, resolved): (String, i64, String, Option<String>) = {
-        let r = c.query_one("SELECT kind, run_id, message, resolved_at::text FROM gn2pg.alert WHERE source = 'flaky'", &[]).unwrap();
+        let r = c
+            .query_one("SELECT kind, run_id, message, resolved_at::text FROM gn2pg.alert WHERE source = 'flaky'", &[])
+            .unwrap();
         (r.get(0), r.get(1), r.get(2), r.get(3))
     };
     assert_eq!((kind.as_str(), run_id, resolved), ("failed", run1, None));
@@ -406,7 +419,10 @@ fn a_failing_source_raises_an_alert_notify_and_webhook_and_recovery_clears_it() 
 
     // NOTIFY gn2pg_alert, received by a listener.
     let note = next_alert(&mut listener, 10).expect("a NOTIFY gn2pg_alert");
-    assert_eq!((note["event"].as_str(), note["source"].as_str(), note["kind"].as_str()), (Some("raised"), Some("flaky"), Some("failed")));
+    assert_eq!(
+        (note["event"].as_str(), note["source"].as_str(), note["kind"].as_str()),
+        (Some("raised"), Some("flaky"), Some("failed"))
+    );
     assert_eq!(note["run_id"], run1);
     assert_eq!(note["database"], db.name.as_str());
 
@@ -418,7 +434,9 @@ fn a_failing_source_raises_an_alert_notify_and_webhook_and_recovery_clears_it() 
     assert_eq!((body2, status2), (note.clone(), 200));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = c.query_one("SELECT webhook_state, webhook_attempts FROM gn2pg.alert_event WHERE event = 'raised'", &[]).unwrap();
+        let r = c
+            .query_one("SELECT webhook_state, webhook_attempts FROM gn2pg.alert_event WHERE event = 'raised'", &[])
+            .unwrap();
         let (state, attempts): (Option<String>, i32) = (r.get(0), r.get(1));
         if state.as_deref() == Some("sent") {
             assert_eq!(attempts, 2);
@@ -429,14 +447,22 @@ fn a_failing_source_raises_an_alert_notify_and_webhook_and_recovery_clears_it() 
     }
 
     let f = flow(&mut c, "flaky");
-    assert_eq!((f["health"].as_str(), f["open_alerts"].as_i64(), f["last_run_status"].as_str()), (Some("failing"), Some(1), Some("failed")));
+    assert_eq!(
+        (f["health"].as_str(), f["open_alerts"].as_i64(), f["last_run_status"].as_str()),
+        (Some("failing"), Some(1), Some("failed"))
+    );
     assert_eq!(f["open_alert_kinds"], serde_json::json!(["failed"]));
     assert_eq!((f["organism"].as_str(), f["organism_id"].as_str()), (Some("PN Écrins"), Some("1234")));
 
     // A second failure is a repeat of the open alert: counted, not notified again.
     harvest(&mut c, "flaky").unwrap_err();
     let (open, occurrences): (i64, i32) = {
-        let r = c.query_one("SELECT count(*), max(occurrences) FROM gn2pg.alert WHERE source = 'flaky' AND resolved_at IS NULL", &[]).unwrap();
+        let r = c
+            .query_one(
+                "SELECT count(*), max(occurrences) FROM gn2pg.alert WHERE source = 'flaky' AND resolved_at IS NULL",
+                &[],
+            )
+            .unwrap();
         (r.get(0), r.get(1))
     };
     assert_eq!((open, occurrences), (1, 2));
@@ -458,7 +484,10 @@ fn a_failing_source_raises_an_alert_notify_and_webhook_and_recovery_clears_it() 
     let (_, body, status) = hook.next(15).expect("a webhook for the resolution");
     assert_eq!((body, status), (note, 200));
     let f = flow(&mut c, "flaky");
-    assert_eq!((f["health"].as_str(), f["open_alerts"].as_i64(), f["local_rows"].as_i64()), (Some("ok"), Some(0), Some(300)));
+    assert_eq!(
+        (f["health"].as_str(), f["open_alerts"].as_i64(), f["local_rows"].as_i64()),
+        (Some("ok"), Some(0), Some(300))
+    );
     assert_eq!((f["last_run_rows"].as_i64(), f["last_success_run_id"].as_i64()), (Some(300), Some(run3)));
 
     // Nothing of the webhook URL's secret path is stored or shown.
@@ -495,7 +524,8 @@ fn an_abandoned_run_raises_an_alert_that_the_next_success_resolves() {
     // The next run marks it abandoned (alert), then succeeds (resolution).
     let run = harvest(&mut c, "crash").unwrap();
     let (kind, run_id, resolved_by): (String, i64, Option<i64>) = {
-        let r = c.query_one("SELECT kind, run_id, resolved_by_run FROM gn2pg.alert WHERE source = 'crash'", &[]).unwrap();
+        let r =
+            c.query_one("SELECT kind, run_id, resolved_by_run FROM gn2pg.alert WHERE source = 'crash'", &[]).unwrap();
         (r.get(0), r.get(1), r.get(2))
     };
     assert_eq!((kind.as_str(), run_id, resolved_by), ("abandoned", dead, run["id"].as_i64()));
@@ -517,7 +547,8 @@ fn check_flows_reports_stale_sources_to_the_default_webhook() {
         .unwrap();
     let mut c = db.session();
     let fx = fixture(100);
-    c.execute("SELECT gn2pg_add_source('daily', $1, 3, options => '{\"stale_after_hours\": 24}')", &[&fx.base_url()]).unwrap();
+    c.execute("SELECT gn2pg_add_source('daily', $1, 3, options => '{\"stale_after_hours\": 24}')", &[&fx.base_url()])
+        .unwrap();
     // Another fixture: a uuid belongs to one source, and the same seed serves the same uuids.
     let fx2 = FixtureServer::start(FixtureConfig { rows: 100, seed: 7, ..Default::default() }).unwrap();
     c.execute("SELECT gn2pg_add_source('fresh', $1, 3)", &[&fx2.base_url()]).unwrap();
@@ -539,14 +570,22 @@ fn check_flows_reports_stale_sources_to_the_default_webhook() {
     let raised: i32 = c.query_one("SELECT gn2pg_check_flows()", &[]).unwrap().get(0);
     assert_eq!(raised, 0, "an open stale alert is not raised twice");
     let (kind, occurrences, message): (String, i32, String) = {
-        let r = c.query_one("SELECT kind, occurrences, message FROM gn2pg.alert WHERE source = 'daily' AND resolved_at IS NULL", &[]).unwrap();
+        let r = c
+            .query_one(
+                "SELECT kind, occurrences, message FROM gn2pg.alert WHERE source = 'daily' AND resolved_at IS NULL",
+                &[],
+            )
+            .unwrap();
         (r.get(0), r.get(1), r.get(2))
     };
     assert_eq!((kind.as_str(), occurrences), ("stale", 2));
     assert!(message.contains("no successful run since"), "{message}");
     let (path, body, _) = hook.next(15).expect("the default webhook receives the stale alert");
     assert_eq!(path, "/default-hook");
-    assert_eq!((body["event"].as_str(), body["kind"].as_str(), body["source"].as_str()), (Some("raised"), Some("stale"), Some("daily")));
+    assert_eq!(
+        (body["event"].as_str(), body["kind"].as_str(), body["source"].as_str()),
+        (Some("raised"), Some("stale"), Some("daily"))
+    );
     // The next success resolves it.
     harvest(&mut c, "daily").unwrap();
     let (_, body, _) = hook.next(15).expect("the resolution reaches the webhook");
@@ -569,7 +608,10 @@ fn roles_separate_readers_operators_and_admins() {
 
     let denied = |c: &mut Client, sql: &str, needle: &str| {
         let e = c.batch_execute(sql).map(|_| String::new()).unwrap_or_else(|e| error_text(&e));
-        assert!(e.contains("permission denied") && e.contains(needle), "{sql}: expected permission denied ({needle}), got {e:?}");
+        assert!(
+            e.contains("permission denied") && e.contains(needle),
+            "{sql}: expected permission denied ({needle}), got {e:?}"
+        );
     };
     let add = |name: &str| format!("SELECT gn2pg_add_source('{name}', '{}', 3)", fx.base_url());
 
@@ -608,7 +650,10 @@ fn roles_separate_readers_operators_and_admins() {
     let (mut a, _) = connect_as(&db.name, &admin);
     a.batch_execute(&add("byadmin")).unwrap();
     let pw: String = a
-        .query_one("SELECT password FROM gn2pg.source_secret k JOIN gn2pg.source s ON s.id = k.source_id WHERE s.name = 'pne'", &[])
+        .query_one(
+            "SELECT password FROM gn2pg.source_secret k JOIN gn2pg.source s ON s.id = k.source_id WHERE s.name = 'pne'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(pw, "secret");
@@ -646,7 +691,11 @@ fn hosts_not_in_allowed_hosts_are_refused() {
         let e = a.batch_execute(sql).map(|_| String::new()).unwrap_or_else(|e| error_text(&e));
         assert!(e.contains("is not allowed by gn2pg.allowed_hosts") && e.contains(needle), "{sql}: {e:?}");
     };
-    refused(&mut a, "SELECT gn2pg_add_source('far', 'https://geonature.forbidden.example/', 1)", "\"geonature.forbidden.example\"");
+    refused(
+        &mut a,
+        "SELECT gn2pg_add_source('far', 'https://geonature.forbidden.example/', 1)",
+        "\"geonature.forbidden.example\"",
+    );
     refused(&mut a, "SELECT gn2pg_add_source('meta', 'http://169.254.169.254/latest', 1)", "169.254.169.254");
     refused(
         &mut a,
@@ -654,15 +703,18 @@ fn hosts_not_in_allowed_hosts_are_refused() {
         "alert_webhook",
     );
     // Allowed hosts pass, for the source and for its webhook.
-    a.batch_execute("SELECT gn2pg_add_source('near', 'http://127.0.0.1:9/geonature', 1, alert_webhook => 'http://localhost:9/h')")
-        .unwrap();
+    a.batch_execute(
+        "SELECT gn2pg_add_source('near', 'http://127.0.0.1:9/geonature', 1, alert_webhook => 'http://localhost:9/h')",
+    )
+    .unwrap();
     let n: i64 = a.query_one("SELECT count(*) FROM gn2pg.source", &[]).unwrap().get(0);
     assert_eq!(n, 1);
     // The list is superuser-only: a session cannot widen it, even before gn2pg is loaded.
     let (mut fresh, _) = connect_as(&db.name, &admin);
     let _ = fresh.batch_execute("SET gn2pg.allowed_hosts = '*'");
     refused(&mut fresh, "SELECT gn2pg_add_source('far', 'https://geonature.forbidden.example/', 1)", "forbidden");
-    let e = fresh.batch_execute("SET gn2pg.allowed_hosts = '*'").map(|_| String::new()).unwrap_or_else(|e| error_text(&e));
+    let e =
+        fresh.batch_execute("SET gn2pg.allowed_hosts = '*'").map(|_| String::new()).unwrap_or_else(|e| error_text(&e));
     assert!(e.contains("permission denied to set parameter"), "{e}");
     // A superuser decides the list, and is not bound by it.
     db.session().batch_execute("SELECT gn2pg_add_source('su', 'https://geonature.forbidden.example/', 1)").unwrap();
@@ -671,9 +723,7 @@ fn hosts_not_in_allowed_hosts_are_refused() {
 #[test]
 fn secrets_stay_out_of_every_log_after_a_failed_login() {
     let db = TestDb::new("secrets");
-    connect("postgres")
-        .batch_execute(&format!("ALTER DATABASE {} SET log_min_messages = 'debug1'", db.name))
-        .unwrap();
+    connect("postgres").batch_execute(&format!("ALTER DATABASE {} SET log_min_messages = 'debug1'", db.name)).unwrap();
     let fx = fixture(100);
     let tag = format!("{}{}", std::process::id(), Instant::now().elapsed().as_nanos());
     let password = format!("pw-{tag}-Zq9");
@@ -730,9 +780,13 @@ fn secrets_stay_out_of_every_log_after_a_failed_login() {
     assert!(dump.contains("login refused") && dump.contains("127.0.0.1:9"), "the dump must hold the failures: {dump}");
     let notices = notices.lock().unwrap().join("\n");
     assert!(notices.contains("is not running"), "{notices}");
-    let log_path = format!("{}/server.log", std::env::var("GN2PG_TEST_DIR").unwrap_or_else(|_| "/tmp/gn2pg-test".into()));
+    let log_path =
+        format!("{}/server.log", std::env::var("GN2PG_TEST_DIR").unwrap_or_else(|_| "/tmp/gn2pg-test".into()));
     let log = std::fs::read_to_string(&log_path).unwrap_or_else(|e| panic!("read {log_path}: {e}"));
-    assert!(log.contains("alert event"), "gn2pg's own LOG lines must be in {log_path} for this check to mean something");
+    assert!(
+        log.contains("alert event"),
+        "gn2pg's own LOG lines must be in {log_path} for this check to mean something"
+    );
     for secret in [&password, &token, &hook_secret] {
         for (place, text) in [
             ("tables", &dump),

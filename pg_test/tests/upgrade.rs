@@ -91,7 +91,8 @@ fn an_old_schema_with_the_new_library_says_to_update_then_rows_are_rehashed_once
     assert_eq!((n(&again, "rows_upserted"), n(&again, "rows_unchanged")), (500, 1000), "{again}");
     let third = harvest(&mut db.client, "pub", "full").unwrap();
     assert_eq!((n(&third, "rows_upserted"), n(&third, "rows_unchanged")), (0, 1500), "{third}");
-    let unhashed: i64 = db.client.query_one("SELECT count(*) FROM gn2pg.observation WHERE content_hash IS NULL", &[]).unwrap().get(0);
+    let unhashed: i64 =
+        db.client.query_one("SELECT count(*) FROM gn2pg.observation WHERE content_hash IS NULL", &[]).unwrap().get(0);
     assert_eq!(unhashed, 0);
 }
 
@@ -125,7 +126,10 @@ fn duplicate_uuids_left_by_an_old_version_keep_the_uuid_index_plain() {
     // Harvests still refuse a uuid stored under another key, by looking it up.
     let first = fx.expected_rows(3)[0].uuid.clone();
     db.client
-        .execute("INSERT INTO gn2pg.observation (source, id_data, uuid, item) VALUES ('z', 7, $1::text::uuid, '{}')", &[&first])
+        .execute(
+            "INSERT INTO gn2pg.observation (source, id_data, uuid, item) VALUES ('z', 7, $1::text::uuid, '{}')",
+            &[&first],
+        )
         .unwrap();
     add_source(&mut db.client, "pub", &fx, 3, "public", "{}");
     let run = harvest(&mut db.client, "pub", "full").unwrap();

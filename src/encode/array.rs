@@ -85,7 +85,11 @@ impl ArrayBuilder {
     }
 
     /// An array (`elem_oid`, e.g. jsonb) of complete varlenas, with `bytes` reserved.
-    pub fn of_varlenas<'b>(elem_oid: u32, bytes: usize, values: impl Iterator<Item = Option<&'b [u8]>>) -> ArrayBuilder {
+    pub fn of_varlenas<'b>(
+        elem_oid: u32,
+        bytes: usize,
+        values: impl Iterator<Item = Option<&'b [u8]>>,
+    ) -> ArrayBuilder {
         let mut a = ArrayBuilder::with_capacity(Elem::Varlena, elem_oid, 0, bytes);
         values.for_each(|v| a.push_opt_varlena(v));
         a

@@ -109,11 +109,7 @@ impl Kind {
             (b"MultiPolygon", Kind::MultiPolygon),
             (b"GeometryCollection", Kind::Collection),
         ];
-        NAMES
-            .iter()
-            .find(|(known, _)| name.eq_ignore_ascii_case(known))
-            .map(|&(_, kind)| kind)
-            .ok_or(Bail)
+        NAMES.iter().find(|(known, _)| name.eq_ignore_ascii_case(known)).map(|&(_, kind)| kind).ok_or(Bail)
     }
 }
 
@@ -127,9 +123,7 @@ impl Ewkb {
     /// is 16 bytes and takes 30-40 characters with the usual 15-17 significant digits); a
     /// point (25 bytes) always fits without growing.
     fn with_capacity(text_len: usize) -> Ewkb {
-        Ewkb {
-            buf: Vec::with_capacity(25 + text_len / 2),
-        }
+        Ewkb { buf: Vec::with_capacity(25 + text_len / 2) }
     }
 
     fn header(&mut self, kind: Kind, outer: bool) {
@@ -169,10 +163,7 @@ impl Ewkb {
     /// PostGIS checks closure with `memcmp`, so `0` and `-0` do not close a ring.
     fn ring_closed(&self, start: usize) -> bool {
         let end = self.buf.len();
-        match (
-            self.buf.get(start..start + 16),
-            end.checked_sub(16).and_then(|l| self.buf.get(l..end)),
-        ) {
+        match (self.buf.get(start..start + 16), end.checked_sub(16).and_then(|l| self.buf.get(l..end))) {
             (Some(first), Some(last)) => first == last,
             _ => false,
         }
@@ -315,7 +306,6 @@ impl<'a> PointLists<'a> for Json<'a> {
 }
 
 impl<'a> Json<'a> {
-
     /// A string's raw bytes between the quotes, and whether it contained escapes.
     fn string(&mut self) -> R<(&'a [u8], bool)> {
         self.expect(b'"')?;
@@ -365,9 +355,7 @@ impl<'a> Json<'a> {
             let mut exponent: u32 = 0;
             let digits_start = self.i;
             while let Some(d @ b'0'..=b'9') = self.peek() {
-                exponent = exponent
-                    .saturating_mul(10)
-                    .saturating_add(u32::from(d - b'0'));
+                exponent = exponent.saturating_mul(10).saturating_add(u32::from(d - b'0'));
                 self.i += 1;
             }
             if self.i == digits_start || exponent > MAX_JSON_EXPONENT {
@@ -636,11 +624,7 @@ impl<'a> Wkt<'a> {
         // identical bytes, whatever the case of `SRID`). Other SRIDs need PROJ; a prefix after
         // leading spaces takes the loader's ST_SetSRID branch instead, which is not worth
         // mimicking.
-        if self
-            .s
-            .get(..5)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"SRID="))
-        {
+        if self.s.get(..5).is_some_and(|p| p.eq_ignore_ascii_case(b"SRID=")) {
             if self.s.get(5..9) != Some(b"4326") {
                 return Err(Bail);
             }
@@ -667,10 +651,7 @@ impl<'a> Wkt<'a> {
         while let Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') = self.peek() {
             self.i += 1;
         }
-        if !matches!(
-            self.peek(),
-            Some(b' ' | b'\t' | b'\n' | b'\r' | b',' | b')')
-        ) {
+        if !matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r' | b',' | b')')) {
             return Err(Bail);
         }
         let token = self.text.get(start..self.i).ok_or(Bail)?;
@@ -1101,22 +1082,10 @@ mod tests {
             r#"{"type":"GeometryCollection","geometries":[{"type":"GeometryCollection","geometries":[{"type":"GeometryCollection","geometries":[{"type":"GeometryCollection","geometries":[{"type":"GeometryCollection","geometries":[{"type":"GeometryCollection","geometries":[{"type":"GeometryCollection","geometries":[{"type":"GeometryCollection","geometries":[{"type":"GeometryCollection","geometries":[{"type":"GeometryCollection","geometries":[{"type":"Point","coordinates":[1,2]}]}]}]}]}]}]}]}]}]}]}"#,
             "accepted (json-c allows 32 levels); deeper than our bound",
         ),
-        (
-            r#"{"type":"Point","coordinates":[1,2,3]}"#,
-            "accepted as POINT Z (3D, off the fast path)",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[1,2,3,4]}"#,
-            "accepted as POINT Z, 4th number dropped",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[1]}"#,
-            "error: Too few ordinates in GeoJSON",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[]}"#,
-            "accepted as POINT EMPTY",
-        ),
+        (r#"{"type":"Point","coordinates":[1,2,3]}"#, "accepted as POINT Z (3D, off the fast path)"),
+        (r#"{"type":"Point","coordinates":[1,2,3,4]}"#, "accepted as POINT Z, 4th number dropped"),
+        (r#"{"type":"Point","coordinates":[1]}"#, "error: Too few ordinates in GeoJSON"),
+        (r#"{"type":"Point","coordinates":[]}"#, "accepted as POINT EMPTY"),
         (
             r#"{"type":"Point","coordinates":[1,2],"crs":{"type":"name","properties":{"name":"EPSG:4326"}}}"#,
             "accepted; a crs makes PostGIS look the SRID up",
@@ -1129,51 +1098,18 @@ mod tests {
             r#"{"type":"Feature","geometry":{"type":"Point","coordinates":[1,2]}}"#,
             "error: invalid GeoJson representation",
         ),
-        (
-            r#"{"type":"Curve","coordinates":[1,2]}"#,
-            "error: invalid GeoJson representation",
-        ),
-        (
-            r#"{"type":"Point"}"#,
-            "error: Unable to find 'coordinates' in GeoJSON string",
-        ),
+        (r#"{"type":"Curve","coordinates":[1,2]}"#, "error: invalid GeoJson representation"),
+        (r#"{"type":"Point"}"#, "error: Unable to find 'coordinates' in GeoJSON string"),
         (r#"{"coordinates":[1,2]}"#, "error: unknown GeoJSON type"),
-        (
-            r#"{"type":"Point","coordinates":"1 2"}"#,
-            "error: The 'coordinates' in GeoJSON are not an array",
-        ),
-        (
-            r#"{"type":"Point","coordinates":null}"#,
-            "error: Unable to find 'coordinates' in GeoJSON string",
-        ),
-        (
-            r#"{"type":"LineString","coordinates":[]}"#,
-            "accepted as LINESTRING EMPTY",
-        ),
-        (
-            r#"{"type":"Polygon","coordinates":[]}"#,
-            "accepted as POLYGON EMPTY",
-        ),
-        (
-            r#"{"type":"Polygon","coordinates":[[]]}"#,
-            "accepted as POLYGON EMPTY",
-        ),
-        (
-            r#"{"type":"MultiPoint","coordinates":[]}"#,
-            "accepted as MULTIPOINT EMPTY",
-        ),
-        (
-            r#"{"type":"MultiPolygon","coordinates":[[]]}"#,
-            "accepted as MULTIPOLYGON EMPTY",
-        ),
-        (
-            r#"{"type":"GeometryCollection","geometries":[]}"#,
-            "accepted as GEOMETRYCOLLECTION EMPTY",
-        ),
-        (
-            r#"{"type":"LineString","coordinates":[[1,2]]}"#,
-            "accepted: 1-point LINESTRING (invalid; WKT refuses it)",
-        ),
+        (r#"{"type":"Point","coordinates":"1 2"}"#, "error: The 'coordinates' in GeoJSON are not an array"),
+        (r#"{"type":"Point","coordinates":null}"#, "error: Unable to find 'coordinates' in GeoJSON string"),
+        (r#"{"type":"LineString","coordinates":[]}"#, "accepted as LINESTRING EMPTY"),
+        (r#"{"type":"Polygon","coordinates":[]}"#, "accepted as POLYGON EMPTY"),
+        (r#"{"type":"Polygon","coordinates":[[]]}"#, "accepted as POLYGON EMPTY"),
+        (r#"{"type":"MultiPoint","coordinates":[]}"#, "accepted as MULTIPOINT EMPTY"),
+        (r#"{"type":"MultiPolygon","coordinates":[[]]}"#, "accepted as MULTIPOLYGON EMPTY"),
+        (r#"{"type":"GeometryCollection","geometries":[]}"#, "accepted as GEOMETRYCOLLECTION EMPTY"),
+        (r#"{"type":"LineString","coordinates":[[1,2]]}"#, "accepted: 1-point LINESTRING (invalid; WKT refuses it)"),
         (
             r#"{"type":"LineString","coordinates":[[1,2],[]]}"#,
             "accepted: the [] position is skipped, 1-point LINESTRING",
@@ -1190,110 +1126,44 @@ mod tests {
             r#"{"type":"Point","coordinates":[-0,1]}"#,
             "gives +0 via jsonb (numeric has no -0), -0.0 would stay -0 from raw text",
         ),
-        (
-            r#"{"type":"Point","coordinates":[-0.0,1]}"#,
-            "gives +0 via jsonb, -0 from raw text",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[-1e-400,1]}"#,
-            "gives -0 (underflow after jsonb)",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[1e18,1]}"#,
-            "accepted (exact); beyond our 1e18 bound",
-        ),
+        (r#"{"type":"Point","coordinates":[-0.0,1]}"#, "gives +0 via jsonb, -0 from raw text"),
+        (r#"{"type":"Point","coordinates":[-1e-400,1]}"#, "gives -0 (underflow after jsonb)"),
+        (r#"{"type":"Point","coordinates":[1e18,1]}"#, "accepted (exact); beyond our 1e18 bound"),
         (
             r#"{"type":"Point","coordinates":[1e30,1]}"#,
             "gives 2^64: jsonb prints a 31-digit integer that json-c saturates",
         ),
-        (
-            r#"{"type":"Point","coordinates":[1e400,1]}"#,
-            "gives 2^64 (saturated integer), not infinity",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[1e-16384,1]}"#,
-            "error: value overflows numeric format",
-        ),
-        (
-            r#"{"type":"Point","coordinates":["1",2]}"#,
-            "accepted: json-c converts the string",
-        ),
-        (
-            r#"{"Type":"Point","coordinates":[1,2]}"#,
-            "accepted: members are found case-insensitively",
-        ),
-        (
-            r#"{"type":"Point","COORDINATES":[1,2]}"#,
-            "accepted: members are found case-insensitively",
-        ),
-        (
-            r#"{"type":"Point","type":"Point","coordinates":[1,2]}"#,
-            "accepted: jsonb keeps the last duplicate",
-        ),
+        (r#"{"type":"Point","coordinates":[1e400,1]}"#, "gives 2^64 (saturated integer), not infinity"),
+        (r#"{"type":"Point","coordinates":[1e-16384,1]}"#, "error: value overflows numeric format"),
+        (r#"{"type":"Point","coordinates":["1",2]}"#, "accepted: json-c converts the string"),
+        (r#"{"Type":"Point","coordinates":[1,2]}"#, "accepted: members are found case-insensitively"),
+        (r#"{"type":"Point","COORDINATES":[1,2]}"#, "accepted: members are found case-insensitively"),
+        (r#"{"type":"Point","type":"Point","coordinates":[1,2]}"#, "accepted: jsonb keeps the last duplicate"),
         (
             r#"{"type":"Point","coordinates":[1,2],"coordinates":[3,4]}"#,
             "gives POINT(3 4): jsonb keeps the last duplicate",
         ),
-        (
-            r#"{"\u0074ype":"Point","coordinates":[1,2]}"#,
-            r#"accepted: the escaped key is "type""#,
-        ),
-        (
-            r#"{"type":"Point","coordinates":[1,2],"x":"\u0000"}"#,
-            "error: unsupported Unicode escape sequence",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[1,2]"#,
-            "error: invalid input syntax for type json",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[1,2]}x"#,
-            "error: invalid input syntax for type json",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[01,2]}"#,
-            "error: invalid input syntax for type json",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[1.,2]}"#,
-            "error: invalid input syntax for type json",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[.5,2]}"#,
-            "error: invalid input syntax for type json",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[+1,2]}"#,
-            "error: invalid input syntax for type json",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[NaN,2]}"#,
-            "error: invalid input syntax for type json",
-        ),
+        (r#"{"\u0074ype":"Point","coordinates":[1,2]}"#, r#"accepted: the escaped key is "type""#),
+        (r#"{"type":"Point","coordinates":[1,2],"x":"\u0000"}"#, "error: unsupported Unicode escape sequence"),
+        (r#"{"type":"Point","coordinates":[1,2]"#, "error: invalid input syntax for type json"),
+        (r#"{"type":"Point","coordinates":[1,2]}x"#, "error: invalid input syntax for type json"),
+        (r#"{"type":"Point","coordinates":[01,2]}"#, "error: invalid input syntax for type json"),
+        (r#"{"type":"Point","coordinates":[1.,2]}"#, "error: invalid input syntax for type json"),
+        (r#"{"type":"Point","coordinates":[.5,2]}"#, "error: invalid input syntax for type json"),
+        (r#"{"type":"Point","coordinates":[+1,2]}"#, "error: invalid input syntax for type json"),
+        (r#"{"type":"Point","coordinates":[NaN,2]}"#, "error: invalid input syntax for type json"),
         (
             r#"{"type":"Point","coordinates":[1,2],"bbox":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}"#,
             "error: nesting too deep (at offset 40)",
         ),
-        (
-            r#"{"type":5,"coordinates":[1,2]}"#,
-            "error: invalid GeoJson representation",
-        ),
-        (
-            r#"{"type":null,"coordinates":[1,2]}"#,
-            "error: unknown GeoJSON type",
-        ),
-        (
-            r#"{"type":"Point","coordinates":[[1,2]]}"#,
-            "error: Too few ordinates in GeoJSON",
-        ),
+        (r#"{"type":5,"coordinates":[1,2]}"#, "error: invalid GeoJson representation"),
+        (r#"{"type":null,"coordinates":[1,2]}"#, "error: unknown GeoJSON type"),
+        (r#"{"type":"Point","coordinates":[[1,2]]}"#, "error: Too few ordinates in GeoJSON"),
         (
             r#"{"type":"LineString","coordinates":[1,2]}"#,
             "error: The 'coordinates' in GeoJSON are not sufficiently nested",
         ),
-        (
-            r#"{"type":"GeometryCollection","geometries":[[1,2]]}"#,
-            "error: unknown GeoJSON type",
-        ),
+        (r#"{"type":"GeometryCollection","geometries":[[1,2]]}"#, "error: unknown GeoJSON type"),
         ("{}", "error: invalid GeoJSON representation"),
         ("[1,2]", "error: unknown GeoJSON type"),
         ("", "error: invalid input syntax for type json"),
@@ -1357,22 +1227,14 @@ mod tests {
     #[test]
     fn geojson_matches_postgis() {
         for (input, expected) in GEOJSON_EWKB {
-            assert_eq!(
-                ewkb_hex(&from_geojson(input)).as_deref(),
-                Some(*expected),
-                "{input}"
-            );
+            assert_eq!(ewkb_hex(&from_geojson(input)).as_deref(), Some(*expected), "{input}");
         }
     }
 
     #[test]
     fn wkt_matches_postgis() {
         for (input, expected) in WKT_EWKB {
-            assert_eq!(
-                ewkb_hex(&from_wkt(input)).as_deref(),
-                Some(*expected),
-                "{input}"
-            );
+            assert_eq!(ewkb_hex(&from_wkt(input)).as_deref(), Some(*expected), "{input}");
         }
     }
 
@@ -1397,11 +1259,7 @@ mod tests {
     #[test]
     fn srid_4326_prefix_is_transparent() {
         for (input, _) in WKT_EWKB {
-            if input
-                .trim_start()
-                .get(..5)
-                .is_some_and(|p| p.eq_ignore_ascii_case("SRID="))
-            {
+            if input.trim_start().get(..5).is_some_and(|p| p.eq_ignore_ascii_case("SRID=")) {
                 continue;
             }
             for prefix in ["SRID=4326;", "srid=4326;", "SRID=4326 ; "] {
@@ -1437,11 +1295,7 @@ mod tests {
 
         fn digits(&mut self, out: &mut String, n: usize, leading_nonzero: bool) {
             for k in 0..n {
-                let d = if k == 0 && leading_nonzero {
-                    1 + self.below(9)
-                } else {
-                    self.below(10)
-                };
+                let d = if k == 0 && leading_nonzero { 1 + self.below(9) } else { self.below(10) };
                 out.push(char::from(b'0' + d as u8));
             }
         }
@@ -1658,12 +1512,7 @@ mod tests {
         }
     }
 
-    fn json_list<T>(
-        rng: &mut Rng,
-        out: &mut String,
-        items: &[T],
-        f: impl Fn(&mut Rng, &mut String, &T),
-    ) {
+    fn json_list<T>(rng: &mut Rng, out: &mut String, items: &[T], f: impl Fn(&mut Rng, &mut String, &T)) {
         out.push('[');
         for (k, item) in items.iter().enumerate() {
             if k > 0 {
@@ -1706,9 +1555,7 @@ mod tests {
             Geom::Point(p) => json_pt(rng, &mut body, p),
             Geom::Line(l) | Geom::MultiPoint(l) => json_pts(rng, &mut body, l),
             Geom::Polygon(r) | Geom::MultiLine(r) => json_rings(rng, &mut body, r),
-            Geom::MultiPolygon(m) => {
-                json_list(rng, &mut body, m, |rng, out, r| json_rings(rng, out, r))
-            }
+            Geom::MultiPolygon(m) => json_list(rng, &mut body, m, |rng, out, r| json_rings(rng, out, r)),
             Geom::Collection(c) => json_list(rng, &mut body, c, |rng, out, g| geojson(rng, g, out)),
         }
         members.push(body);
@@ -1733,12 +1580,7 @@ mod tests {
         out.push('}');
     }
 
-    fn wkt_list<T>(
-        rng: &mut Rng,
-        out: &mut String,
-        items: &[T],
-        f: impl Fn(&mut Rng, &mut String, &T),
-    ) {
+    fn wkt_list<T>(rng: &mut Rng, out: &mut String, items: &[T], f: impl Fn(&mut Rng, &mut String, &T)) {
         out.push('(');
         for (k, item) in items.iter().enumerate() {
             if k > 0 {
@@ -1826,10 +1668,7 @@ mod tests {
         fn num(b: &[u8], at: &mut usize) -> Num {
             let value = f64::from_le_bytes(b[*at..*at + 8].try_into().unwrap());
             *at += 8;
-            Num {
-                text: format!("{value:e}"),
-                value,
-            }
+            Num { text: format!("{value:e}"), value }
         }
         fn pt(b: &[u8], at: &mut usize) -> Pt {
             (num(b, at), num(b, at))
@@ -1920,9 +1759,7 @@ mod tests {
             assert_eq!(from_geojson(&json), expected, "case {case}: {json}");
             assert_eq!(from_wkt(&text), expected, "case {case}: {text}");
 
-            let Converted::Ewkb(bytes) = &expected else {
-                unreachable!()
-            };
+            let Converted::Ewkb(bytes) = &expected else { unreachable!() };
             let mut at = 0;
             let back = decode(bytes, &mut at, true);
             assert_eq!(at, bytes.len());
@@ -1938,11 +1775,7 @@ mod tests {
     fn never_panics() {
         let mut rng = Rng(42);
         let mut inputs: Vec<String> = Vec::new();
-        let valid: Vec<&str> = GEOJSON_EWKB
-            .iter()
-            .chain(WKT_EWKB)
-            .map(|(i, _)| *i)
-            .collect();
+        let valid: Vec<&str> = GEOJSON_EWKB.iter().chain(WKT_EWKB).map(|(i, _)| *i).collect();
         for v in &valid {
             // Every truncation.
             for (k, _) in v.char_indices() {
@@ -1970,12 +1803,7 @@ mod tests {
             inputs.push((0..n).map(|_| *rng.pick(&alphabet)).collect());
         }
         // Escapes, invalid and unusual ones included.
-        for s in [
-            r#"{"type":"Point","coordinates":[1,2],"a":"\x"}"#,
-            r#"{"type":"Poi\nt"}"#,
-            "\"\\",
-            "{\"\\",
-        ] {
+        for s in [r#"{"type":"Point","coordinates":[1,2],"a":"\x"}"#, r#"{"type":"Poi\nt"}"#, "\"\\", "{\"\\"] {
             inputs.push(s.to_string());
         }
         // Nesting far beyond any limit.
@@ -1992,10 +1820,7 @@ mod tests {
         inputs.push(deep);
         inputs.push("GEOMETRYCOLLECTION(".repeat(100_000));
         inputs.push(format!("POINT(1{} 2)", "0".repeat(100_000)));
-        inputs.push(format!(
-            r#"{{"type":"Point","coordinates":[1{},2]}}"#,
-            "0".repeat(100_000)
-        ));
+        inputs.push(format!(r#"{{"type":"Point","coordinates":[1{},2]}}"#, "0".repeat(100_000)));
         for input in &inputs {
             let _ = from_geojson(input);
             let _ = from_wkt(input);
@@ -2017,27 +1842,17 @@ mod tests {
         };
         assert!(matches!(from_geojson(&gc(9)), Converted::Ewkb(_)));
         assert_eq!(from_geojson(&gc(10)), Converted::Defer);
-        let wkt = |levels: usize| {
-            format!(
-                "{}POINT(1 2){}",
-                "GEOMETRYCOLLECTION(".repeat(levels),
-                ")".repeat(levels)
-            )
-        };
+        let wkt = |levels: usize| format!("{}POINT(1 2){}", "GEOMETRYCOLLECTION(".repeat(levels), ")".repeat(levels));
         assert!(matches!(from_wkt(&wkt(16)), Converted::Ewkb(_)));
         assert_eq!(from_wkt(&wkt(17)), Converted::Defer);
     }
 
     #[test]
     fn wkt_number_grammar() {
-        for ok in [
-            "1", "-1", "1.", ".5", "-.5", "01", "1.5", "1e5", "1E+5", "1.5e-5", ".5e3",
-        ] {
+        for ok in ["1", "-1", "1.", ".5", "-.5", "01", "1.5", "1e5", "1E+5", "1.5e-5", ".5e3"] {
             assert!(wkt_number_syntax(ok.as_bytes()), "{ok}");
         }
-        for bad in [
-            "", "-", ".", "+1", "1.e5", "1e", "1e+", "1..2", "1-2", "--1", "e5", "1e5.5",
-        ] {
+        for bad in ["", "-", ".", "+1", "1.e5", "1e", "1e+", "1..2", "1-2", "--1", "e5", "1e5.5"] {
             assert!(!wkt_number_syntax(bad.as_bytes()), "{bad}");
         }
     }

@@ -208,7 +208,8 @@ impl<'a> Parser<'a> {
         let n = self.members.len() - base;
         if n >= CACHED_ORDER_MIN {
             if let Some((keys, perm)) = &self.order {
-                let same = keys.len() == n && self.members[base..].iter().zip(keys).all(|((_, k, _), c)| k.as_ref() == *c);
+                let same =
+                    keys.len() == n && self.members[base..].iter().zip(keys).all(|((_, k, _), c)| k.as_ref() == *c);
                 if same {
                     let placeholder = || (0, Cow::Borrowed(""), Value::Null);
                     let out = perm.iter().map(|&p| {
@@ -391,7 +392,8 @@ impl<'a> Parser<'a> {
         let mut out = String::with_capacity(self.i - start + 16);
         out.push_str(&self.src[start..self.i]);
         let mut high: Option<u32> = None;
-        let low_missing = || err("unsupported Unicode escape sequence: a Unicode high surrogate must be followed by a low surrogate");
+        let low_missing =
+            || err("unsupported Unicode escape sequence: a Unicode high surrogate must be followed by a low surrogate");
         loop {
             let run = self.i;
             self.i += plain_run(&self.s[self.i..]);
@@ -432,7 +434,9 @@ impl<'a> Parser<'a> {
                 let cp = if (0xDC00..0xE000).contains(&cp) {
                     match high.take() {
                         Some(h) => 0x10000 + ((h - 0xD800) << 10) + (cp - 0xDC00),
-                        None => return err("unsupported Unicode escape sequence: a Unicode low surrogate must follow a high surrogate"),
+                        None => return err(
+                            "unsupported Unicode escape sequence: a Unicode low surrogate must follow a high surrogate",
+                        ),
                     }
                 } else {
                     if high.is_some() {
@@ -804,7 +808,8 @@ fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
 /// `convertJsonbObject`: all key JEntries then all value JEntries; the members are already in
 /// jsonb order (see [`Value::Object`]).
 fn write_object(buf: &mut Vec<u8>, members: &[(Cow<str>, Value)], skip: &[&str]) -> Result<u32, JsonbError> {
-    let skipped: Vec<usize> = skip.iter().filter_map(|name| members.binary_search_by(|(k, _)| key_order(k, name)).ok()).collect();
+    let skipped: Vec<usize> =
+        skip.iter().filter_map(|name| members.binary_search_by(|(k, _)| key_order(k, name)).ok()).collect();
     let kept = || members.iter().enumerate().filter(|(i, _)| !skipped.contains(i)).map(|(_, m)| m);
     let n = kept().count();
     let base = buf.len();
@@ -891,11 +896,8 @@ fn write_numeric(buf: &mut Vec<u8>, tok: &str) -> Result<u32, JsonbError> {
     }
     dscale = dscale.max(0);
     let ddigits = (int.len() + frac.len()) as i64;
-    let weight = if dweight >= 0 {
-        (dweight + 1 + DEC_DIGITS - 1) / DEC_DIGITS - 1
-    } else {
-        -((-dweight - 1) / DEC_DIGITS + 1)
-    };
+    let weight =
+        if dweight >= 0 { (dweight + 1 + DEC_DIGITS - 1) / DEC_DIGITS - 1 } else { -((-dweight - 1) / DEC_DIGITS + 1) };
     let offset = (weight + 1) * DEC_DIGITS - (dweight + 1);
     let ndigits = (ddigits + offset + DEC_DIGITS - 1) / DEC_DIGITS;
     // Decimal digit k of the number (integer then fraction digits), 0 outside: the padded
@@ -925,11 +927,14 @@ fn write_numeric(buf: &mut Vec<u8>, tok: &str) -> Result<u32, JsonbError> {
     if dscale > NUMERIC_DSCALE_MAX || weight > i64::from(i16::MAX) || weight < i64::from(i16::MIN) {
         return err(format!("value overflows numeric format: {tok}"));
     }
-    let short = dscale <= NUMERIC_SHORT_DSCALE_MAX && (NUMERIC_SHORT_WEIGHT_MIN..=NUMERIC_SHORT_WEIGHT_MAX).contains(&weight);
+    let short =
+        dscale <= NUMERIC_SHORT_DSCALE_MAX && (NUMERIC_SHORT_WEIGHT_MIN..=NUMERIC_SHORT_WEIGHT_MAX).contains(&weight);
     let len = 4 + if short { 2 } else { 4 } + 2 * count as usize;
     buf.extend_from_slice(&varlena_header(len as u32));
     if short {
-        let mut h = NUMERIC_SHORT | ((dscale as u16) << NUMERIC_SHORT_DSCALE_SHIFT) | (weight as u16 & NUMERIC_SHORT_WEIGHT_MASK);
+        let mut h = NUMERIC_SHORT
+            | ((dscale as u16) << NUMERIC_SHORT_DSCALE_SHIFT)
+            | (weight as u16 & NUMERIC_SHORT_WEIGHT_MASK);
         if neg {
             h |= NUMERIC_SHORT_SIGN_MASK;
         }
@@ -970,18 +975,18 @@ mod tests {
     fn numerics_match_numeric_in() {
         // Layout: 4-byte varlena header, then the short header (u16) or sign/dscale + weight
         // (u16, i16), then base-10000 digits (u16), all native-endian.
-        assert_eq!(numeric("1"), "20000000" .to_owned() + "0080" + "0100");
-        assert_eq!(numeric("0"), "18000000" .to_owned() + "0080", "zero has no digits");
+        assert_eq!(numeric("1"), "20000000".to_owned() + "0080" + "0100");
+        assert_eq!(numeric("0"), "18000000".to_owned() + "0080", "zero has no digits");
         // -0.00: zero keeps its display scale (2 << 7) and loses its sign.
-        assert_eq!(numeric("-0.00"), "18000000" .to_owned() + "0081");
+        assert_eq!(numeric("-0.00"), "18000000".to_owned() + "0081");
         // 12345.678: digits 1 2345 6780, weight 1, dscale 3: header 0x8181.
-        assert_eq!(numeric("12345.678"), "30000000" .to_owned() + "8181" + "0100" + "2909" + "7c1a");
+        assert_eq!(numeric("12345.678"), "30000000".to_owned() + "8181" + "0100" + "2909" + "7c1a");
         // -12: sign bit 0x2000.
-        assert_eq!(numeric("-12"), "20000000" .to_owned() + "00a0" + "0c00");
+        assert_eq!(numeric("-12"), "20000000".to_owned() + "00a0" + "0c00");
         // 1e-5 = 1000 x 10000^-2: weight -2 (0x40 | 0x3e), dscale 5 (0x280): header 0x82fe.
-        assert_eq!(numeric("1e-5"), "20000000" .to_owned() + "fe82" + "e803");
+        assert_eq!(numeric("1e-5"), "20000000".to_owned() + "fe82" + "e803");
         // 1e300: weight 75 does not fit the short format.
-        assert_eq!(numeric("1e300"), "28000000" .to_owned() + "0000" + "4b00" + "0100");
+        assert_eq!(numeric("1e300"), "28000000".to_owned() + "0000" + "4b00" + "0100");
         // Leading and trailing zeros never become digits.
         assert_eq!(numeric("000.5000e1"), numeric("5.000"));
     }
@@ -997,9 +1002,9 @@ mod tests {
     #[test]
     fn scalars_are_wrapped() {
         // A raw scalar is a one-element array flagged JB_FSCALAR; its only JEntry holds an offset.
-        assert_eq!(hex(&enc("true")), "30000000" .to_owned() + "01000050" + "000000b0");
-        assert_eq!(hex(&enc("\"ab\"")), "38000000" .to_owned() + "01000050" + "02000080" + "6162");
-        assert_eq!(hex(&enc("null")), "30000000" .to_owned() + "01000050" + "000000c0");
+        assert_eq!(hex(&enc("true")), "30000000".to_owned() + "01000050" + "000000b0");
+        assert_eq!(hex(&enc("\"ab\"")), "38000000".to_owned() + "01000050" + "02000080" + "6162");
+        assert_eq!(hex(&enc("null")), "30000000".to_owned() + "01000050" + "000000c0");
     }
 
     #[test]
@@ -1034,7 +1039,9 @@ mod tests {
         let v = parse(r#""a\"b\\c\/d\b\f\n\r\t\u00e9\ud83d\ude00""#).unwrap();
         assert_eq!(v, Value::String("a\"b\\c/d\u{8}\u{c}\n\r\té😀".into()));
         assert!(matches!(parse(r#""plain""#).unwrap(), Value::String(Cow::Borrowed("plain"))));
-        for bad in [r#""\u0000""#, r#""\ud83d""#, r#""\ude00""#, r#""\ud83dx""#, r#""\ud83d\ud83d""#, r#""\x""#, "\"a\u{1}\""] {
+        for bad in
+            [r#""\u0000""#, r#""\ud83d""#, r#""\ude00""#, r#""\ud83dx""#, r#""\ud83d\ud83d""#, r#""\x""#, "\"a\u{1}\""]
+        {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(parse(r#""\u0000""#).unwrap_err().message.contains("\\u0000 cannot be converted to text"));
@@ -1042,7 +1049,9 @@ mod tests {
 
     #[test]
     fn syntax_is_strict() {
-        for bad in ["", "{", "[1,]", "{\"a\":}", "01", "1.", ".5", "-", "1e", "+1", "NaN", "tru", "{\"a\" 1}", "[1] x", "1x"] {
+        for bad in
+            ["", "{", "[1,]", "{\"a\":}", "01", "1.", ".5", "-", "1e", "+1", "NaN", "tru", "{\"a\" 1}", "[1] x", "1x"]
+        {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
         for ok in ["0", "-0", "1e5", "1E+5", "1.5e-3", " {\n\t\"a\" : [ 1 , { } , [ ] ] } "] {
@@ -1069,7 +1078,8 @@ mod tests {
     #[test]
     fn the_cached_key_order_gives_the_same_bytes() {
         let object = |order: &[usize], dup: bool, escaped: bool| {
-            let mut members: Vec<String> = order.iter().map(|i| format!("\"k{i}_{}\":{i}", "x".repeat(i % 5))).collect();
+            let mut members: Vec<String> =
+                order.iter().map(|i| format!("\"k{i}_{}\":{i}", "x".repeat(i % 5))).collect();
             if dup {
                 members.push("\"k3_xxx\":\"again\"".into());
             }
@@ -1103,7 +1113,14 @@ mod tests {
 
     #[test]
     fn plain_runs_stop_at_quotes_backslashes_and_controls() {
-        for (s, n) in [("abcdefghij\"", 10), ("ab\\c", 2), ("abcdefgh\u{1}", 8), ("é中文", "é中文".len()), ("", 0), ("0123456\"", 7)] {
+        for (s, n) in [
+            ("abcdefghij\"", 10),
+            ("ab\\c", 2),
+            ("abcdefgh\u{1}", 8),
+            ("é中文", "é中文".len()),
+            ("", 0),
+            ("0123456\"", 7),
+        ] {
             assert_eq!(plain_run(s.as_bytes()), n, "{s:?}");
         }
     }

@@ -31,7 +31,10 @@ pub enum Geom {
     /// EWKB, SRID 4326, byte-identical to what PostGIS makes of the text.
     Ewkb(Vec<u8>),
     /// Converted by PostGIS in the backend (3D, other SRIDs, anything unusual or invalid).
-    Defer { geojson: Option<String>, wkt: Option<String> },
+    Defer {
+        geojson: Option<String>,
+        wkt: Option<String>,
+    },
 }
 
 /// An accepted row.
@@ -140,7 +143,8 @@ impl Columns {
         Columns {
             id: ArrayBuilder::of_i64(oid::INT8, rows.clone().map(|r| Some(r.id))).finish_aligned(),
             uuid: ArrayBuilder::of_uuid(rows.clone().map(|r| r.uuid.as_ref())).finish_aligned(),
-            item: ArrayBuilder::of_varlenas(oid::JSONB, bytes, rows.clone().map(|r| Some(&r.item[..]))).finish_aligned(),
+            item: ArrayBuilder::of_varlenas(oid::JSONB, bytes, rows.clone().map(|r| Some(&r.item[..])))
+                .finish_aligned(),
             geom: ArrayBuilder::of_bytes(oid::BYTEA, rows.clone().map(ewkb)).finish_aligned(),
             source_ca: ArrayBuilder::of_uuid(rows.clone().map(|r| r.ca.as_ref())).finish_aligned(),
             source_jdd: ArrayBuilder::of_uuid(rows.clone().map(|r| r.jdd.as_ref())).finish_aligned(),
@@ -226,7 +230,8 @@ fn parse_item<'a>(item: ParsedItem<'a>, geojson: Option<&'a str>, f: &Fields) ->
     let ca = text("ca_uuid").or_else(|| nested("ca_data"));
     let jdd = text("jdd_uuid").or_else(|| nested("jdd_data"));
     let updated = text(&f.updated);
-    let (uuid_b, ca_b, jdd_b) = (uuid.as_deref().map(uuid_bytes), ca.as_deref().map(uuid_bytes), jdd.as_deref().map(uuid_bytes));
+    let (uuid_b, ca_b, jdd_b) =
+        (uuid.as_deref().map(uuid_bytes), ca.as_deref().map(uuid_bytes), jdd.as_deref().map(uuid_bytes));
     let updated_us = updated.as_deref().map(timestamp_micros);
     let reason = if id.is_none() {
         Some(format!("missing or non-integer key {}", f.key))
@@ -283,9 +288,8 @@ fn describe(value: &Value, level: Level, uuid: [u8; 16], parent: Option<[u8; 16]
         Level::Jdd => ("jdd_nom", "jdd_data"),
     };
     let nested = value.get(object);
-    let name = member_text(value.get(flat))
-        .or_else(|| member_text(nested.and_then(|o| o.get("name"))))
-        .map(Cow::into_owned);
+    let name =
+        member_text(value.get(flat)).or_else(|| member_text(nested.and_then(|o| o.get("name")))).map(Cow::into_owned);
     let item = match nested {
         Some(o @ Value::Object(_)) => jsonb::encode(o).ok(),
         _ => None,
@@ -487,7 +491,12 @@ mod tests {
     use crate::source::page::Shape;
 
     fn fields() -> Fields {
-        Fields { key: "id_synthese".into(), uuid: "id_perm_sinp".into(), wkt: "wkt_4326".into(), updated: "derniere_action".into() }
+        Fields {
+            key: "id_synthese".into(),
+            uuid: "id_perm_sinp".into(),
+            wkt: "wkt_4326".into(),
+            updated: "derniere_action".into(),
+        }
     }
 
     #[test]
@@ -577,7 +586,11 @@ mod tests {
     #[test]
     fn page_errors_name_the_cause() {
         let e = |body: &str| prepare(body, &fields(), false).unwrap_err();
-        assert!(e(r#"{"items":[{"id_synthese":1},{"id_sy"#).contains("truncated JSON (35 bytes received)"), "{}", e(r#"{"items":[{"id_synthese":1},{"id_sy"#));
+        assert!(
+            e(r#"{"items":[{"id_synthese":1},{"id_sy"#).contains("truncated JSON (35 bytes received)"),
+            "{}",
+            e(r#"{"items":[{"id_synthese":1},{"id_sy"#)
+        );
         assert!(e("<html><body>502 Bad Gateway</body></html>").contains("malformed JSON"));
         assert!(e(r#"{"message":"no"}"#).contains("no \"items\""));
         assert!(e(r#"{"items":{"type":"Feature"}}"#).contains("not a FeatureCollection"));

@@ -351,11 +351,7 @@ impl SourceClient {
             301 | 302 | 303 | 307 | 308 => {
                 let to = headers.get(LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("");
                 if to.contains("login") {
-                    Err(SourceError::AuthRequired {
-                        url: shown,
-                        status,
-                        detail: "redirected to the login page".into(),
-                    })
+                    Err(SourceError::AuthRequired { url: shown, status, detail: "redirected to the login page".into() })
                 } else {
                     Err(SourceError::Http {
                         url: shown,
@@ -507,7 +503,10 @@ impl<T: Send + 'static> Pipeline<T> {
 
     /// Starts a producer. It calls `emit` for each item, which blocks while the queue is full and
     /// returns false once the backend is gone (the producer should then stop).
-    pub fn spawn(&mut self, producer: impl FnOnce(&CancelFlag, &dyn Fn(T) -> bool) + Send + 'static) -> Result<(), SourceError> {
+    pub fn spawn(
+        &mut self,
+        producer: impl FnOnce(&CancelFlag, &dyn Fn(T) -> bool) + Send + 'static,
+    ) -> Result<(), SourceError> {
         let tx = self.tx.clone().ok_or_else(|| SourceError::Config("the pipeline is closed".into()))?;
         let cancel = self.cancel.clone();
         with_signals_blocked(|| {
@@ -548,14 +547,15 @@ impl<T> Drop for Pipeline<T> {
 
 fn annotate_retries(e: SourceError, tries: u32) -> SourceError {
     match e {
-        SourceError::Http { url, status, detail, retry_after } => SourceError::Http {
-            url,
-            status,
-            detail: format!("{detail} (after {tries} retries)"),
-            retry_after,
-        },
-        SourceError::Connect { url, cause } => SourceError::Connect { url, cause: format!("{cause} (after {tries} retries)") },
-        SourceError::Timeout { url, cause } => SourceError::Timeout { url, cause: format!("{cause} (after {tries} retries)") },
+        SourceError::Http { url, status, detail, retry_after } => {
+            SourceError::Http { url, status, detail: format!("{detail} (after {tries} retries)"), retry_after }
+        }
+        SourceError::Connect { url, cause } => {
+            SourceError::Connect { url, cause: format!("{cause} (after {tries} retries)") }
+        }
+        SourceError::Timeout { url, cause } => {
+            SourceError::Timeout { url, cause: format!("{cause} (after {tries} retries)") }
+        }
         SourceError::Truncated { url, cause } => {
             SourceError::Truncated { url, cause: format!("{cause} (after {tries} retries)") }
         }
@@ -629,7 +629,11 @@ fn text_snippet(body: &str) -> String {
         }
     }
     let t: String = body.chars().filter(|c| !c.is_control() || *c == ' ').take(200).collect();
-    if t.is_empty() { "(empty body)".into() } else { t }
+    if t.is_empty() {
+        "(empty body)".into()
+    } else {
+        t
+    }
 }
 
 #[cfg(test)]
@@ -672,7 +676,10 @@ mod tests {
     }
 
     fn resp(status: &str, ct: &str, body: &str) -> String {
-        format!("HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
     }
 
     fn client(url: &str, auth: Auth, retries: u32) -> SourceClient {
@@ -683,7 +690,12 @@ mod tests {
             auth,
             options: SourceOptions { module_path: Some("exports".into()), ..Default::default() },
         };
-        let limits = Limits { max_retries: retries, connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5), ..Default::default() };
+        let limits = Limits {
+            max_retries: retries,
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
         SourceClient::new(cfg, limits).unwrap()
     }
 
@@ -699,7 +711,11 @@ mod tests {
 
     #[test]
     fn token_goes_in_query_and_never_in_errors() {
-        let (url, h) = serve(vec![resp("403 FORBIDDEN", "application/json", r#"{"code":403,"name":"Forbidden","description":"bad token"}"#)]);
+        let (url, h) = serve(vec![resp(
+            "403 FORBIDDEN",
+            "application/json",
+            r#"{"code":403,"name":"Forbidden","description":"bad token"}"#,
+        )]);
         let mut c = client(&url, Auth::Token("s3cr3t".into()), 0);
         let err = c.fetch_export_page(&[("limit".into(), "10".into())], &NoSleep).unwrap_err();
         let seen = h.join().unwrap();
@@ -730,7 +746,10 @@ mod tests {
         let (url, h) = serve(vec![page.clone(), page]);
         let mut c = client(&url, Auth::Public, 1);
         let msg = c.fetch_export_page(&[], &NoSleep).unwrap_err().to_string();
-        assert!(msg.contains("HTTP 502") && msg.contains("502 Bad Gateway") && msg.contains("after 1 retries"), "{msg}");
+        assert!(
+            msg.contains("HTTP 502") && msg.contains("502 Bad Gateway") && msg.contains("after 1 retries"),
+            "{msg}"
+        );
         h.join().unwrap();
     }
 
@@ -765,7 +784,11 @@ mod tests {
 
     #[test]
     fn bad_login_is_refused_without_echoing_the_password() {
-        let (url, h) = serve(vec![resp("401 UNAUTHORIZED", "application/json", r#"{"code":401,"name":"Unauthorized","description":"Invalid password"}"#)]);
+        let (url, h) = serve(vec![resp(
+            "401 UNAUTHORIZED",
+            "application/json",
+            r#"{"code":401,"name":"Unauthorized","description":"Invalid password"}"#,
+        )]);
         let mut c = client(&url, Auth::Login { login: "u".into(), password: "pw-xyz".into() }, 3);
         let err = c.login(&NoSleep).unwrap_err();
         let msg = err.to_string();

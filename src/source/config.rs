@@ -122,23 +122,35 @@ impl Default for SourceOptions {
 const RESERVED_PARAMS: &[&str] = &["limit", "offset", "orderby", "token", "order"];
 
 const KNOWN_OPTIONS: &[&str] = &[
-    "page_size", "paging", "key_column", "uuid_column", "wkt_column", "updated_column",
-    "module_path", "query", "connect_timeout_ms", "timeout_ms", "max_retries", "max_page_bytes",
-    "overlap_seconds", "id_application", "streams", "workers", "full_every_hours",
-    "organism", "organism_id", "stale_after_hours", "metadata_export_id", "metadata_key_column",
+    "page_size",
+    "paging",
+    "key_column",
+    "uuid_column",
+    "wkt_column",
+    "updated_column",
+    "module_path",
+    "query",
+    "connect_timeout_ms",
+    "timeout_ms",
+    "max_retries",
+    "max_page_bytes",
+    "overlap_seconds",
+    "id_application",
+    "streams",
+    "workers",
+    "full_every_hours",
+    "organism",
+    "organism_id",
+    "stale_after_hours",
+    "metadata_export_id",
+    "metadata_key_column",
 ];
 
 fn column_name(opt: &str, v: &Value) -> Result<String, SourceError> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| SourceError::Config(format!("option {opt} must be a string")))?;
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let s = v.as_str().ok_or_else(|| SourceError::Config(format!("option {opt} must be a string")))?;
+    let ok = !s.is_empty() && s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !ok {
-        return Err(SourceError::Config(format!(
-            "option {opt} = {s:?} is not a column name (letters, digits, _)"
-        )));
+        return Err(SourceError::Config(format!("option {opt} = {s:?} is not a column name (letters, digits, _)")));
     }
     Ok(s.to_string())
 }
@@ -161,9 +173,7 @@ fn positive(opt: &str, v: &Value, max: u64) -> Result<u64, SourceError> {
 impl SourceOptions {
     /// Parses `gn2pg.source.options`. Unknown keys are refused: a typo must not be ignored.
     pub fn from_json(v: &Value) -> Result<SourceOptions, SourceError> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| SourceError::Config("options must be a JSON object".into()))?;
+        let obj = v.as_object().ok_or_else(|| SourceError::Config("options must be a JSON object".into()))?;
         let mut o = SourceOptions::default();
         for (k, val) in obj {
             match k.as_str() {
@@ -184,7 +194,9 @@ impl SourceOptions {
                         .as_str()
                         .map(|s| s.trim_matches('/'))
                         .filter(|s| !s.is_empty() && !s.contains("..") && !s.contains('?'))
-                        .ok_or_else(|| SourceError::Config("option module_path must be a path like 'exports'".into()))?;
+                        .ok_or_else(|| {
+                            SourceError::Config("option module_path must be a path like 'exports'".into())
+                        })?;
                     o.module_path = Some(p.to_string());
                 }
                 "query" => {
@@ -201,7 +213,11 @@ impl SourceOptions {
                             Value::String(s) => s.clone(),
                             Value::Number(n) => n.to_string(),
                             Value::Bool(b) => b.to_string(),
-                            _ => return Err(SourceError::Config(format!("option query.{qk} must be a string or number"))),
+                            _ => {
+                                return Err(SourceError::Config(format!(
+                                    "option query.{qk} must be a string or number"
+                                )))
+                            }
                         };
                         o.query.insert(qk.clone(), s);
                     }
@@ -220,9 +236,10 @@ impl SourceOptions {
                     })?))
                 }
                 "id_application" => {
-                    o.id_application = Some(val.as_i64().ok_or_else(|| {
-                        SourceError::Config("option id_application must be an integer".into())
-                    })?)
+                    o.id_application = Some(
+                        val.as_i64()
+                            .ok_or_else(|| SourceError::Config("option id_application must be an integer".into()))?,
+                    )
                 }
                 "streams" => o.streams = positive(k, val, 16)? as u32,
                 "workers" => o.workers = positive(k, val, 8)? as u32,
@@ -351,7 +368,9 @@ mod tests {
 
     #[test]
     fn api_root_variants() {
-        for raw in ["http://h:8/geonature", "http://h:8/geonature/", "http://h:8/geonature/api", "http://h:8/geonature/api/"] {
+        for raw in
+            ["http://h:8/geonature", "http://h:8/geonature/", "http://h:8/geonature/api", "http://h:8/geonature/api/"]
+        {
             assert_eq!(api_root(raw).unwrap().as_str(), "http://h:8/geonature/api", "{raw}");
         }
         assert_eq!(api_root("https://gn.example.org").unwrap().as_str(), "https://gn.example.org/api");
@@ -378,7 +397,8 @@ mod tests {
 
     #[test]
     fn options_parse_and_refuse() {
-        let o = SourceOptions::from_json(&json!({"page_size": 500, "paging": "offset", "query": {"cd_nom": 4001}})).unwrap();
+        let o = SourceOptions::from_json(&json!({"page_size": 500, "paging": "offset", "query": {"cd_nom": 4001}}))
+            .unwrap();
         assert_eq!(o.page_size, 500);
         assert_eq!(o.paging, PagingMode::Offset);
         assert_eq!(o.query.get("cd_nom").unwrap(), "4001");
@@ -393,11 +413,16 @@ mod tests {
 
     #[test]
     fn organisation_and_staleness_options() {
-        let o = SourceOptions::from_json(&json!({"organism": " PN Écrins ", "organism_id": 1234, "stale_after_hours": 36})).unwrap();
+        let o =
+            SourceOptions::from_json(&json!({"organism": " PN Écrins ", "organism_id": 1234, "stale_after_hours": 36}))
+                .unwrap();
         assert_eq!(o.organism.as_deref(), Some("PN Écrins"));
         assert_eq!(o.organism_id.as_deref(), Some("1234"));
         assert_eq!(o.stale_after, Some(Duration::from_secs(36 * 3600)));
-        let o = SourceOptions::from_json(&json!({"organism_id": "5a7e3b9c-0000-4000-8000-000000000001", "stale_after_hours": 0})).unwrap();
+        let o = SourceOptions::from_json(
+            &json!({"organism_id": "5a7e3b9c-0000-4000-8000-000000000001", "stale_after_hours": 0}),
+        )
+        .unwrap();
         assert_eq!(o.organism_id.as_deref(), Some("5a7e3b9c-0000-4000-8000-000000000001"));
         assert_eq!(o.stale_after, Some(Duration::ZERO), "0 means never stale");
         assert_eq!(SourceOptions::from_json(&json!({})).unwrap().stale_after, None);
@@ -421,8 +446,12 @@ mod tests {
         assert_eq!((o.metadata_export_id, o.metadata_key_column.as_str()), (None, "id_ca"));
         let o = SourceOptions::from_json(&json!({"metadata_export_id": 4, "metadata_key_column": "id_af"})).unwrap();
         assert_eq!((o.metadata_export_id, o.metadata_key_column.as_str()), (Some(4), "id_af"));
-        for bad in [json!({"metadata_export_id": 0}), json!({"metadata_export_id": "4"}), json!({"metadata_export_id": -1}),
-                    json!({"metadata_key_column": "id ca"})] {
+        for bad in [
+            json!({"metadata_export_id": 0}),
+            json!({"metadata_export_id": "4"}),
+            json!({"metadata_export_id": -1}),
+            json!({"metadata_key_column": "id ca"}),
+        ] {
             assert!(SourceOptions::from_json(&bad).is_err(), "{bad}");
         }
     }

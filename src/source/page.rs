@@ -51,7 +51,10 @@ pub type ParsedItem<'a> = Result<Value<'a>, (JsonbError, &'a str)>;
 /// text to `item` as it is parsed; the results come back in page order. Errors concern the page
 /// itself (not an export answer, malformed or cut JSON) and are plain strings: the caller wraps
 /// them with the (redacted) URL.
-pub fn read_page<'a, T>(body: &'a str, mut item: impl FnMut(ParsedItem<'a>, Option<&'a str>) -> T) -> Result<(Envelope, Vec<T>), String> {
+pub fn read_page<'a, T>(
+    body: &'a str,
+    mut item: impl FnMut(ParsedItem<'a>, Option<&'a str>) -> T,
+) -> Result<(Envelope, Vec<T>), String> {
     let page_error = |e: JsonbError| {
         // Truncated bodies are common behind proxies; say so plainly.
         if e.truncated {
@@ -202,7 +205,11 @@ pub fn parse_page(body: &str, key: &str) -> Result<PageSummary, String> {
 
 pub(crate) fn snippet(s: &str, max: usize) -> String {
     let t: String = s.chars().take(max).collect();
-    if s.chars().count() > max { format!("{t}…") } else { t }
+    if s.chars().count() > max {
+        format!("{t}…")
+    } else {
+        t
+    }
 }
 
 /// Reads an integer at `path` inside one item, skipping every other field unparsed.
@@ -395,10 +402,24 @@ mod column_tests {
 
     #[test]
     fn timestamps() {
-        for ok in ["2024-02-29", "2023-05-12 08:30", "2023-05-12 08:30:00", "2023-05-12T08:30:00.5", "2023-05-12 08:30:00.123456"] {
+        for ok in [
+            "2024-02-29",
+            "2023-05-12 08:30",
+            "2023-05-12 08:30:00",
+            "2023-05-12T08:30:00.5",
+            "2023-05-12 08:30:00.123456",
+        ] {
             assert!(is_timestamp(ok), "{ok}");
         }
-        for bad in ["2023-02-29", "2023-13-01", "2023-05-12 24:00:00", "2023-05-12 08:30:00.1234567", "12/05/2023", "2023-05-12 08:30:00+02", ""] {
+        for bad in [
+            "2023-02-29",
+            "2023-13-01",
+            "2023-05-12 24:00:00",
+            "2023-05-12 08:30:00.1234567",
+            "12/05/2023",
+            "2023-05-12 08:30:00+02",
+            "",
+        ] {
             assert!(!is_timestamp(bad), "{bad}");
         }
     }

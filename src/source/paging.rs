@@ -75,10 +75,7 @@ impl Pager {
 
     /// Query parameters of the next request (filters and credentials are added by the caller).
     pub fn params(&self) -> Vec<(String, String)> {
-        let mut p = vec![
-            ("limit".to_string(), self.page_size.to_string()),
-            ("orderby".to_string(), self.key.clone()),
-        ];
+        let mut p = vec![("limit".to_string(), self.page_size.to_string()), ("orderby".to_string(), self.key.clone())];
         match self.mode {
             PagingMode::Keyset => {
                 p.push(("offset".into(), "0".into()));
@@ -296,7 +293,17 @@ mod tests {
         }
         let s = s.finish();
         assert_eq!(s.ranges(), 3, "1-1000, 1002-2000, 4999-5000");
-        for (k, seen) in [(0, false), (1, true), (1000, true), (1001, false), (1500, true), (2001, false), (4999, true), (5000, true), (5001, false)] {
+        for (k, seen) in [
+            (0, false),
+            (1, true),
+            (1000, true),
+            (1001, false),
+            (1500, true),
+            (2001, false),
+            (4999, true),
+            (5000, true),
+            (5001, false),
+        ] {
             assert_eq!(s.contains(k), seen, "{k}");
         }
         assert!(!SeenKeys::new().finish().contains(1));

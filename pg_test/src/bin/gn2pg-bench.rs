@@ -30,10 +30,7 @@ struct Memory {
 
 fn proc_kb(pid: i32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+    s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
 }
 
 fn sample_memory(db: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Memory> {
@@ -87,9 +84,7 @@ fn main() {
     let fx = FixtureServer::start(FixtureConfig { rows, ..Default::default() }).expect("fixture");
     let mut db = TestDb::new("bench");
     let token = FixtureConfig::default().token;
-    db.client
-        .execute("SELECT gn2pg_add_source('bench', $1, 2, token => $2)", &[&fx.base_url(), &token])
-        .unwrap();
+    db.client.execute("SELECT gn2pg_add_source('bench', $1, 2, token => $2)", &[&fx.base_url(), &token]).unwrap();
 
     // (2) gn2pg full harvest, FeatureCollection export, 1000 rows per page.
     let stop = Arc::new(AtomicBool::new(false));
@@ -126,14 +121,15 @@ fn main() {
     let prun: serde_json::Value = serde_json::from_str(&prun).unwrap();
     let ploaded = prun["rows_upserted"].as_i64().unwrap_or(0);
     let par_rate = ploaded as f64 / secs(pfull);
-    out(format!("(2b) gn2pg_harvest full, workers => {workers}: {ploaded} rows in {:.1} s = {par_rate:.0} rows/s", secs(pfull)));
+    out(format!(
+        "(2b) gn2pg_harvest full, workers => {workers}: {ploaded} rows in {:.1} s = {par_rate:.0} rows/s",
+        secs(pfull)
+    ));
 
     // (1) COPY of the same rows into the same layout.
     let file = format!("/tmp/gn2pg-bench-{}.copy", std::process::id());
     db.client.batch_execute(&format!("COPY (SELECT * FROM gn2pg.observation) TO '{file}'")).unwrap();
-    db.client
-        .batch_execute("CREATE TABLE public.copy_target (LIKE gn2pg.observation INCLUDING ALL)")
-        .unwrap();
+    db.client.batch_execute("CREATE TABLE public.copy_target (LIKE gn2pg.observation INCLUDING ALL)").unwrap();
     checkpoint(&mut db.client);
     let t = Instant::now();
     db.client.batch_execute(&format!("COPY public.copy_target FROM '{file}'")).unwrap();
@@ -184,12 +180,7 @@ fn main() {
         )
         .unwrap();
         let run_cli = |args: &[&str]| {
-            std::process::Command::new(&cli)
-                .args(args)
-                .arg(&cfg)
-                .env("HOME", &home)
-                .output()
-                .expect("gn2pg_cli runs")
+            std::process::Command::new(&cli).args(args).arg(&cfg).env("HOME", &home).output().expect("gn2pg_cli runs")
         };
         let init = run_cli(&["db", "--json-tables-create"]);
         if !init.status.success() {
@@ -200,10 +191,7 @@ fn main() {
         let dl = run_cli(&["-q", "download", "--full"]);
         let took = t.elapsed();
         let mut pc = connect(&peer.name);
-        let n: i64 = pc
-            .query_one("SELECT count(*) FROM gn2pg_import.data_json", &[])
-            .map(|r| r.get(0))
-            .unwrap_or(0);
+        let n: i64 = pc.query_one("SELECT count(*) FROM gn2pg_import.data_json", &[]).map(|r| r.get(0)).unwrap_or(0);
         if n == 0 {
             out(format!(
                 "(3) gn2pg_cli loaded nothing (exit {:?}): {}",

@@ -7,8 +7,7 @@ use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::Instant;
 
-const USAGE: &str =
-    "usage: gn2pg-fixture-source [--listen 127.0.0.1:8765] [--rows 100000] [--seed 42] \
+const USAGE: &str = "usage: gn2pg-fixture-source [--listen 127.0.0.1:8765] [--rows 100000] [--seed 42] \
 [--null-geometry-every N] [--bench]";
 
 struct Args {
@@ -20,27 +19,17 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        listen: "127.0.0.1:8765".into(),
-        rows: None,
-        seed: 42,
-        null_geometry_every: 0,
-        bench: false,
-    };
+    let mut a = Args { listen: "127.0.0.1:8765".into(), rows: None, seed: 42, null_geometry_every: 0, bench: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        let number = |name: &str, v: String| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{name}: not a number: {v}"))
-        };
+        let number = |name: &str, v: String| v.parse::<u64>().map_err(|_| format!("{name}: not a number: {v}"));
         match flag.as_str() {
             "--listen" => a.listen = value("--listen")?,
             "--rows" => a.rows = Some(number("--rows", value("--rows")?)?),
             "--seed" => a.seed = number("--seed", value("--seed")?)?,
             "--null-geometry-every" => {
-                a.null_geometry_every =
-                    number("--null-geometry-every", value("--null-geometry-every")?)?
+                a.null_geometry_every = number("--null-geometry-every", value("--null-geometry-every")?)?
             }
             "--bench" => a.bench = true,
             "-h" | "--help" => return Err(String::new()),
@@ -62,19 +51,13 @@ fn main() -> ExitCode {
         }
     };
     let cfg = FixtureConfig {
-        rows: args
-            .rows
-            .unwrap_or(if args.bench { 1_000_000 } else { 100_000 }),
+        rows: args.rows.unwrap_or(if args.bench { 1_000_000 } else { 100_000 }),
         seed: args.seed,
         null_geometry_every: args.null_geometry_every,
         ..Default::default()
     };
     let rows = cfg.rows;
-    let listen = if args.bench {
-        "127.0.0.1:0".to_string()
-    } else {
-        args.listen
-    };
+    let listen = if args.bench { "127.0.0.1:0".to_string() } else { args.listen };
     let server = match FixtureServer::start_on(&listen, cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -91,10 +74,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    println!(
-        "gn2pg-fixture-source listening on {} (rows={rows})",
-        server.base_url()
-    );
+    println!("gn2pg-fixture-source listening on {} (rows={rows})", server.base_url());
     let _ = std::io::stdout().flush();
     loop {
         std::thread::park();
@@ -111,34 +91,19 @@ impl Conn {
     fn new(port: u16) -> std::io::Result<Conn> {
         let s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_nodelay(true)?;
-        Ok(Conn {
-            r: BufReader::new(s),
-            cookie: String::new(),
-        })
+        Ok(Conn { r: BufReader::new(s), cookie: String::new() })
     }
 
-    fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: &str,
-    ) -> Result<(u16, Vec<String>, Vec<u8>), String> {
+    fn request(&mut self, method: &str, path: &str, body: &str) -> Result<(u16, Vec<String>, Vec<u8>), String> {
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\nContent-Type: application/json\r\nCookie: {}\r\nContent-Length: {}\r\n\r\n{body}",
             self.cookie,
             body.len()
         );
-        self.r
-            .get_mut()
-            .write_all(req.as_bytes())
-            .map_err(|e| e.to_string())?;
+        self.r.get_mut().write_all(req.as_bytes()).map_err(|e| e.to_string())?;
         let mut line = String::new();
         self.r.read_line(&mut line).map_err(|e| e.to_string())?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or("bad status line")?;
+        let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("bad status line")?;
         let mut headers = Vec::new();
         let mut len = 0usize;
         loop {
@@ -164,21 +129,13 @@ impl Conn {
 fn last_id(body: &[u8]) -> Option<i64> {
     let s = std::str::from_utf8(body).ok()?;
     let at = s.rfind("\"id_synthese\":")? + 14;
-    s[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<String>()
-        .parse()
-        .ok()
+    s[at..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()
 }
 
 fn bench(server: &FixtureServer) -> Result<(), String> {
     let cfg = server.config().clone();
     let mut c = Conn::new(server.port()).map_err(|e| e.to_string())?;
-    let login = format!(
-        "{{\"login\":\"{}\",\"password\":\"{}\"}}",
-        cfg.login, cfg.password
-    );
+    let login = format!("{{\"login\":\"{}\",\"password\":\"{}\"}}", cfg.login, cfg.password);
     let (status, headers, _) = c.request("POST", "/geonature/api/auth/login", &login)?;
     if status != 200 {
         return Err(format!("login answered {status}"));
@@ -189,10 +146,7 @@ fn bench(server: &FixtureServer) -> Result<(), String> {
         .filter_map(|v| v.split(';').next())
         .collect::<Vec<_>>()
         .join("; ");
-    println!(
-        "fixture bench: {} rows, 1000 rows per page, one client connection",
-        cfg.rows
-    );
+    println!("fixture bench: {} rows, 1000 rows per page, one client connection", cfg.rows);
     let pages = 200u64.min(cfg.rows / 1000).max(1);
     let scenarios: [(&str, u32, &str); 5] = [
         ("export 1 array  cd_nomenclature (login)", 1, ""),
@@ -202,17 +156,9 @@ fn bench(server: &FixtureServer) -> Result<(), String> {
         ("export 4 array  metadata_only   (public)", 4, ""),
     ];
     for (label, id, token) in scenarios {
-        let tok = if token.is_empty() {
-            String::new()
-        } else {
-            format!("&token={token}")
-        };
+        let tok = if token.is_empty() { String::new() } else { format!("&token={token}") };
         let base = format!("/geonature/api/{}/api/{id}", cfg.module_path);
-        let modes: &[&str] = if id == 4 {
-            &["offset"]
-        } else {
-            &["keyset", "offset"]
-        };
+        let modes: &[&str] = if id == 4 { &["offset"] } else { &["keyset", "offset"] };
         for mode in modes {
             let t = Instant::now();
             let mut bytes = 0usize;
@@ -223,11 +169,7 @@ fn bench(server: &FixtureServer) -> Result<(), String> {
                     format!("{base}?limit=1000&offset=0&orderby=id_synthese&filter_n_up_id_synthese={next}{tok}")
                 } else {
                     // Deep pages: offset paging must not get slower towards the end.
-                    let (page, key) = if id == 4 {
-                        (0, "id_ca")
-                    } else {
-                        (cfg.rows / 1000 - n + k, "id_synthese")
-                    };
+                    let (page, key) = if id == 4 { (0, "id_ca") } else { (cfg.rows / 1000 - n + k, "id_synthese") };
                     format!("{base}?limit=1000&offset={page}&orderby={key}{tok}")
                 };
                 let (status, _, body) = c.request("GET", &path, "")?;
