@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export PGRX_PG_CONFIG_PATH=/usr/lib/postgresql/15/bin/pg_config
+export PGRX_PG_CONFIG_PATH="${GN2PG_PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
 export GN2PG_TEST_DIR=/tmp/gn2pg-bench GN2PG_TEST_PGPORT="${GN2PG_BENCH_PGPORT:-55472}" GN2PG_TEST_PGHOST=127.0.0.1
 export GN2PG_CLUSTER_DURABLE=1
 

@@ -2,7 +2,7 @@
 # A throw-away PostgreSQL 15 cluster for the integration tests, owned by the postgres user,
 # listening on 127.0.0.1 only. Usage: test-cluster.sh start|stop [dir] [port]
 set -euo pipefail
-BIN=/usr/lib/postgresql/15/bin
+BIN="$("${GN2PG_PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" --bindir)"
 DIR="${2:-${GN2PG_TEST_DIR:-/tmp/gn2pg-test}}"
 PORT="${3:-${GN2PG_TEST_PGPORT:-55432}}"
 as_pg() { if [ "$(id -un)" = postgres ]; then "$@"; else sudo -u postgres "$@"; fi; }

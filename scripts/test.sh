@@ -7,10 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
-export PGRX_PG_CONFIG_PATH=/usr/lib/postgresql/15/bin/pg_config
+export PGRX_PG_CONFIG_PATH="${GN2PG_PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
 export GN2PG_TEST_DIR="${GN2PG_TEST_DIR:-/tmp/gn2pg-test}"
 export GN2PG_TEST_PGPORT="${GN2PG_TEST_PGPORT:-55432}"
 export GN2PG_TEST_PGHOST=127.0.0.1
+
+echo "[test] formatting and lints"
+cargo fmt --all -- --check
+mkdir -p "$GN2PG_TEST_DIR.logs"
+if ! cargo clippy --release --workspace --all-targets -- -D warnings > "$GN2PG_TEST_DIR.logs/clippy.log" 2>&1; then
+    grep -Ev '^\s*(Compiling|Checking)' "$GN2PG_TEST_DIR.logs/clippy.log" >&2
+    echo "[test] clippy found problems" >&2
+    exit 1
+fi
 
 echo "[test] building and installing gn2pg"
 bash scripts/install.sh

@@ -1,0 +1,4 @@
+-- gn2pg 0.2.0 -> 0.3.0.
+--
+-- Each section below says which change it carries; `pg_test/tests/upgrade.rs` checks that
+-- updating from every released version gives exactly the objects of a fresh install.
