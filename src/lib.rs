@@ -1,6 +1,7 @@
 //! gn2pg: harvests GeoNature Export API sources into PostgreSQL.
 //!
 //! - `source`: the remote API (HTTP, auth, pages, paging); no PostgreSQL calls.
+//! - `json`: JSON text as `jsonb_in` reads it (parser, page scanner); no PostgreSQL calls.
 //! - `encode`: a page's items as PostgreSQL values (jsonb, EWKB, arrays), built off the
 //!   backend thread; no PostgreSQL calls.
 //! - `loader`: every statement that writes harvested rows, metadata and rejections.
@@ -24,6 +25,7 @@ mod cron;
 mod diagnostics;
 mod encode;
 mod guc;
+mod json;
 mod loader;
 mod run;
 mod schedule;

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use crate::encode::jsonb::{JsonbError, Scanner, Value};
+use crate::json::{JsonbError, Scanner, Value};
 
 /// `items` is a plain array (views without `geometry_field`) or a GeoJSON FeatureCollection
 /// (export module >= 1.7.2 or GeoNature >= 2.16 with `geometry_field`), source-api.md §3.2.
