@@ -173,6 +173,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     v_changed bigint;
     v_version bigint;
+    v_moved bigint[];
 BEGIN
     -- One statement, one snapshot: the version read is the one the rows now reflect.
     WITH st AS (
@@ -197,9 +198,12 @@ BEGIN
                = coalesce(r.source_jdd, '00000000-0000-0000-0000-000000000000')
            AND (o.source_jdd_uuid IS NULL) = (r.source_jdd IS NULL)
            AND (o.ca_uuid IS DISTINCT FROM r.ca_uuid OR o.jdd_uuid IS DISTINCT FROM r.jdd_uuid)
-        RETURNING 1
+        RETURNING o.id_data
     )
-    SELECT (SELECT count(*) FROM moved), (SELECT st.version FROM st) INTO v_changed, v_version;
+    SELECT (SELECT count(*) FROM moved), (SELECT st.version FROM st), (SELECT array_agg(moved.id_data) FROM moved)
+      INTO v_changed, v_version, v_moved;
+    -- A GeoNature destination moves the synthese rows too (sql/destination.sql).
+    PERFORM gn2pg._destination_remapped(p_source, v_moved);
 
     INSERT INTO gn2pg.mapping_state AS s (source, version, applied_version, applied_at)
     VALUES (p_source, v_version, v_version, now())

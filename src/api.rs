@@ -136,6 +136,8 @@ fn store_source(
                 alert_webhook = EXCLUDED.alert_webhook",
         &[id.into(), login.into(), password.into(), token.into(), webhook.into()],
     ));
+    // A GeoNature destination is checked and set up (or refused) in the same transaction.
+    spi(Spi::run_with_args("SELECT gn2pg._destination_configure($1)", &[name.into()]));
     id
 }
 
@@ -168,6 +170,8 @@ fn remove_source_owned(name: &str, drop_data: bool) -> bool {
             Some(&format!("Stop it with SELECT gn2pg_cancel({run}); or wait for it to end.")),
         );
     }
+    // Its synthese rows need an explicit decision first (gn2pg_disable_destination).
+    spi(Spi::run_with_args("SELECT gn2pg._destination_before_remove($1)", &[name.into()]));
     // Its pg_cron job would fire for a source that is gone.
     let scheduled = spi(Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM gn2pg.schedule WHERE source = $1)",

@@ -60,6 +60,9 @@ extension_sql_file!(
     ]
 );
 
+// The GeoNature destination uses the roles and helpers of operations.sql and metadata.sql.
+extension_sql_file!("../sql/destination.sql", name = "destination", requires = ["operations"]);
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();

@@ -13,7 +13,10 @@
 //!    of each uuid, which names the owner;
 //! 6. INSERT the new rows, upsert the changed ones; rows whose hash and mapping are unchanged are
 //!    not written at all (no WAL, no bloat, no trigger downstream);
-//! 7. upsert the page's CA/JDD into gn2pg.metadata, write the rejections to gn2pg.run_error.
+//! 7. upsert the page's CA/JDD into gn2pg.metadata, write the rejections to gn2pg.run_error;
+//! 8. for a source with a GeoNature destination, write the page's rows and the swept ones to the
+//!    synthese (sql/destination.sql, `gn2pg._destination_page`); every other deletion path
+//!    (`delete_keys`) deletes them from the synthese too, in the same transaction.
 //!
 //! A page of a metadata export (one CA per item, its datasets nested) goes to gn2pg.metadata in
 //! one statement of its own (`LOAD_METADATA_PAGE_SQL`).
@@ -111,10 +114,20 @@ pub fn gone(stored: &HashMap<i64, Stored>, page_keys: &[i64]) -> Vec<i64> {
 pub fn delete_keys(source: &str, run_id: i64, ids: &[i64]) -> SpiResult<i64> {
     let n = Spi::get_one_with_args::<i64>(DELETE_KEYS_SQL, &[source.into(), ids.to_vec().into()])?.unwrap_or(0);
     Spi::run_with_args(
+        "SELECT gn2pg._destination_delete($1, $2, $3)",
+        &[source.into(), run_id.into(), ids.to_vec().into()],
+    )?;
+    Spi::run_with_args(
         "UPDATE gn2pg.run_log SET rows_deleted = rows_deleted + $2 WHERE id = $1",
         &[run_id.into(), n.into()],
     )?;
     Ok(n)
+}
+
+/// The end of a successful run for the GeoNature destination: CA/JDD refreshed, rows pending
+/// since earlier runs tried again (sql/destination.sql). Nothing for other sources.
+pub fn finish_destination(source: &str, run_id: i64) -> SpiResult<()> {
+    Spi::run_with_args("SELECT gn2pg._destination_finish($1, $2)", &[source.into(), run_id.into()])
 }
 
 /// Up to `limit` stored keys of a source greater than `after`, in key order.
@@ -284,6 +297,7 @@ pub struct Loader {
     update: OwnedPreparedStatement,
     metadata: OwnedPreparedStatement,
     reject: OwnedPreparedStatement,
+    destination: OwnedPreparedStatement,
 }
 
 impl Loader {
@@ -356,6 +370,12 @@ impl Loader {
                     &[TEXTOID, INT8OID, INT8_ARRAY, TEXT_ARRAY, JSONB_ARRAY, TEXT_ARRAY],
                     true,
                 )?,
+                destination: keep(
+                    c,
+                    "SELECT gn2pg._destination_page($1, $2, $3, $4)",
+                    &[TEXTOID, INT8OID, INT8_ARRAY, INT8_ARRAY],
+                    true,
+                )?,
             })
         })
     }
@@ -369,16 +389,14 @@ impl Loader {
             let mut rejected: Vec<Rejected> = Vec::new();
             let stored = self.stored(c, spec, page)?;
             let mut deleted = 0;
-            if spec.sweep.is_some() {
-                let gone = gone(&stored, &page.keys);
-                if !gone.is_empty() {
-                    let t = c.update(
-                        &self.delete_keys,
-                        None,
-                        &[spec.source.into(), array_arg(&ints(gone.iter().map(|k| Some(*k))), INT8_ARRAY)],
-                    )?;
-                    deleted = t.first().get::<i64>(1)?.unwrap_or(0);
-                }
+            let swept = if spec.sweep.is_some() { gone(&stored, &page.keys) } else { vec![] };
+            if !swept.is_empty() {
+                let t = c.update(
+                    &self.delete_keys,
+                    None,
+                    &[spec.source.into(), array_arg(&ints(swept.iter().map(|k| Some(*k))), INT8_ARRAY)],
+                )?;
+                deleted = t.first().get::<i64>(1)?.unwrap_or(0);
             }
             let targets = self.targets(c, spec, &page.rows)?;
             let plan = diff(&page.rows, &stored, &targets);
@@ -403,6 +421,16 @@ impl Loader {
             self.write_metadata(c, spec, page)?;
             let failed = (page.rejected.len() + rejected.len()) as i64;
             self.write_rejections(c, spec, page.rejected.iter().chain(rejected.iter()))?;
+            c.update(
+                &self.destination,
+                None,
+                &[
+                    spec.source.into(),
+                    spec.run_id.into(),
+                    array_arg(&ints(page.keys.iter().map(|k| Some(*k))), INT8_ARRAY),
+                    array_arg(&ints(swept.iter().map(|k| Some(*k))), INT8_ARRAY),
+                ],
+            )?;
             Ok(PageLoad {
                 received: page.received as i64,
                 inserted,

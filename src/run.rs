@@ -267,6 +267,12 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
     };
     let mut totals = Totals::default();
     let result = harvest(run_id, &setup, &mut client, &host, &mut totals, Role::Lead);
+    // The GeoNature destination: CA/JDD refreshed, rows pending since earlier runs retried.
+    let result = result.and_then(|()| match setup.cfg.options.destination {
+        Some(_) => tx(|| loader::finish_destination(name, run_id).map_err(spi_err))
+            .map_err(|e| Stop::Failed(format!("GeoNature destination: {e}"))),
+        None => Ok(()),
+    });
     finish(run_id, name, result, totals.sum(&client.stats));
 }
 

@@ -31,6 +31,13 @@ impl Auth {
     }
 }
 
+/// Where harvested rows are kept besides `gn2pg.observation` (`options.destination`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// The local GeoNature: `gn_synthese.synthese` and `gn_meta` (sql/destination.sql).
+    GeoNature,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PagingMode {
     /// `orderby=<key>&filter_n_up_<key>=<last+1>&offset=0` (source-api.md §4.6): stable under
@@ -87,6 +94,10 @@ pub struct SourceOptions {
     pub metadata_export_id: Option<i32>,
     /// Unique integer column of the metadata export, for paging (`id_ca`).
     pub metadata_key_column: String,
+    /// Rows are also kept in the local GeoNature. Its policy for nomenclature values it cannot
+    /// resolve (`nomenclature_unknown`: `reject`, the default, or `default`) is checked here and
+    /// read by sql/destination.sql.
+    pub destination: Option<Destination>,
 }
 
 impl Default for SourceOptions {
@@ -114,6 +125,7 @@ impl Default for SourceOptions {
             stale_after: None,
             metadata_export_id: None,
             metadata_key_column: "id_ca".into(),
+            destination: None,
         }
     }
 }
@@ -144,6 +156,8 @@ const KNOWN_OPTIONS: &[&str] = &[
     "stale_after_hours",
     "metadata_export_id",
     "metadata_key_column",
+    "destination",
+    "nomenclature_unknown",
 ];
 
 fn column_name(opt: &str, v: &Value) -> Result<String, SourceError> {
@@ -266,6 +280,19 @@ impl SourceOptions {
                 }
                 "metadata_export_id" => o.metadata_export_id = Some(positive(k, val, i32::MAX as u64)? as i32),
                 "metadata_key_column" => o.metadata_key_column = column_name(k, val)?,
+                "destination" => {
+                    o.destination = match val.as_str() {
+                        Some("geonature") => Some(Destination::GeoNature),
+                        _ => return Err(SourceError::Config("option destination must be 'geonature'".into())),
+                    }
+                }
+                "nomenclature_unknown" => {
+                    if !matches!(val.as_str(), Some("reject" | "default")) {
+                        return Err(SourceError::Config(
+                            "option nomenclature_unknown must be 'reject' or 'default'".into(),
+                        ));
+                    }
+                }
                 other => {
                     return Err(SourceError::Config(format!(
                         "unknown option {other:?} (known: {})",
@@ -273,6 +300,11 @@ impl SourceOptions {
                     )))
                 }
             }
+        }
+        if obj.contains_key("nomenclature_unknown") && o.destination.is_none() {
+            return Err(SourceError::Config(
+                "option nomenclature_unknown applies to a destination: add \"destination\": \"geonature\"".into(),
+            ));
         }
         Ok(o)
     }
@@ -451,6 +483,25 @@ mod tests {
             json!({"metadata_export_id": "4"}),
             json!({"metadata_export_id": -1}),
             json!({"metadata_key_column": "id ca"}),
+        ] {
+            assert!(SourceOptions::from_json(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn destination_options() {
+        assert_eq!(SourceOptions::default().destination, None);
+        let o = SourceOptions::from_json(&json!({"destination": "geonature"})).unwrap();
+        assert_eq!(o.destination, Some(Destination::GeoNature));
+        for policy in ["reject", "default"] {
+            let o = SourceOptions::from_json(&json!({"destination": "geonature", "nomenclature_unknown": policy}));
+            assert_eq!(o.unwrap().destination, Some(Destination::GeoNature));
+        }
+        for bad in [
+            json!({"destination": "synthese"}),
+            json!({"destination": true}),
+            json!({"destination": "geonature", "nomenclature_unknown": "ignore"}),
+            json!({"nomenclature_unknown": "default"}),
         ] {
             assert!(SourceOptions::from_json(&bad).is_err(), "{bad}");
         }
