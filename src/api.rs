@@ -93,7 +93,15 @@ pub fn add_source(
     let auth = auth_from_parts(kind, login, password, token)
         .unwrap_or_else(|e| bad(format!("gn2pg: source \"{name}\": {e}"), None));
     let options = options.map(|j| j.0).unwrap_or_else(|| serde_json::json!({}));
-    SourceOptions::from_json(&options).unwrap_or_else(|e| bad(format!("gn2pg: source \"{name}\": {e}"), None));
+    let parsed =
+        SourceOptions::from_json(&options).unwrap_or_else(|e| bad(format!("gn2pg: source \"{name}\": {e}"), None));
+    if parsed.destination.is_some() && !destination_installed() {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("gn2pg: source \"{name}\": this database's gn2pg objects predate the GeoNature destination"),
+            Some("Run ALTER EXTENSION gn2pg UPDATE first."),
+        );
+    }
     // Only a superuser, or a host gn2pg.allowed_hosts lists, may make the server send requests.
     access::check_host(&api, "source URL");
     let webhook = alert_webhook.map(str::trim).filter(|s| !s.is_empty());
@@ -137,8 +145,16 @@ fn store_source(
         &[id.into(), login.into(), password.into(), token.into(), webhook.into()],
     ));
     // A GeoNature destination is checked and set up (or refused) in the same transaction.
-    spi(Spi::run_with_args("SELECT gn2pg._destination_configure($1)", &[name.into()]));
+    if destination_installed() {
+        spi(Spi::run_with_args("SELECT gn2pg._destination_configure($1)", &[name.into()]));
+    }
     id
+}
+
+/// The GeoNature destination's functions exist (a database not yet updated from 0.2.0 has none).
+fn destination_installed() -> bool {
+    spi(Spi::get_one::<bool>("SELECT to_regprocedure('gn2pg._destination_configure(text)') IS NOT NULL"))
+        .unwrap_or(false)
 }
 
 /// A run is active if its row says so and its worker is still alive.
@@ -171,7 +187,9 @@ fn remove_source_owned(name: &str, drop_data: bool) -> bool {
         );
     }
     // Its synthese rows need an explicit decision first (gn2pg_disable_destination).
-    spi(Spi::run_with_args("SELECT gn2pg._destination_before_remove($1)", &[name.into()]));
+    if destination_installed() {
+        spi(Spi::run_with_args("SELECT gn2pg._destination_before_remove($1)", &[name.into()]));
+    }
     // Its pg_cron job would fire for a source that is gone.
     let scheduled = spi(Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM gn2pg.schedule WHERE source = $1)",

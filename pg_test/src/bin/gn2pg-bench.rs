@@ -3,9 +3,14 @@
 //!   (2) gn2pg_harvest, full, of N fixture rows (FeatureCollection, 1000 per page),
 //!   (3) gn2pg-client (GN2PG, from PyPI) with 4 threads on a smaller slice of the same source,
 //! their ratios, the worker's memory, and an incremental run after 1 % of changes.
+//! With `--destination`, also (4) the same full harvest into a GeoNature-shaped database with the
+//! GeoNature destination enabled, (5) GeoNature's own cost of taking those rows (INSERT of the
+//! same synthese rows, 1000 per statement, its triggers and checks included), and the
+//! destination's cost of the incremental run.
 //! Figures, not assertions: machines are noisy, so everything runs in one go and is compared.
 //!
 //! Usage (see bench/run.sh): gn2pg-bench [--rows 1000000] [--peer-rows 20000] [--workers 2] [--gn2pg-cli PATH]
+//!                                       [--destination]
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use gn2pg_pg_test::db::{connect, TestDb};
 use gn2pg_pg_test::fixture::{FixtureConfig, FixtureServer, Mutation};
+use gn2pg_pg_test::geonature;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -69,6 +75,102 @@ fn checkpoint(db: &mut postgres::Client) {
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
+}
+
+/// Runs a harvest and returns its run_log row and how long the call took.
+fn timed_harvest(db: &mut postgres::Client, source: &str, mode: &str) -> (serde_json::Value, Duration) {
+    checkpoint(db);
+    let t = Instant::now();
+    let run: String = db.query_one("SELECT gn2pg_harvest($1, $2)::text", &[&source, &mode]).unwrap().get(0);
+    (serde_json::from_str(&run).unwrap(), t.elapsed())
+}
+
+/// The GeoNature destination's figures: a full harvest into a GeoNature-shaped database, its
+/// incremental run, and GeoNature's own cost of taking the same rows.
+struct DestinationBench {
+    db: TestDb,
+    full: Duration,
+    rows: i64,
+    incremental: Option<(serde_json::Value, Duration)>,
+    floor: Option<Duration>,
+}
+
+impl DestinationBench {
+    /// (4): the full harvest with the destination, every row written (policy default, so that
+    /// no row is left pending and skipped).
+    fn full(fx: &FixtureServer, token: &str, out: &dyn Fn(String)) -> DestinationBench {
+        let mut db = TestDb::new("bench_dest");
+        geonature::load(&mut db.client, geonature::LAMBERT_93);
+        db.client
+            .execute(
+                "SELECT gn2pg_add_source('bench', $1, 2, token => $2,
+                                         options => '{\"destination\": \"geonature\", \"nomenclature_unknown\": \"default\"}')",
+                &[&fx.base_url(), &token],
+            )
+            .unwrap();
+        let (run, full) = timed_harvest(&mut db.client, "bench", "full");
+        let rows = run["synthese_inserted"].as_i64().unwrap_or(0);
+        out(format!(
+            "(4) gn2pg_harvest full, GeoNature destination: {} rows ({rows} into the synthese) in {:.1} s = {:.0} rows/s (load {} ms)",
+            run["rows_upserted"],
+            secs(full),
+            rows as f64 / secs(full),
+            run["load_ms"]
+        ));
+        DestinationBench { db, full, rows, incremental: None, floor: None }
+    }
+
+    /// The incremental run after the source changed, with the destination.
+    fn incremental(&mut self, out: &dyn Fn(String)) {
+        let (run, took) = timed_harvest(&mut self.db.client, "bench", "auto");
+        out(format!(
+            "incremental with the GeoNature destination: {} rows fetched, {} synthese rows updated, {} inserted, in {:.2} s",
+            run["rows_received"],
+            run["synthese_updated"],
+            run["synthese_inserted"],
+            secs(took)
+        ));
+        self.incremental = Some((run, took));
+    }
+
+    /// (5): GeoNature's own cost: the synthese rows written by (4), with the sensitivity the
+    /// source sent (as gn2pg writes them), inserted again into the emptied synthese, 1000 rows
+    /// per statement and transaction, as gn2pg's pages are.
+    fn floor(&mut self, out: &dyn Fn(String)) {
+        let c = &mut self.db.client;
+        c.batch_execute(
+            "CREATE TABLE public.floor_rows AS SELECT * FROM gn_synthese.synthese;
+             UPDATE public.floor_rows f SET id_nomenclature_sensitivity = n.id_nomenclature
+               FROM gn2pg.observation o, ref_nomenclatures.t_nomenclatures n, ref_nomenclatures.bib_nomenclatures_types t
+              WHERE o.source = 'bench' AND o.id_data::text = f.entity_source_pk_value AND t.mnemonique = 'SENSIBILITE'
+                AND n.id_type = t.id_type AND n.cd_nomenclature = o.item ->> 'niveau_sensibilite';
+             CREATE INDEX ON public.floor_rows (id_synthese);
+             TRUNCATE gn_synthese.synthese CASCADE;",
+        )
+        .unwrap();
+        let (lo, hi): (i32, i32) =
+            c.query_one("SELECT min(id_synthese), max(id_synthese) FROM public.floor_rows", &[]).map(|r| (r.get(0), r.get(1))).unwrap();
+        checkpoint(c);
+        let t = Instant::now();
+        let mut from = lo;
+        // Bounded by the id range, 1000 ids per statement.
+        while from <= hi {
+            c.execute(
+                "INSERT INTO gn_synthese.synthese SELECT * FROM public.floor_rows WHERE id_synthese BETWEEN $1 AND $2",
+                &[&from, &(from + 999)],
+            )
+            .unwrap();
+            from += 1000;
+        }
+        let took = t.elapsed();
+        out(format!(
+            "(5) GeoNature's own INSERT of the same {} synthese rows, 1000 per statement: {:.1} s = {:.0} rows/s",
+            self.rows,
+            secs(took),
+            self.rows as f64 / secs(took)
+        ));
+        self.floor = Some(took);
+    }
 }
 
 fn main() {
@@ -138,6 +240,9 @@ fn main() {
     let copy_rate = loaded as f64 / secs(copy);
     out(format!("(1) COPY into the same layout: {loaded} rows in {:.1} s = {copy_rate:.0} rows/s", secs(copy)));
 
+    // (4) The same full harvest with the GeoNature destination (before the source changes).
+    let mut dest = std::env::args().any(|a| a == "--destination").then(|| DestinationBench::full(&fx, &token, &out));
+
     // Incremental run after 1 % of the rows changed at the source.
     let changed = (rows / 100).max(1);
     fx.mutate(Mutation { update: changed, ..Default::default() });
@@ -153,6 +258,10 @@ fn main() {
         inc["rows_upserted"],
         secs(inc_time)
     ));
+    if let Some(d) = dest.as_mut() {
+        d.incremental(&out);
+        d.floor(&out);
+    }
 
     // (3) GN2PG on a slice of the same kind of source.
     let mut peer_rate = None;
@@ -233,4 +342,30 @@ fn main() {
         secs(full),
         secs(inc_time)
     ));
+    if let Some(d) = dest {
+        let dest_rate = d.rows as f64 / secs(d.full);
+        out(format!("| (4) / (2): gn2pg with the GeoNature destination vs without | {:.2} | >= 0.5 |", dest_rate / gn2pg_rate));
+        if let Some(floor) = d.floor {
+            // What the destination adds to a full run, and how much of it is GeoNature's own.
+            let added = secs(d.full) - secs(full);
+            out(format!(
+                "| destination time of the full run: GeoNature's own (5) / all | {:.0} % ({:.1} s of {:.1} s) | |",
+                100.0 * secs(floor) / added,
+                secs(floor),
+                added
+            ));
+        }
+        if let Some((inc, took)) = &d.incremental {
+            let changed = inc["synthese_updated"].as_i64().unwrap_or(0) + inc["synthese_inserted"].as_i64().unwrap_or(0);
+            let per_row_full = (secs(d.full) - secs(full)) / d.rows.max(1) as f64;
+            let per_row_inc = (secs(*took) - secs(inc_time)) / changed.max(1) as f64;
+            out(format!(
+                "| destination cost per synthese row written: incremental / full | {:.2} ({:.2} s for {changed} rows / {:.1} s for {} rows) | ~1 (proportional) |",
+                per_row_inc / per_row_full,
+                secs(*took) - secs(inc_time),
+                secs(d.full) - secs(full),
+                d.rows
+            ));
+        }
+    }
 }
