@@ -20,8 +20,8 @@
 -- PostGIS functions are called through EXECUTE with the schema PostGIS lives in, looked up
 -- at run time. Geometries are compared as bytea (EWKB), which needs no PostGIS operator.
 -- The functions that write GeoNature's tables then switch, for their own duration, to the
--- session's default search_path: GeoNature's triggers and functions name objects (PostGIS's
--- among them) without a schema and set no search_path of their own.
+-- database's search_path (_destination_geonature_path): GeoNature's triggers and functions
+-- name objects (PostGIS's among them) without a schema and set no search_path of their own.
 
 ------------------------------------------------------------------------------------------------
 -- Tables
@@ -196,6 +196,23 @@ END
 $$;
 COMMENT ON FUNCTION gn2pg._destination_srid() IS 'Internal: find_srid() of gn_synthese.synthese.the_geom_local.';
 
+-- _destination_geonature_path is the search_path GeoNature's triggers and functions need (they
+-- name tables and PostGIS functions without a schema and set none): the database's own
+-- setting (ALTER DATABASE ... SET search_path), else PostgreSQL's default. Never a role's
+-- setting: a caller of a SECURITY DEFINER function must not choose where the code they trigger
+-- looks for names. The writers set it for their own duration only (set_config(..., true)
+-- inside a function with a SET clause).
+CREATE FUNCTION gn2pg._destination_geonature_path() RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT substring(c.setting FROM length('search_path=') + 1)
+                       FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS c(setting)
+                      WHERE s.setdatabase = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database())
+                        AND s.setrole = 0 AND c.setting LIKE 'search\_path=%'),
+                    '"$user", public');
+$$;
+COMMENT ON FUNCTION gn2pg._destination_geonature_path() IS
+    'Internal: the search_path GeoNature''s triggers run with when gn2pg writes its tables (the database''s setting, else the default).';
+
 -- _destination_postgis is the schema PostGIS lives in.
 CREATE FUNCTION gn2pg._destination_postgis() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -225,9 +242,9 @@ DECLARE
     v_rows bigint;
 BEGIN
     -- GeoNature's own triggers and functions name objects without their schema and set no
-    -- search_path: they run with the session's default one, as in GeoNature's own sessions.
-    -- Everything in this function stays schema-qualified.
-    SET LOCAL search_path TO DEFAULT;
+    -- search_path (see _destination_geonature_path). Everything in this function stays
+    -- schema-qualified.
+    PERFORM set_config('search_path', gn2pg._destination_geonature_path(), true);
     SELECT * INTO s FROM gn2pg.source WHERE name = p_source;
     IF s.options ->> 'destination' IS NULL THEN
         IF EXISTS (SELECT 1 FROM gn2pg.destination d WHERE d.source = p_source) THEN
@@ -307,9 +324,9 @@ DECLARE
     v_rows bigint;
 BEGIN
     -- GeoNature's own triggers and functions name objects without their schema and set no
-    -- search_path: they run with the session's default one, as in GeoNature's own sessions.
-    -- Everything in this function stays schema-qualified.
-    SET LOCAL search_path TO DEFAULT;
+    -- search_path (see _destination_geonature_path). Everything in this function stays
+    -- schema-qualified.
+    PERFORM set_config('search_path', gn2pg._destination_geonature_path(), true);
     SELECT * INTO d FROM gn2pg.destination x WHERE x.source = p_source FOR UPDATE;
     IF NOT FOUND THEN
         RAISE NOTICE 'gn2pg_disable_destination: source "%" does not write to GeoNature, nothing done', p_source;
@@ -543,9 +560,9 @@ DECLARE
     v_id integer;
 BEGIN
     -- GeoNature's own triggers and functions name objects without their schema and set no
-    -- search_path: they run with the session's default one, as in GeoNature's own sessions.
-    -- Everything in this function stays schema-qualified.
-    SET LOCAL search_path TO DEFAULT;
+    -- search_path (see _destination_geonature_path). Everything in this function stays
+    -- schema-qualified.
+    PERFORM set_config('search_path', gn2pg._destination_geonature_path(), true);
     SELECT o.id_organisme INTO v_id FROM utilisateurs.bib_organismes o WHERE o.uuid_organisme = p_uuid;
     IF v_id IS NULL THEN
         SELECT min(o.id_organisme) INTO v_id FROM utilisateurs.bib_organismes o WHERE o.nom_organisme = p_name;
@@ -617,9 +634,9 @@ DECLARE
     v_role integer;
 BEGIN
     -- GeoNature's own triggers and functions name objects without their schema and set no
-    -- search_path: they run with the session's default one, as in GeoNature's own sessions.
-    -- Everything in this function stays schema-qualified.
-    SET LOCAL search_path TO DEFAULT;
+    -- search_path (see _destination_geonature_path). Everything in this function stays
+    -- schema-qualified.
+    PERFORM set_config('search_path', gn2pg._destination_geonature_path(), true);
     IF p_level = 'ca' THEN
         DELETE FROM gn_meta.cor_acquisition_framework_actor x WHERE x.id_acquisition_framework = p_id;
     ELSE
@@ -664,9 +681,9 @@ DECLARE
     v_financing integer;
 BEGIN
     -- GeoNature's own triggers and functions name objects without their schema and set no
-    -- search_path: they run with the session's default one, as in GeoNature's own sessions.
-    -- Everything in this function stays schema-qualified.
-    SET LOCAL search_path TO DEFAULT;
+    -- search_path (see _destination_geonature_path). Everything in this function stays
+    -- schema-qualified.
+    PERFORM set_config('search_path', gn2pg._destination_geonature_path(), true);
     IF p_uuid IS NULL THEN
         RETURN NULL;
     END IF;
@@ -756,9 +773,9 @@ DECLARE
     v_terrestrial boolean;
 BEGIN
     -- GeoNature's own triggers and functions name objects without their schema and set no
-    -- search_path: they run with the session's default one, as in GeoNature's own sessions.
-    -- Everything in this function stays schema-qualified.
-    SET LOCAL search_path TO DEFAULT;
+    -- search_path (see _destination_geonature_path). Everything in this function stays
+    -- schema-qualified.
+    PERFORM set_config('search_path', gn2pg._destination_geonature_path(), true);
     IF p_uuid IS NULL THEN
         RETURN NULL;
     END IF;
@@ -849,9 +866,9 @@ DECLARE
     v_rows bigint;
 BEGIN
     -- GeoNature's own triggers and functions name objects without their schema and set no
-    -- search_path: they run with the session's default one, as in GeoNature's own sessions.
-    -- Everything in this function stays schema-qualified.
-    SET LOCAL search_path TO DEFAULT;
+    -- search_path (see _destination_geonature_path). Everything in this function stays
+    -- schema-qualified.
+    PERFORM set_config('search_path', gn2pg._destination_geonature_path(), true);
     v_valid := gn_synthese.get_default_nomenclature_value('STATUT_VALID'::varchar);
     v_biogeo := gn_synthese.get_default_nomenclature_value('STAT_BIOGEO'::varchar);
     WITH ins AS (
@@ -926,9 +943,9 @@ DECLARE
     v_rows bigint;
 BEGIN
     -- GeoNature's own triggers and functions name objects without their schema and set no
-    -- search_path: they run with the session's default one, as in GeoNature's own sessions.
-    -- Everything in this function stays schema-qualified.
-    SET LOCAL search_path TO DEFAULT;
+    -- search_path (see _destination_geonature_path). Everything in this function stays
+    -- schema-qualified.
+    PERFORM set_config('search_path', gn2pg._destination_geonature_path(), true);
     -- The rows by primary key (= ANY): an index lookup each, whatever the statistics say.
     EXECUTE format('UPDATE gn_synthese.synthese s SET %s FROM pg_temp.gn2pg_destination_work w
                      WHERE s.id_synthese = ANY ($1) AND w.id_synthese = s.id_synthese',
@@ -983,9 +1000,9 @@ DECLARE
     v_release integer[];
 BEGIN
     -- GeoNature's own triggers and functions name objects without their schema and set no
-    -- search_path: they run with the session's default one, as in GeoNature's own sessions.
-    -- Everything in this function stays schema-qualified.
-    SET LOCAL search_path TO DEFAULT;
+    -- search_path (see _destination_geonature_path). Everything in this function stays
+    -- schema-qualified.
+    PERFORM set_config('search_path', gn2pg._destination_geonature_path(), true);
     inserted := 0; updated := 0; unchanged := 0; pending := 0;
     SELECT * INTO v_dest FROM gn2pg.destination x WHERE x.source = p_source;
     IF NOT FOUND OR p_keys IS NULL OR cardinality(p_keys) = 0 THEN
@@ -1380,9 +1397,9 @@ DECLARE
     v_rows bigint;
 BEGIN
     -- GeoNature's own triggers and functions name objects without their schema and set no
-    -- search_path: they run with the session's default one, as in GeoNature's own sessions.
-    -- Everything in this function stays schema-qualified.
-    SET LOCAL search_path TO DEFAULT;
+    -- search_path (see _destination_geonature_path). Everything in this function stays
+    -- schema-qualified.
+    PERFORM set_config('search_path', gn2pg._destination_geonature_path(), true);
     SELECT d.id_source INTO v_id_source FROM gn2pg.destination d WHERE d.source = p_source;
     IF v_id_source IS NULL OR p_keys IS NULL OR cardinality(p_keys) = 0 THEN
         RETURN 0;
@@ -1457,9 +1474,11 @@ BEGIN
                  ORDER BY r.id_data LIMIT 5000) r;
         EXIT WHEN v_keys IS NULL;
         PERFORM gn2pg._destination_apply(p_source, p_run_id, v_keys, false);
-        -- Rows gone from gn2pg.observation meanwhile are no longer pending.
-        DELETE FROM gn2pg.destination_row r
-         WHERE r.source = p_source AND r.id_data = ANY (v_keys) AND r.run_id IS DISTINCT FROM p_run_id;
+        -- Keys not applied are gone from gn2pg.observation: so are their synthese rows.
+        PERFORM gn2pg._destination_delete(p_source, p_run_id, array_agg(r.id_data))
+           FROM gn2pg.destination_row r
+          WHERE r.source = p_source AND r.id_data = ANY (v_keys) AND r.run_id IS DISTINCT FROM p_run_id
+         HAVING count(*) > 0;
     END LOOP;
 END
 $$;
@@ -1735,6 +1754,7 @@ REVOKE ALL ON FUNCTION gn2pg._destination_missing() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._destination_fields() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._destination_postgis() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._destination_srid() FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._destination_geonature_path() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._destination_configure(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._destination_before_remove(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._destination_work() FROM PUBLIC;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 use serde_json::Value;
 
-use crate::db::error_text;
+use crate::db::{connect, error_text};
 use crate::fixture::{FixtureConfig, FixtureServer};
 
 /// Registers `fx`'s export under `name` with the credentials its access mode needs.
@@ -105,4 +105,19 @@ pub fn run_rows(db: &mut Client, source: &str) -> Vec<(String, String, Option<St
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect()
+}
+
+/// A new connection to database `db` after a backend was killed: the postmaster then restarts
+/// every backend, so this waits (bounded) for the cluster to accept connections again.
+pub fn reconnect_after_crash(db: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        if let Ok(mut c) = std::panic::catch_unwind(|| connect(db)) {
+            if c.simple_query("SELECT 1").is_ok() {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "the cluster did not come back");
+    }
 }

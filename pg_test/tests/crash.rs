@@ -1,10 +1,10 @@
 //! A worker killed with SIGKILL. The postmaster then restarts every backend of the cluster,
 //! so this test lives in its own test binary: nothing else runs while it does.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use gn2pg_pg_test::checks::{add_source, assert_equal_to_source, harvest, n, run_row, wait_run};
-use gn2pg_pg_test::db::{connect, Client, TestDb};
+use gn2pg_pg_test::checks::{add_source, assert_equal_to_source, harvest, n, reconnect_after_crash, run_row, wait_run};
+use gn2pg_pg_test::db::{Client, TestDb};
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer};
 
 fn harvest_async(db: &mut Client, source: &str, mode: &str) -> i64 {
@@ -29,17 +29,7 @@ fn a_killed_worker_is_marked_abandoned_and_the_next_run_resumes() {
     let pid = n(&r, "worker_pid");
     let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     assert!(killed.success());
-    // The postmaster restarts every backend after a crash: reconnect (bounded).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut db2 = loop {
-        std::thread::sleep(Duration::from_millis(300));
-        if let Ok(mut c) = std::panic::catch_unwind(|| connect(&db.name)) {
-            if c.simple_query("SELECT 1").is_ok() {
-                break c;
-            }
-        }
-        assert!(Instant::now() < deadline, "the cluster did not come back");
-    };
+    let mut db2 = reconnect_after_crash(&db.name);
     let done_before: i64 = db2.query_one("SELECT count(*) FROM gn2pg.observation", &[]).unwrap().get(0);
     assert!((1000..20_000).contains(&done_before), "{done_before}");
     fx.faults(Faults::default());

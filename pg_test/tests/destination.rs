@@ -392,6 +392,20 @@ fn a_uuid_owned_by_another_synthese_row_is_a_reported_conflict() {
         "the owner's row is untouched"
     );
     assert_consistent(&mut db.client, "pnx");
+    // The comparison sees a value edited in the synthese, and the sync puts the source's back.
+    db.client
+        .execute(
+            "UPDATE gn_synthese.synthese SET observers = 'Quelqu''un d''autre' WHERE entity_source_pk_value = '5'",
+            &[],
+        )
+        .unwrap();
+    let edited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_synthese_matches_source(&mut db.client, "pnx", &fx, 3, false)
+    }));
+    assert!(edited.is_err(), "an edited synthese value is seen");
+    let repaired: i64 = db.client.query_one("SELECT gn2pg_sync_destination('pnx')", &[]).unwrap().get(0);
+    assert_eq!(repaired, 1);
+    assert_synthese_matches_source(&mut db.client, "pnx", &fx, 3, false);
 }
 
 /// The CA and JDD of the rows exist in gn_meta before the rows, with at least one actor each

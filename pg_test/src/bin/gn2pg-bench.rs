@@ -148,8 +148,10 @@ impl DestinationBench {
              TRUNCATE gn_synthese.synthese CASCADE;",
         )
         .unwrap();
-        let (lo, hi): (i32, i32) =
-            c.query_one("SELECT min(id_synthese), max(id_synthese) FROM public.floor_rows", &[]).map(|r| (r.get(0), r.get(1))).unwrap();
+        let (lo, hi): (i32, i32) = c
+            .query_one("SELECT min(id_synthese), max(id_synthese) FROM public.floor_rows", &[])
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap();
         checkpoint(c);
         let t = Instant::now();
         let mut from = lo;
@@ -344,7 +346,10 @@ fn main() {
     ));
     if let Some(d) = dest {
         let dest_rate = d.rows as f64 / secs(d.full);
-        out(format!("| (4) / (2): gn2pg with the GeoNature destination vs without | {:.2} | >= 0.5 |", dest_rate / gn2pg_rate));
+        out(format!(
+            "| (4) / (2): gn2pg with the GeoNature destination vs without | {:.2} | >= 0.5 |",
+            dest_rate / gn2pg_rate
+        ));
         if let Some(floor) = d.floor {
             // What the destination adds to a full run, and how much of it is GeoNature's own.
             let added = secs(d.full) - secs(full);
@@ -356,7 +361,8 @@ fn main() {
             ));
         }
         if let Some((inc, took)) = &d.incremental {
-            let changed = inc["synthese_updated"].as_i64().unwrap_or(0) + inc["synthese_inserted"].as_i64().unwrap_or(0);
+            let changed =
+                inc["synthese_updated"].as_i64().unwrap_or(0) + inc["synthese_inserted"].as_i64().unwrap_or(0);
             let per_row_full = (secs(d.full) - secs(full)) / d.rows.max(1) as f64;
             let per_row_inc = (secs(*took) - secs(inc_time)) / changed.max(1) as f64;
             out(format!(
