@@ -541,6 +541,17 @@ fn enabling_disabling_and_removing_say_what_happens_to_the_synthese_rows() {
     harvest(&mut db.client, "s", "full").unwrap();
     let rows = count(&mut db.client, "SELECT count(*) FROM gn_synthese.synthese");
     assert_eq!(rows, 300);
+    // Deletions found by the other paths reach the synthese too: a keyset full run's sweep, and
+    // the sweep after a complete offset walk.
+    fx.mutate(Mutation { delete: 10, ..Default::default() });
+    let swept = harvest(&mut db.client, "s", "full").unwrap();
+    assert_eq!((n(&swept, "rows_deleted"), n(&swept, "synthese_deleted")), (10, 10), "{swept}");
+    add_source(&mut db.client, "s", &fx, 3, "public", r#"{"destination": "geonature", "paging": "offset"}"#);
+    fx.mutate(Mutation { delete: 5, ..Default::default() });
+    let walked = harvest(&mut db.client, "s", "full").unwrap();
+    assert_eq!((n(&walked, "rows_deleted"), n(&walked, "synthese_deleted")), (5, 5), "{walked}");
+    assert_synthese_matches_source(&mut db.client, "s", &fx, 3, false);
+    assert_consistent(&mut db.client, "s");
     let e = db.client.execute("SELECT gn2pg_remove_source('s')", &[]).unwrap_err();
     assert!(
         error_text(&e).contains("say what becomes of its synthese rows")
@@ -554,23 +565,23 @@ fn enabling_disabling_and_removing_say_what_happens_to_the_synthese_rows() {
     assert!(error_text(&e).contains("'keep' or 'delete'"), "{}", error_text(&e));
     let kept: i64 =
         db.client.query_one("SELECT gn2pg_disable_destination('s', synthese => 'keep')", &[]).unwrap().get(0);
-    assert_eq!((kept, count(&mut db.client, "SELECT count(*) FROM gn_synthese.synthese")), (300, 300));
+    assert_eq!((kept, count(&mut db.client, "SELECT count(*) FROM gn_synthese.synthese")), (285, 285));
     assert_eq!(count(&mut db.client, "SELECT count(*) FROM gn2pg.source WHERE options ? 'destination'"), 0);
     // Enabled again: the kept rows are taken over, not written twice.
     add_source(&mut db.client, "s", &fx, 3, "public", r#"{"destination": "geonature"}"#);
     let run = harvest(&mut db.client, "s", "full").unwrap();
     assert_eq!(
         (n(&run, "synthese_inserted"), count(&mut db.client, "SELECT count(*) FROM gn_synthese.synthese")),
-        (0, 300),
+        (0, 285),
         "{run}"
     );
     assert_synthese_matches_source(&mut db.client, "s", &fx, 3, false);
     let deleted: i64 =
         db.client.query_one("SELECT gn2pg_disable_destination('s', synthese => 'delete')", &[]).unwrap().get(0);
-    assert_eq!(deleted, 300);
+    assert_eq!(deleted, 285);
     assert_eq!(count(&mut db.client, "SELECT count(*) FROM gn_synthese.synthese"), 0);
     assert_eq!(count(&mut db.client, "SELECT count(*) FROM gn_synthese.t_sources WHERE name_source = 'gn2pg:s'"), 0);
     assert!(db.client.query_one("SELECT gn2pg_remove_source('s')", &[]).unwrap().get::<_, bool>(0));
     // The rows harvested stay in gn2pg.observation unless asked.
-    assert_eq!(count(&mut db.client, "SELECT count(*) FROM gn2pg.observation"), 300);
+    assert_eq!(count(&mut db.client, "SELECT count(*) FROM gn2pg.observation"), 285);
 }
