@@ -15,13 +15,18 @@
 //! - `schedule`: pg_cron jobs, created through a worker connected to the cron database.
 //! - `alert`: alert webhooks, delivered by a worker after commit.
 //! - `diagnostics`: self-checks callable from SQL (`gn2pg._jsonb_selftest`).
+//! - `check`: `gn2pg_check_source`, one probe of a source from the database.
+//! - `dashboard`: what the web dashboard calls besides the harvest API (acknowledging alerts,
+//!   GeoNature accounts).
 
 use pgrx::prelude::*;
 
 mod access;
 mod alert;
 mod api;
+mod check;
 mod cron;
+mod dashboard;
 mod diagnostics;
 mod encode;
 mod guc;
@@ -57,6 +62,19 @@ extension_sql_file!(
         api::public::gn2pg_unschedule_check_flows,
         schedule::cron_next,
         alert::stale_after_minutes,
+    ]
+);
+
+extension_sql_file!(
+    "../sql/dashboard.sql",
+    name = "dashboard",
+    requires = [
+        "operations",
+        // Granted by sql/dashboard.sql.
+        check::public::gn2pg_check_source,
+        dashboard::public::gn2pg_acknowledge_alert,
+        dashboard::public::gn2pg_map_geonature_account,
+        dashboard::public::gn2pg_unmap_geonature_account,
     ]
 );
 
