@@ -117,8 +117,11 @@ const scenarios = {
     await page.waitForFunction(() => document.querySelector("#charts svg rect") !== null, null, { timeout: STEP_TIMEOUT });
     check((await page.textContent("#runs-table")).includes("success"), "the history lists the run");
     check((await page.textContent("#local-rows")).replace(/\D/g, "") === "6000", "6000 local rows");
-    check((await page.textContent("#metadata")).includes("rows") || (await page.$$("#metadata tbody tr")).length > 0, "CA/JDD received are listed");
+    check((await page.$$("#metadata tbody tr")).length === 13, "3 CA and 10 JDD received are listed");
     await shot(page, "operator-source-done");
+    await page.goto(`${URL_}/flows`);
+    check((await page.textContent("tr[data-source=pne]")).includes("success"), "the flows show the run");
+    await shot(page, "operator-flows");
   },
 
   // A failing source shows its alert; an operator acknowledges it.
@@ -188,7 +191,7 @@ const scenarios = {
   // Source text with markup is displayed as text, never run.
   async xss(page) {
     await signIn(page, env("READER"), "reader-pw");
-    for (const path of ["/flows", "/sources/xss", "/alerts?state=all"]) {
+    for (const path of ["/flows", "/alerts?state=all", "/sources/xss"]) {
       await page.goto(`${URL_}${path}`);
       const body = await page.textContent("body");
       check(body.includes("<script>window.__xss = 1</script>"), `${path} shows the error as text`);
@@ -306,7 +309,13 @@ async function main() {
     page.setDefaultTimeout(STEP_TIMEOUT);
     const errors = [];
     page.on("pageerror", (e) => errors.push(e.message));
-    await run(page, context, browser);
+    try {
+      await run(page, context, browser);
+    } catch (e) {
+      await shot(page, `${name}-failure`).catch(() => {});
+      console.error(`page at failure: ${page.url()}\n${(await page.textContent("body").catch(() => "")).slice(0, 3000)}`);
+      throw e;
+    }
     check(errors.length === 0, `no script error in the page: ${errors}`);
     console.log(`scenario ${name}: ok`);
   } finally {

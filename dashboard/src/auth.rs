@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use crate::db::{quote_ident, Db, PasswordCheck};
+use crate::db::{pg_text, quote_ident, Db, PasswordCheck};
 use crate::session::Account;
 
 /// Why a sign-in did not succeed. `Wrong` is counted by the throttle; the others are not the
@@ -53,7 +53,7 @@ pub async fn postgres(db: &Db, login: &str, password: &str) -> Result<Account, F
             &[&login],
         )
         .await
-        .map_err(|e| Failure::Unavailable(e.to_string()))?
+        .map_err(|e| Failure::Unavailable(pg_text(&e)))?
         .ok_or(Failure::Wrong)?;
     let (role, superuser, member, reader): (String, bool, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
     if superuser {
@@ -104,7 +104,7 @@ pub async fn geonature(db: &Db, login: &str, password: &str) -> Result<Account, 
             &[&login],
         )
         .await
-        .map_err(|e| Failure::Unavailable(e.to_string()))?;
+        .map_err(|e| Failure::Unavailable(pg_text(&e)))?;
     let hash = row.as_ref().and_then(|r| r.get::<_, Option<String>>(0)).filter(|h| h.starts_with("$2"));
     if !bcrypt_matches(password, hash).await {
         return Err(Failure::Wrong);
@@ -129,13 +129,16 @@ pub async fn geonature_available(db: &Db) -> Result<(bool, Option<String>), Stri
     let c = db.own().await.map_err(|e| format!("{e:?}"))?;
     let r = c
         .query_one(
-            "SELECT pg_catalog.to_regclass('utilisateurs.t_roles') IS NOT NULL,
-                    pg_catalog.to_regprocedure('gn2pg._geonature_sign_in(text)') IS NOT NULL
-                    AND pg_catalog.has_function_privilege('gn2pg._geonature_sign_in(text)', 'EXECUTE')",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = 'utilisateurs' AND c.relname = 't_roles'),
+                    coalesce((SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+                                     AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE')
+                                FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                               WHERE n.nspname = 'gn2pg' AND p.proname = '_geonature_sign_in'), false)",
             &[],
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| pg_text(&e))?;
     let (usershub, granted): (bool, bool) = (r.get(0), r.get(1));
     Ok(match (usershub, granted) {
         (true, true) => (true, None),
@@ -143,9 +146,9 @@ pub async fn geonature_available(db: &Db) -> Result<(bool, Option<String>), Stri
             false,
             Some(format!(
                 "GeoNature sign-in is off: this database has UsersHub accounts, but {} may not call gn2pg._geonature_sign_in \
-                 (GRANT EXECUTE ON FUNCTION gn2pg._geonature_sign_in(text) TO {};)",
+                 (GRANT USAGE ON SCHEMA gn2pg TO {a}; GRANT EXECUTE ON FUNCTION gn2pg._geonature_sign_in(text) TO {a};)",
                 db.authenticator(),
-                quote_ident(db.authenticator())
+                a = quote_ident(db.authenticator())
             )),
         ),
         _ => (false, None),

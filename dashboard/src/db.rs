@@ -61,6 +61,17 @@ impl From<deadpool_postgres::PoolError> for DbError {
     }
 }
 
+/// A client error with PostgreSQL's own message ("db error" alone says nothing).
+pub fn pg_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => match d.hint() {
+            Some(h) => format!("{} (hint: {h})", d.message()),
+            None => d.message().to_string(),
+        },
+        None => e.to_string(),
+    }
+}
+
 /// `"name"` with inner quotes doubled: an identifier in SQL text.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -127,7 +138,7 @@ impl Db {
                 Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
                     Ok(PasswordCheck::Refused)
                 }
-                _ => Err(e.to_string()),
+                _ => Err(pg_text(&e)),
             },
         }
     }

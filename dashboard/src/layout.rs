@@ -112,7 +112,8 @@ pub fn bar_chart(label: &str, unit: &str, points: &[(String, f64, bool)]) -> Mar
     let (w, h, pad) = (640.0_f64, 120.0_f64, 4.0_f64);
     let max = points.iter().map(|p| p.1).fold(0.0_f64, f64::max).max(1e-9);
     let n = points.len().max(1) as f64;
-    let bw = ((w - 2.0 * pad) / n).max(1.0);
+    // One run must not fill the whole width: bars are at most 24 units wide.
+    let bw = ((w - 2.0 * pad) / n).clamp(1.0, 24.0);
     html! {
         figure class="chart" {
             figcaption { (label) " (max " (fmt_value(max, unit)) ")" }

@@ -42,6 +42,8 @@ function liveProgress() {
     const r = await fetchText(live.dataset.progress, REFRESH);
     const p = await r.json();
     if (p.run_id == null) return;
+    const none = document.getElementById("run-none");
+    if (none) none.hidden = true;
     set("run-id", p.run_id);
     set("run-status", p.status);
     set("run-pages", p.pages);
@@ -50,7 +52,11 @@ function liveProgress() {
     set("run-elapsed", p.elapsed);
     set("run-eta", p.eta ? "in " + p.eta : null);
     const bar = document.getElementById("run-progress");
-    if (bar) { bar.hidden = !p.running; bar.value = p.percent || 0; }
+    if (bar) {
+      bar.hidden = !p.running;
+      // Unknown size: an indeterminate bar.
+      if (p.percent == null) bar.removeAttribute("value"); else bar.value = p.percent;
+    }
     const err = document.getElementById("run-error");
     if (err) { err.hidden = !p.error; err.textContent = p.error || ""; }
     const cancel = document.getElementById("cancel-form");

@@ -112,12 +112,15 @@ fn world(o: Options) -> World {
     ))
     .unwrap();
     let base = fixture.base_url();
+    // Admins who are not superusers may only register hosts the superuser allowed.
+    su.batch_execute(&format!("ALTER DATABASE {} SET gn2pg.allowed_hosts = '127.0.0.1'", db.name)).unwrap();
     db.client
         .batch_execute(&format!(
             "SELECT gn2pg_add_source('pne', '{base}', 1, 'login', 'harvester', 'secret',
                                      options => '{{\"organism\": \"Parc national des Écrins\", \"organism_id\": \"1234\", \"page_size\": 200}}');
              SELECT gn2pg_add_source('down', 'http://127.0.0.1:9/geonature', 3,
                                      options => '{{\"organism\": \"Association 3\", \"max_retries\": 0, \"connect_timeout_ms\": 2000}}');
+             GRANT USAGE ON SCHEMA gn2pg TO {auth};
              GRANT EXECUTE ON FUNCTION gn2pg._geonature_sign_in(text) TO {auth};
              -- A minimal UsersHub: what GeoNature sign-in reads.
              CREATE SCHEMA utilisateurs;
@@ -241,6 +244,20 @@ fn reader_sees_flows_but_cannot_harvest_even_with_a_forged_post() {
 #[test]
 fn operator_harvests_now_and_watches_the_run_succeed() {
     let mut w = world(Options { fixture_rows: 6000, slow_ms: 250, ..Default::default() });
+    // Some history: a chart of past runs, and the size the progress estimate starts from.
+    w.db.client
+        .batch_execute(
+            "INSERT INTO gn2pg.run_log (id, source, mode, status, started_at, finished_at, pages_done, rows_received,
+                                        rows_upserted, rows_unchanged, error)
+             SELECT nextval('gn2pg.run_log_id_seq'), 'pne', CASE WHEN d % 4 = 0 THEN 'full' ELSE 'incremental' END,
+                    CASE WHEN d = 9 THEN 'failed' ELSE 'success' END,
+                    now() - make_interval(days => 13 - d), now() - make_interval(days => 13 - d, secs => -(5 + d * 3)),
+                    d * 2, CASE WHEN d % 4 = 0 THEN 5800 ELSE 150 + 40 * d END, 40 * d, 0,
+                    CASE WHEN d = 9 THEN 'source \"pne\": http://127.0.0.1/geonature/api/exports/api/1 answered HTTP 502: Bad Gateway' END
+               FROM generate_series(1, 12) d ORDER BY d;
+             SELECT gn2pg_harvest_async('down');",
+        )
+        .unwrap();
     browse(&w, "operator");
     let row = w
         .db

@@ -38,7 +38,7 @@ SELECT r.id, r.status, r.mode, r.pages_done, r.rows_received, r.rows_upserted, r
        f.running_run_id = r.id,
        (SELECT l.rows_received FROM gn2pg.run_log l
          WHERE l.source = r.source AND l.mode = 'full' AND l.status = 'success' ORDER BY l.id DESC LIMIT 1),
-       f.local_rows
+       0
   FROM gn2pg.flow_status f
   JOIN gn2pg.run_log r ON r.id = (SELECT max(x.id) FROM gn2pg.run_log x WHERE x.source = f.source)
  WHERE f.source = $1";
@@ -54,12 +54,9 @@ async fn progress_json(tx: &UserTx, name: &str) -> Result<serde_json::Value, App
     let elapsed: f64 = r.get(7);
     let rate = if elapsed > 0.5 { rows as f64 / elapsed } else { 0.0 };
     let mode: String = r.get(2);
-    // A full run receives about as many rows as the last full run did, or as are stored now.
-    let expected = if mode == "full" {
-        r.get::<_, Option<i64>>(11).unwrap_or(0).max(r.get::<_, i64>(12))
-    } else {
-        0
-    };
+    // A full run receives about as many rows as the last successful full run did; the first
+    // one's size is unknown (local rows grow with it, so they tell nothing).
+    let expected = if mode == "full" { r.get::<_, Option<i64>>(11).unwrap_or(0) } else { 0 };
     let eta = (running && expected > rows && rate > 0.0).then(|| (expected - rows) as f64 / rate);
     Ok(json!({
         "run_id": r.get::<_, i64>(0),
@@ -95,9 +92,7 @@ fn live_panel(p: &serde_json::Value, name: &str, user: &User, level: Level) -> M
     html! {
         section class="panel live" id="live" data-progress=(format!("/sources/{name}/progress")) data-running=(running) {
             h2 { "Current run" }
-            @if p.get("run_id").is_some_and(|v| v.is_null()) {
-                p id="run-none" { "This source has never been harvested." }
-            }
+            p id="run-none" hidden[!p.get("run_id").is_some_and(|v| v.is_null())] { "This source has never been harvested." }
             dl class="facts" {
                 dt { "Run" } dd id="run-id" { (p.get("run_id").map(|v| v.to_string()).unwrap_or_default()) " " small id="run-mode" { (s("mode")) } }
                 dt { "Status" } dd id="run-status" class="status" { (s("status")) }
@@ -107,7 +102,8 @@ fn live_panel(p: &serde_json::Value, name: &str, user: &User, level: Level) -> M
                 dt { "Elapsed" } dd id="run-elapsed" { (s("elapsed")) }
                 dt { "Estimated end" } dd id="run-eta" { @if let Some(e) = p.get("eta").and_then(|v| v.as_str()) { "in " (e) } @else { (dash()) } }
             }
-            progress id="run-progress" max="100" value=(p.get("percent").and_then(|v| v.as_f64()).unwrap_or(0.0)) hidden[!running] {}
+            // Without an expected size the bar is indeterminate (no value).
+            progress id="run-progress" max="100" value=[p.get("percent").and_then(|v| v.as_f64())] hidden[!running] {}
             div id="run-error" class="error" hidden[s("error").is_empty()] { (s("error")) }
             @if level.operator {
                 div class="actions" {
