@@ -126,7 +126,7 @@ for p in "${PAGES[@]}"; do
     sorted=$(printf '%s\n' "${times[@]}" | sort -n)
     best=$(echo "$sorted" | head -1)
     median=$(echo "$sorted" | sed -n 4p)
-    verdict=$(awk -v m="$median" 'BEGIN { print (m < 200 ? "ok" : "SLOW") }')
+    verdict=$(awk -v m="$median" -v c="$code" 'BEGIN { print (c != 200 ? "ERROR" : (m < 200 ? "ok" : "SLOW")) }')
     printf '%-28s %8s %8s %6s %s\n' "$p" "$best" "$median" "$code" "$verdict"
 done
 
@@ -139,8 +139,9 @@ psql_su -d harvest -c "CREATE EXTENSION gn2pg CASCADE" \
     -c "SELECT gn2pg_add_source('fx', 'http://127.0.0.1:$FIXTURE_PORT/geonature', 2, token => '0123456789abcdef0123456789abcdef')"
 harvest_once() {
     psql_su -d harvest -c "TRUNCATE gn2pg.observation" -c "CHECKPOINT" >/dev/null
+    psql_su -d harvest -c "SELECT gn2pg_harvest('fx', 'full')" >/dev/null
     psql_su -d harvest -tAc "SELECT round(rows_received / extract(epoch FROM finished_at - started_at))
-                               FROM gn2pg.run_log WHERE id = (gn2pg_harvest('fx', 'full') ->> 'id')::bigint"
+                               FROM gn2pg.run_log ORDER BY id DESC LIMIT 1"
 }
 for round in 1 2; do
     with=$(harvest_once)

@@ -38,8 +38,8 @@ fn invalid(msg: String) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, msg, None)
 }
 
-/// A probe answers in seconds or says why not: fewer retries than a harvest, smaller answers.
-const PROBE_RETRIES: u32 = 0;
+/// A probe answers in seconds or says why not: no retries (the first failure is what the
+/// person needs to see), smaller answers than a harvest accepts.
 const PROBE_MAX_BYTES: usize = 8 << 20;
 
 /// What the caller asked to check.
@@ -147,16 +147,11 @@ pub fn check_source(req: Request) -> JsonB {
     }
     let cfg = resolve(&req);
     let mut limits = crate::guc::limits(&cfg.options);
-    limits.max_retries = limits.max_retries.min(PROBE_RETRIES);
+    limits.max_retries = 0;
     limits.max_page_bytes = limits.max_page_bytes.min(PROBE_MAX_BYTES);
     let started = std::time::Instant::now();
     let report = match SourceClient::new(cfg.clone(), limits) {
-        Err(e) => {
-            let mut r = Report::default();
-            r.failed_step = Some("config");
-            r.error = Some(e.to_string());
-            r
-        }
+        Err(e) => Report { failed_step: Some("config"), error: Some(e.to_string()), ..Default::default() },
         Ok(client) => run_on_helper(client, cfg.clone()),
     };
     let mut out = report.to_json();
@@ -180,7 +175,9 @@ fn run_on_helper(mut client: SourceClient, cfg: SourceConfig) -> Report {
     }
     match step.next(&BackendHost) {
         Ok(Some(r)) => r,
-        Ok(None) => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "gn2pg: the probe thread ended without a report".into(), None),
+        Ok(None) => {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "gn2pg: the probe thread ended without a report".into(), None)
+        }
         Err(_) => {
             drop(step);
             // Raises the usual "canceling statement due to user request" (or ends the session).

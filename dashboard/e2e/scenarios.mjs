@@ -113,6 +113,7 @@ const scenarios = {
     check(seen.includes("running") && sawRunningRows, `saw the run in progress: ${seen}`);
     check(seen[seen.length - 1] === "success", `reached success: ${seen}`);
     // The page reloads once to show the run in the history and the chart.
+    await page.waitForEvent("load", { timeout: STEP_TIMEOUT });
     await page.waitForSelector("#runs-table tbody tr", { timeout: STEP_TIMEOUT });
     await page.waitForFunction(() => document.querySelector("#charts svg rect") !== null, null, { timeout: STEP_TIMEOUT });
     check((await page.textContent("#runs-table")).includes("success"), "the history lists the run");
@@ -202,6 +203,16 @@ const scenarios = {
     }
     check((await page.textContent("#organism")).includes("<b>Bold</b> & co"), "organism markup shown as text");
     await shot(page, "xss-source");
+    // The run's rejected rows, 20 per page, each with its item as received.
+    await page.click("#runs-table tbody tr a");
+    await page.waitForSelector("#rejected-rows article.rejected");
+    check((await page.$$("#rejected-rows article.rejected")).length === 20, "20 rejected rows on the first page");
+    const first = await page.textContent("#rejected-rows article.rejected");
+    check(first.includes('"<b>x</b>"') && first.includes("<script>window.__xss = 3</script>"), `item and error as text: ${first}`);
+    await page.click("#more-errors");
+    await page.waitForSelector("#rejected-rows article.rejected");
+    check((await page.$$("#rejected-rows article.rejected")).length === 5, "the next page has the last 5");
+    check((await page.evaluate(() => window.__xss)) === undefined, "nothing ran on the run page");
   },
 
   // A wrong password is refused, then throttled per account (3) and per address (4).

@@ -55,7 +55,8 @@ pub async fn postgres(db: &Db, login: &str, password: &str) -> Result<Account, F
         .await
         .map_err(|e| Failure::Unavailable(pg_text(&e)))?
         .ok_or(Failure::Wrong)?;
-    let (role, superuser, member, reader): (String, bool, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    let (role, superuser, member, reader): (String, bool, bool, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     if superuser {
         return Err(Failure::Refused(
             "superusers cannot sign in to the dashboard: sign in with a role that has gn2pg_admin".into(),

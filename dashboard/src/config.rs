@@ -241,7 +241,10 @@ impl Config {
             c.apply(&k, &v).map_err(|e| format!("--{k}: {e}"))?;
         }
         if c.database.trim().is_empty() {
-            return Err("no database: give --database URL, GN2PG_DASHBOARD_DATABASE or database in the configuration file".into());
+            return Err(
+                "no database: give --database URL, GN2PG_DASHBOARD_DATABASE or database in the configuration file"
+                    .into(),
+            );
         }
         if c.pool_size == 0 || c.max_failures_per_account == 0 || c.max_failures_per_address == 0 {
             return Err("pool_size and max_failures_* must be at least 1".into());
@@ -254,8 +257,12 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// An environment whose configuration file is empty.
     fn no_file_env(extra: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let mut vars: Vec<(String, String)> = vec![("GN2PG_DASHBOARD_CONFIG".into(), "/nonexistent/none.toml".into())];
+        let empty = std::env::temp_dir().join(format!("gn2pg-dash-empty-{}.toml", std::process::id()));
+        std::fs::write(&empty, "").unwrap();
+        let mut vars: Vec<(String, String)> =
+            vec![("GN2PG_DASHBOARD_CONFIG".into(), empty.to_string_lossy().to_string())];
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
     }
@@ -276,8 +283,8 @@ mod tests {
             "GN2PG_DASHBOARD_IDLE_TIMEOUT_MINUTES" => Some("5".to_string()),
             _ => None,
         };
-        let c = Config::load(&["--config".into(), path.clone(), "--listen".into(), "127.0.0.1:9200".into()], env)
-            .unwrap();
+        let c =
+            Config::load(&["--config".into(), path.clone(), "--listen".into(), "127.0.0.1:9200".into()], env).unwrap();
         assert_eq!(c.database, "postgresql://a@127.0.0.1/x");
         assert_eq!(c.listen.port(), 9200, "the command line wins over the environment and the file");
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
@@ -294,11 +301,13 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_use() {
         assert!(Config::load(&[], no_file_env(&[])).unwrap_err().contains("no database"));
-        let e = Config::load(&["--database".into(), "x".into(), "--listen".into(), "localhost".into()], no_file_env(&[]))
-            .unwrap_err();
+        let e =
+            Config::load(&["--database".into(), "x".into(), "--listen".into(), "localhost".into()], no_file_env(&[]))
+                .unwrap_err();
         assert!(e.contains("listen"), "{e}");
-        let e = Config::load(&["--database".into(), "x".into()], no_file_env(&[("GN2PG_DASHBOARD_SECURE_COOKIES", "yes")]))
-            .unwrap_err();
+        let e =
+            Config::load(&["--database".into(), "x".into()], no_file_env(&[("GN2PG_DASHBOARD_SECURE_COOKIES", "yes")]))
+                .unwrap_err();
         assert!(e.contains("secure_cookies"), "{e}");
         let e = Config::load(&["--config".into(), "/nonexistent/x.toml".into()], |_| None).unwrap_err();
         assert!(e.contains("cannot read"), "{e}");

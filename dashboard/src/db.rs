@@ -170,7 +170,9 @@ impl Db {
                 let role: String = match row {
                     Some(r) if r.get::<_, bool>(1) => r.get(0),
                     Some(_) => return Err(DbError::NoAccess("this GeoNature account is disabled".into())),
-                    None => return Err(DbError::NoAccess("this GeoNature account no longer has dashboard access".into())),
+                    None => {
+                        return Err(DbError::NoAccess("this GeoNature account no longer has dashboard access".into()))
+                    }
                 };
                 tx.batch(&format!("SET LOCAL ROLE {}", quote_ident(&role))).await?;
                 tx.opt("SELECT pg_catalog.set_config('gn2pg_dashboard.account', $1, true)", &[login]).await?;

@@ -94,7 +94,11 @@ pub async fn serve(
     }
     let app = Arc::new(App {
         sessions: session::Sessions::new(cfg.idle_timeout, cfg.session_lifetime),
-        throttle: throttle::Throttle::new(cfg.max_failures_per_account, cfg.max_failures_per_address, cfg.failure_window),
+        throttle: throttle::Throttle::new(
+            cfg.max_failures_per_account,
+            cfg.max_failures_per_address,
+            cfg.failure_window,
+        ),
         geonature,
         db,
         cfg: cfg.clone(),

@@ -86,7 +86,12 @@ impl Throttle {
 
     pub fn failed(&self, account: &str, address: IpAddr) {
         let now = Instant::now();
-        record(&mut self.accounts.lock().unwrap_or_else(|p| p.into_inner()), account.to_string(), self.per_account, now);
+        record(
+            &mut self.accounts.lock().unwrap_or_else(|p| p.into_inner()),
+            account.to_string(),
+            self.per_account,
+            now,
+        );
         record(&mut self.addresses.lock().unwrap_or_else(|p| p.into_inner()), address, self.per_address, now);
     }
 

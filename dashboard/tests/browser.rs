@@ -131,7 +131,8 @@ fn world(o: Options) -> World {
         .unwrap();
     // pass_plus as UsersHub writes it (bcrypt, "$2b$").
     let hash = |pw: &str| bcrypt::hash_with_result(pw, 4).unwrap().format_for_version(bcrypt::Version::TwoB);
-    for (login, pw, active) in [("jdupont", "gn-secret", true), ("mmartin", "gn-other", true), ("old", "gn-old", false)] {
+    for (login, pw, active) in [("jdupont", "gn-secret", true), ("mmartin", "gn-other", true), ("old", "gn-old", false)]
+    {
         db.client
             .execute(
                 "INSERT INTO utilisateurs.t_roles (identifiant, nom_role, pass_plus, active) VALUES ($1, $1, $2, $3)",
@@ -259,14 +260,17 @@ fn operator_harvests_now_and_watches_the_run_succeed() {
         )
         .unwrap();
     browse(&w, "operator");
-    let row = w
-        .db
-        .client
-        .query_one("SELECT status, rows_received, mode FROM gn2pg.run_log WHERE source = 'pne' ORDER BY id DESC LIMIT 1", &[])
-        .unwrap();
+    let row =
+        w.db.client
+            .query_one(
+                "SELECT status, rows_received, mode FROM gn2pg.run_log WHERE source = 'pne' ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
     assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, i64>(1)), ("success", 6000));
     assert_eq!(row.get::<_, String>(2), "full");
-    let local: i64 = w.db.client.query_one("SELECT local_rows FROM gn2pg.flow_status WHERE source = 'pne'", &[]).unwrap().get(0);
+    let local: i64 =
+        w.db.client.query_one("SELECT local_rows FROM gn2pg.flow_status WHERE source = 'pne'", &[]).unwrap().get(0);
     assert_eq!(local, 6000);
 }
 
@@ -288,12 +292,11 @@ fn a_failing_source_shows_its_alert_and_an_operator_acknowledges_it() {
         std::thread::sleep(Duration::from_millis(200));
     }
     browse(&w, "failing");
-    let by: Option<String> = w
-        .db
-        .client
-        .query_one("SELECT acknowledged_by FROM gn2pg.alert WHERE source = 'down' AND resolved_at IS NULL", &[])
-        .unwrap()
-        .get(0);
+    let by: Option<String> =
+        w.db.client
+            .query_one("SELECT acknowledged_by FROM gn2pg.alert WHERE source = 'down' AND resolved_at IS NULL", &[])
+            .unwrap()
+            .get(0);
     let operator = &w.env.iter().find(|(k, _)| k == "OPERATOR").unwrap().1;
     assert_eq!(by.as_deref(), Some(operator.as_str()), "acknowledged as the signed-in role");
 }
@@ -302,15 +305,14 @@ fn a_failing_source_shows_its_alert_and_an_operator_acknowledges_it() {
 fn admin_tests_a_connection_with_a_wrong_password_then_saves_the_source() {
     let mut w = world(Options::default());
     browse(&w, "admin");
-    let r = w
-        .db
-        .client
-        .query_one(
-            "SELECT s.url, s.export_id, s.auth, s.options, k.login, k.password
+    let r =
+        w.db.client
+            .query_one(
+                "SELECT s.url, s.export_id, s.auth, s.options, k.login, k.password
                FROM gn2pg.source s JOIN gn2pg.source_secret k ON k.source_id = s.id WHERE s.name = 'partner'",
-            &[],
-        )
-        .unwrap();
+                &[],
+            )
+            .unwrap();
     assert_eq!(r.get::<_, String>(0), format!("{}/api", w.fixture.base_url()));
     assert_eq!((r.get::<_, i32>(1), r.get::<_, String>(2).as_str()), (1, "login"));
     let options: serde_json::Value = r.get(3);
@@ -330,7 +332,12 @@ fn a_source_error_with_markup_is_shown_as_text() {
                                      options => '{\"organism\": \"<b>Bold</b> & co\"}');
              INSERT INTO gn2pg.run_log (id, source, mode, status, finished_at, error)
              VALUES (nextval('gn2pg.run_log_id_seq'), 'xss', 'full', 'failed', now(),
-                     'source \"xss\": answered <script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\">');",
+                     'source \"xss\": answered <script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\">');
+             INSERT INTO gn2pg.run_error (run_id, source, id_data, uuid, item, error)
+             SELECT currval('gn2pg.run_log_id_seq'), 'xss', k, NULL,
+                    jsonb_build_object('id_synthese', k, 'nom_cite', '<script>window.__xss = 3</script>'),
+                    'invalid timestamp in date_debut: \"<b>x</b>\"'
+               FROM generate_series(1, 25) k;",
         )
         .unwrap();
     browse(&w, "xss");

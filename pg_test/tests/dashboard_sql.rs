@@ -49,7 +49,10 @@ fn check_source_reports_what_a_source_answers_and_stores_nothing() {
     add_source(&mut db.client, "tok", &fx, 2, "token", "{}");
     let r = check(&mut db.client, "gn2pg_check_source('pne')").unwrap();
     assert_eq!(r["ok"], true, "{r}");
-    assert_eq!((r["reachable"].clone(), r["authenticated"].clone(), r["export_found"].clone()), (true.into(), true.into(), true.into()));
+    assert_eq!(
+        (r["reachable"].clone(), r["authenticated"].clone(), r["export_found"].clone()),
+        (true.into(), true.into(), true.into())
+    );
     assert_eq!(r["item_shape"], "array");
     assert_eq!(r["row_count"], 500);
     assert_eq!(r["geonature_version"], "2.16.4");
@@ -65,7 +68,11 @@ fn check_source_reports_what_a_source_answers_and_stores_nothing() {
     assert!(!r.to_string().contains("secret"), "no credential in the report: {r}");
 
     let r = check(&mut db.client, "gn2pg_check_source('tok')").unwrap();
-    assert_eq!((r["ok"].clone(), r["item_shape"].clone(), r["geometry"].clone()), (true.into(), "FeatureCollection".into(), "feature geometry".into()), "{r}");
+    assert_eq!(
+        (r["ok"].clone(), r["item_shape"].clone(), r["geometry"].clone()),
+        (true.into(), "FeatureCollection".into(), "feature geometry".into()),
+        "{r}"
+    );
     assert!(!r.to_string().contains(&FixtureConfig::default().token), "{r}");
 
     // A source not saved yet, described by the arguments; and one with a metadata export.
@@ -74,10 +81,17 @@ fn check_source_reports_what_a_source_answers_and_stores_nothing() {
         fx.base_url()
     );
     let r = check(&mut db.client, &sql).unwrap();
-    assert_eq!((r["ok"].clone(), r["auth"].clone(), r["source"].clone()), (true.into(), "public".into(), Value::Null), "{r}");
+    assert_eq!(
+        (r["ok"].clone(), r["auth"].clone(), r["source"].clone()),
+        (true.into(), "public".into(), Value::Null),
+        "{r}"
+    );
     assert_eq!(r["metadata_export_found"], true, "{r}");
     let counts: (i64, i64) = {
-        let row = db.client.query_one("SELECT (SELECT count(*) FROM gn2pg.source), (SELECT count(*) FROM gn2pg.run_log)", &[]).unwrap();
+        let row = db
+            .client
+            .query_one("SELECT (SELECT count(*) FROM gn2pg.source), (SELECT count(*) FROM gn2pg.run_log)", &[])
+            .unwrap();
         (row.get(0), row.get(1))
     };
     assert_eq!(counts, (2, 0), "checking stores nothing");
@@ -101,20 +115,27 @@ fn check_source_says_precisely_why_a_source_fails() {
     assert_eq!((r["export_found"].clone(), r["failed_step"].clone()), (false.into(), "export".into()), "{r}");
     assert!(r["error"].as_str().unwrap().contains("export 99 not found"), "{r}");
 
-    let r = check(&mut db.client, &format!("gn2pg_check_source(url => '{base}', export_id => 2, token => 'ffff')")).unwrap();
+    let r = check(&mut db.client, &format!("gn2pg_check_source(url => '{base}', export_id => 2, token => 'ffff')"))
+        .unwrap();
     assert_eq!((r["authenticated"].clone(), r["failed_step"].clone()), (false.into(), "export".into()), "{r}");
     assert!(r["error"].as_str().unwrap().contains("403"), "{r}");
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let r = check(&mut db.client, &format!("gn2pg_check_source(url => 'http://127.0.0.1:{port}/gn', export_id => 1)")).unwrap();
-    assert_eq!((r["reachable"].clone(), r["failed_step"].clone(), r["transient"].clone()), (false.into(), "config".into(), true.into()), "{r}");
+    let r = check(&mut db.client, &format!("gn2pg_check_source(url => 'http://127.0.0.1:{port}/gn', export_id => 1)"))
+        .unwrap();
+    assert_eq!(
+        (r["reachable"].clone(), r["failed_step"].clone(), r["transient"].clone()),
+        (false.into(), "config".into(), true.into()),
+        "{r}"
+    );
     assert!(r["error"].as_str().unwrap().contains("cannot connect"), "{r}");
 
     let e = check(&mut db.client, "gn2pg_check_source()").unwrap_err();
     assert!(e.contains("give the name of a registered source, or url and export_id") && e.contains("HINT"), "{e}");
     let e = check(&mut db.client, "gn2pg_check_source('nope')").unwrap_err();
     assert!(e.contains("source \"nope\" does not exist"), "{e}");
-    let e = check(&mut db.client, &format!("gn2pg_check_source(url => '{base}', export_id => 1, auth => 'login')")).unwrap_err();
+    let e = check(&mut db.client, &format!("gn2pg_check_source(url => '{base}', export_id => 1, auth => 'login')"))
+        .unwrap_err();
     assert!(e.contains("needs login and password"), "{e}");
 }
 
@@ -122,7 +143,8 @@ fn check_source_says_precisely_why_a_source_fails() {
 fn check_source_needs_operator_for_saved_sources_and_admin_for_anything_else() {
     let fx = fixture(100);
     let mut roles = Roles(Vec::new());
-    let (reader, operator, admin) = (roles.create("gn2pg_reader"), roles.create("gn2pg_operator"), roles.create("gn2pg_admin"));
+    let (reader, operator, admin) =
+        (roles.create("gn2pg_reader"), roles.create("gn2pg_operator"), roles.create("gn2pg_admin"));
     let mut db = TestDb::new("check_roles");
     add_source(&mut db.client, "pub", &fx, 3, "public", "{}");
     let base = fx.base_url();
@@ -138,9 +160,13 @@ fn check_source_needs_operator_for_saved_sources_and_admin_for_anything_else() {
     let e = as_role(&mut db.client, &operator, "gn2pg_check_source('pub', export_id => 1)").unwrap_err();
     assert!(e.contains("gn2pg_admin"), "{e}");
     // An admin who is not a superuser may only make the server reach allowed hosts.
-    let e = as_role(&mut db.client, &admin, &format!("gn2pg_check_source(url => '{base}', export_id => 3)")).unwrap_err();
+    let e =
+        as_role(&mut db.client, &admin, &format!("gn2pg_check_source(url => '{base}', export_id => 3)")).unwrap_err();
     assert!(e.contains("is not allowed by gn2pg.allowed_hosts"), "{e}");
-    assert_eq!(as_role(&mut db.client, &admin, "gn2pg_check_source('pub', export_id => 5)").unwrap()["item_shape"], "FeatureCollection");
+    assert_eq!(
+        as_role(&mut db.client, &admin, "gn2pg_check_source('pub', export_id => 5)").unwrap()["item_shape"],
+        "FeatureCollection"
+    );
 }
 
 #[test]
@@ -250,9 +276,7 @@ fn operators_acknowledge_open_alerts() {
     let (reader, operator) = (roles.create("gn2pg_reader"), roles.create("gn2pg_operator"));
     let mut db = TestDb::new("ack");
     db.client
-        .batch_execute(
-            "SELECT gn2pg_add_source('down', 'http://127.0.0.1:9/gn', 3, options => '{\"max_retries\": 0}')",
-        )
+        .batch_execute("SELECT gn2pg_add_source('down', 'http://127.0.0.1:9/gn', 3, options => '{\"max_retries\": 0}')")
         .unwrap();
     assert!(harvest(&mut db.client, "down", "full").is_err());
     let id: i64 = db.client.query_one("SELECT id FROM gn2pg.alert WHERE source = 'down'", &[]).unwrap().get(0);
@@ -267,15 +291,28 @@ fn operators_acknowledge_open_alerts() {
     db.client.batch_execute("RESET ROLE").unwrap();
     let r = db
         .client
-        .query_one("SELECT acknowledged_by, acknowledgement, acknowledged_at IS NOT NULL FROM gn2pg.alert WHERE id = $1", &[&id])
+        .query_one(
+            "SELECT acknowledged_by, acknowledgement, acknowledged_at IS NOT NULL FROM gn2pg.alert WHERE id = $1",
+            &[&id],
+        )
         .unwrap();
-    assert_eq!((r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, bool>(2)), (operator.clone(), "on it".into(), true));
+    assert_eq!(
+        (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, bool>(2)),
+        (operator.clone(), "on it".into(), true)
+    );
     // A repeat keeps the acknowledgement; the dashboard names the GeoNature account it acts for.
     assert!(harvest(&mut db.client, "down", "full").is_err());
-    let kept: bool =
-        db.client.query_one("SELECT acknowledged_at IS NOT NULL FROM gn2pg.alert WHERE id = $1", &[&id]).unwrap().get(0);
+    let kept: bool = db
+        .client
+        .query_one("SELECT acknowledged_at IS NOT NULL FROM gn2pg.alert WHERE id = $1", &[&id])
+        .unwrap()
+        .get(0);
     assert!(kept);
-    db.client.batch_execute("SELECT gn2pg_add_source('down2', 'http://127.0.0.1:9/gn', 3, options => '{\"max_retries\": 0}')").unwrap();
+    db.client
+        .batch_execute(
+            "SELECT gn2pg_add_source('down2', 'http://127.0.0.1:9/gn', 3, options => '{\"max_retries\": 0}')",
+        )
+        .unwrap();
     assert!(harvest(&mut db.client, "down2", "full").is_err());
     db.client
         .batch_execute(&format!(
@@ -291,7 +328,8 @@ fn operators_acknowledge_open_alerts() {
 #[test]
 fn geonature_accounts_are_mapped_to_one_gn2pg_role() {
     let mut db = TestDb::new("gn_accounts");
-    let e = db.client.query_one("SELECT gn2pg_map_geonature_account('x', 'gn2pg_reader')", &[]).map(|_| ()).unwrap_err();
+    let e =
+        db.client.query_one("SELECT gn2pg_map_geonature_account('x', 'gn2pg_reader')", &[]).map(|_| ()).unwrap_err();
     assert!(error_text(&e).contains("no GeoNature accounts"), "{}", error_text(&e));
     let none: i64 = db.client.query_one("SELECT count(*) FROM gn2pg._geonature_sign_in('x')", &[]).unwrap().get(0);
     assert_eq!(none, 0, "no UsersHub, no account");
@@ -307,11 +345,16 @@ fn geonature_accounts_are_mapped_to_one_gn2pg_role() {
                  ('off', 'z', false, false);",
         )
         .unwrap();
-    let id: i32 = db.client.query_one("SELECT gn2pg_map_geonature_account('jdupont', 'gn2pg_operator')", &[]).unwrap().get(0);
+    let id: i32 =
+        db.client.query_one("SELECT gn2pg_map_geonature_account('jdupont', 'gn2pg_operator')", &[]).unwrap().get(0);
     assert_eq!(id, 1);
-    let again: i32 = db.client.query_one("SELECT gn2pg_map_geonature_account('jdupont', 'gn2pg_admin')", &[]).unwrap().get(0);
+    let again: i32 =
+        db.client.query_one("SELECT gn2pg_map_geonature_account('jdupont', 'gn2pg_admin')", &[]).unwrap().get(0);
     assert_eq!(again, 1, "mapping again changes the role");
-    let r = db.client.query_one("SELECT id_role, login, password_hash, active, role FROM gn2pg._geonature_sign_in('jdupont')", &[]).unwrap();
+    let r = db
+        .client
+        .query_one("SELECT id_role, login, password_hash, active, role FROM gn2pg._geonature_sign_in('jdupont')", &[])
+        .unwrap();
     assert_eq!(r.get::<_, String>(4), "gn2pg_admin");
     assert_eq!(r.get::<_, String>(2), "$2b$04$abcdefghijklmnopqrstuu");
     for (login, role, expect) in [
@@ -320,16 +363,22 @@ fn geonature_accounts_are_mapped_to_one_gn2pg_role() {
         ("nobody", "gn2pg_reader", "no GeoNature user account"),
         ("jdupont", "postgres", "is not a gn2pg role"),
     ] {
-        let e = db.client.query_one("SELECT gn2pg_map_geonature_account($1, $2)", &[&login, &role]).map(|_| ()).unwrap_err();
+        let e = db
+            .client
+            .query_one("SELECT gn2pg_map_geonature_account($1, $2)", &[&login, &role])
+            .map(|_| ())
+            .unwrap_err();
         assert!(error_text(&e).contains(expect), "{login}: {}", error_text(&e));
     }
     db.client.batch_execute("SELECT gn2pg_map_geonature_account('off', 'gn2pg_reader')").unwrap();
     let active: bool = db.client.query_one("SELECT active FROM gn2pg._geonature_sign_in('off')", &[]).unwrap().get(0);
     assert!(!active, "a disabled account is returned as such (the dashboard refuses it)");
-    let unmapped: i64 = db.client.query_one("SELECT count(*) FROM gn2pg._geonature_sign_in('twin')", &[]).unwrap().get(0);
+    let unmapped: i64 =
+        db.client.query_one("SELECT count(*) FROM gn2pg._geonature_sign_in('twin')", &[]).unwrap().get(0);
     assert_eq!(unmapped, 0);
     assert!(db.client.query_one("SELECT gn2pg_unmap_geonature_account('jdupont')", &[]).unwrap().get::<_, bool>(0));
     assert!(!db.client.query_one("SELECT gn2pg_unmap_geonature_account('jdupont')", &[]).unwrap().get::<_, bool>(0));
-    let gone: i64 = db.client.query_one("SELECT count(*) FROM gn2pg._geonature_sign_in('jdupont')", &[]).unwrap().get(0);
+    let gone: i64 =
+        db.client.query_one("SELECT count(*) FROM gn2pg._geonature_sign_in('jdupont')", &[]).unwrap().get(0);
     assert_eq!(gone, 0, "no mapping, no access");
 }

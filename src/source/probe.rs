@@ -77,11 +77,8 @@ impl Report {
 
     /// The report as the JSON object `gn2pg_check_source` returns.
     pub fn to_json(&self) -> Value {
-        let steps: Vec<Value> = self
-            .steps
-            .iter()
-            .map(|s| json!({"step": s.name, "ok": s.ok, "detail": s.detail, "ms": s.ms}))
-            .collect();
+        let steps: Vec<Value> =
+            self.steps.iter().map(|s| json!({"step": s.name, "ok": s.ok, "detail": s.detail, "ms": s.ms})).collect();
         json!({
             "ok": self.ok(),
             "reachable": self.reachable,
@@ -188,8 +185,11 @@ pub fn probe(client: &mut SourceClient, cfg: &SourceConfig, host: &dyn Host) -> 
 
     // 4. One row of the export, read like a harvest reads its pages.
     let key = cfg.options.key_column.clone();
-    let params =
-        vec![("limit".to_string(), "1".to_string()), ("offset".to_string(), "0".to_string()), ("orderby".to_string(), key.clone())];
+    let params = vec![
+        ("limit".to_string(), "1".to_string()),
+        ("offset".to_string(), "0".to_string()),
+        ("orderby".to_string(), key.clone()),
+    ];
     let t = Instant::now();
     let body = match client.fetch_export_page(&params, host) {
         Ok(b) => b,

@@ -86,7 +86,9 @@ impl SourceForm {
             "" => Map::new(),
             text => match serde_json::from_str(text) {
                 Ok(Value::Object(m)) => m,
-                _ => return Err(AppError::BadRequest("options must be a JSON object, e.g. {\"page_size\": 500}".into())),
+                _ => {
+                    return Err(AppError::BadRequest("options must be a JSON object, e.g. {\"page_size\": 500}".into()))
+                }
             },
         };
         for (k, v) in [("organism", &self.organism), ("organism_id", &self.organism_id)] {
@@ -110,7 +112,13 @@ impl SourceForm {
     }
 }
 
-fn form_markup(user: &User, f: &SourceForm, saved: Option<&Saved>, report: Option<Markup>, error: Option<&str>) -> Markup {
+fn form_markup(
+    user: &User,
+    f: &SourceForm,
+    saved: Option<&Saved>,
+    report: Option<Markup>,
+    error: Option<&str>,
+) -> Markup {
     let editing = !f.original.is_empty();
     let set = |b: bool| if b { "set: leave empty to keep it" } else { "not set" };
     html! {
@@ -297,7 +305,11 @@ pub async fn new_form(State(app): State<AppState>, user: User) -> Result<Respons
     Ok(layout::page("Add a source", Some((&user, level)), form_markup(&user, &f, None, None, None)).into_response())
 }
 
-pub async fn edit_form(State(app): State<AppState>, user: User, Path(name): Path<String>) -> Result<Response, AppError> {
+pub async fn edit_form(
+    State(app): State<AppState>,
+    user: User,
+    Path(name): Path<String>,
+) -> Result<Response, AppError> {
     let (tx, level) = enter(&app, &user, false).await?;
     let saved = load_saved(&tx, &name).await?;
     tx.rollback().await;
@@ -365,8 +377,7 @@ pub async fn save(State(app): State<AppState>, user: User, Form(f): Form<SourceF
     let (tx, level) = enter(&app, &user, true).await?;
     let name = f.name.trim().to_string();
     let editing = !f.original.is_empty();
-    let exists: bool =
-        tx.one("SELECT EXISTS (SELECT 1 FROM gn2pg.source WHERE name = $1)", &[&name]).await?.get(0);
+    let exists: bool = tx.one("SELECT EXISTS (SELECT 1 FROM gn2pg.source WHERE name = $1)", &[&name]).await?.get(0);
     let problem = if editing && f.original != name {
         Some("a source cannot be renamed".to_string())
     } else if !editing && exists {
@@ -470,7 +481,11 @@ pub struct AccountForm {
     role: String,
 }
 
-pub async fn map_account(State(app): State<AppState>, user: User, Form(f): Form<AccountForm>) -> Result<Response, AppError> {
+pub async fn map_account(
+    State(app): State<AppState>,
+    user: User,
+    Form(f): Form<AccountForm>,
+) -> Result<Response, AppError> {
     user.check_csrf(&f.csrf)?;
     let (tx, _) = enter(&app, &user, true).await?;
     tx.one("SELECT gn2pg_map_geonature_account($1, $2)", &[&f.login.trim(), &f.role]).await?;

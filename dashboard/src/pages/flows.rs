@@ -74,9 +74,9 @@ async fn load(tx: &UserTx, f: &Filter) -> Result<Vec<Flow>, AppError> {
             schedule: r.get(5),
             schedule_mode: r.get(6),
             next_run: r.get(7),
-            running: r.get::<_, Option<i64>>(8).map(|id| {
-                (id, r.get::<_, Option<i32>>(9).unwrap_or(0), r.get::<_, Option<i64>>(10).unwrap_or(0))
-            }),
+            running: r
+                .get::<_, Option<i64>>(8)
+                .map(|id| (id, r.get::<_, Option<i32>>(9).unwrap_or(0), r.get::<_, Option<i64>>(10).unwrap_or(0))),
             last_status: r.get(11),
             last_mode: r.get(12),
             last_rows: r.get(13),

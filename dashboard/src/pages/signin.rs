@@ -102,7 +102,12 @@ pub async fn submit(
     let secure = is_secure(&app.cfg, peer, &headers);
     let next = safe_next(f.next.as_deref());
     let again = |status, error: String| {
-        fresh_form(&app, secure, status, FormState { next: next.clone(), login: f.login.clone(), kind: f.kind.clone(), error: Some(error) })
+        fresh_form(
+            &app,
+            secure,
+            status,
+            FormState { next: next.clone(), login: f.login.clone(), kind: f.kind.clone(), error: Some(error) },
+        )
     };
     let cookie = headers.get(header::COOKIE).and_then(|v| v.to_str().ok()).and_then(|c| cookie_value(c, PRE_COOKIE));
     if !cookie.is_some_and(|c| same_secret(c, &f.csrf)) {
@@ -154,7 +159,10 @@ pub async fn submit(
         Err(e @ Failure::Refused(_)) => again(StatusCode::FORBIDDEN, e.message()),
         Err(e @ Failure::Unavailable(_)) => {
             eprintln!("gn2pg-dashboard: sign-in check failed: {}", e.message());
-            again(StatusCode::SERVICE_UNAVAILABLE, "the database cannot be reached right now; try again in a moment".into())
+            again(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database cannot be reached right now; try again in a moment".into(),
+            )
         }
     }
 }

@@ -40,12 +40,18 @@ SELECT r.id, r.status, r.mode, r.pages_done, r.rows_received, r.rows_upserted, r
          WHERE l.source = r.source AND l.mode = 'full' AND l.status = 'success' ORDER BY l.id DESC LIMIT 1),
        0
   FROM gn2pg.flow_status f
-  JOIN gn2pg.run_log r ON r.id = (SELECT max(x.id) FROM gn2pg.run_log x WHERE x.source = f.source)
+  JOIN gn2pg.run_log r ON r.id = coalesce($2, (SELECT max(x.id) FROM gn2pg.run_log x WHERE x.source = f.source))
+                      AND r.source = f.source
  WHERE f.source = $1";
 
-async fn progress_json(tx: &UserTx, name: &str) -> Result<serde_json::Value, AppError> {
-    let Some(r) = tx.opt(PROGRESS_SQL, &[&name]).await? else {
-        return Ok(json!({"run_id": null}));
+/// The progress of run `run` (a run just started: its row appears once its worker runs), or of
+/// the source's latest run.
+async fn progress_json(tx: &UserTx, name: &str, run: Option<i64>) -> Result<serde_json::Value, AppError> {
+    let Some(r) = tx.opt(PROGRESS_SQL, &[&name, &run]).await? else {
+        return Ok(match run {
+            Some(id) => json!({"run_id": id, "status": "starting", "running": true, "rows_text": "0", "pages": 0}),
+            None => json!({"run_id": null}),
+        });
     };
     let status: String = r.get(1);
     let alive: bool = r.get::<_, Option<bool>>(10).unwrap_or(false);
@@ -78,19 +84,30 @@ async fn progress_json(tx: &UserTx, name: &str) -> Result<serde_json::Value, App
     }))
 }
 
-pub async fn progress(State(app): State<AppState>, user: User, Path(name): Path<String>) -> Result<Response, AppError> {
+#[derive(Deserialize, Default)]
+pub struct RunQuery {
+    run: Option<i64>,
+}
+
+pub async fn progress(
+    State(app): State<AppState>,
+    user: User,
+    Path(name): Path<String>,
+    Query(q): Query<RunQuery>,
+) -> Result<Response, AppError> {
     valid_name(&name)?;
     let (tx, _) = app.db.begin(&user.session.account, false).await?;
-    let p = progress_json(&tx, &name).await?;
+    let p = progress_json(&tx, &name, q.run).await?;
     tx.rollback().await;
     Ok(Json(p).into_response())
 }
 
-fn live_panel(p: &serde_json::Value, name: &str, user: &User, level: Level) -> Markup {
+fn live_panel(p: &serde_json::Value, name: &str, run: Option<i64>, user: &User, level: Level) -> Markup {
     let s = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
     let running = p.get("running").and_then(|v| v.as_bool()).unwrap_or(false);
     html! {
-        section class="panel live" id="live" data-progress=(format!("/sources/{name}/progress")) data-running=(running) {
+        section class="panel live" id="live" data-running=(running)
+                data-progress=(match run { Some(id) => format!("/sources/{name}/progress?run={id}"), None => format!("/sources/{name}/progress") }) {
             h2 { "Current run" }
             p id="run-none" hidden[!p.get("run_id").is_some_and(|v| v.is_null())] { "This source has never been harvested." }
             dl class="facts" {
@@ -129,6 +146,8 @@ fn live_panel(p: &serde_json::Value, name: &str, user: &User, level: Level) -> M
 pub struct SourceQuery {
     before: Option<i64>,
     done: Option<String>,
+    /// The run the live panel follows (one just started from this page).
+    run: Option<i64>,
 }
 
 struct Header {
@@ -183,7 +202,7 @@ pub async fn page(
         enabled: h.get(11),
         destination: h.get(12),
     };
-    let live = progress_json(&tx, &name).await?;
+    let live = progress_json(&tx, &name, q.run).await?;
     let chart = tx
         .query(
             "SELECT to_char(started_at, 'YYYY-MM-DD HH24:MI') || ' ' || mode || ' ' || status, rows_received::float8,
@@ -244,7 +263,7 @@ pub async fn page(
                 dt { "Open alerts" } dd { @if h.open_alerts > 0 { a href=(format!("/alerts?source={name}")) class="badge bad" { (h.open_alerts) } } @else { "none" } }
             }
         }
-        (live_panel(&live, &name, &user, level))
+        (live_panel(&live, &name, q.run, &user, level))
         section class="panel" id="charts" {
             h2 { "Past runs" }
             @if chart.is_empty() { p { "No finished run yet." } } @else {
@@ -366,7 +385,7 @@ pub async fn harvest(
     }
     let run: i64 = tx.one("SELECT gn2pg_harvest_async($1, $2)", &[&name, &f.mode]).await?.get(0);
     tx.commit().await?;
-    Ok(Redirect::to(&format!("/sources/{name}?done=Run+{run}+started+%28{}%29", f.mode)).into_response())
+    Ok(Redirect::to(&format!("/sources/{name}?run={run}&done=Run+{run}+started+%28{}%29", f.mode)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -399,7 +418,11 @@ pub async fn cancel(
     }
     let stopped: bool = tx.one("SELECT gn2pg_cancel($1)", &[&f.run_id]).await?.get(0);
     tx.commit().await?;
-    let msg = if stopped { format!("Run+{}+is+being+cancelled", f.run_id) } else { format!("Run+{}+was+not+running", f.run_id) };
+    let msg = if stopped {
+        format!("Run+{}+is+being+cancelled", f.run_id)
+    } else {
+        format!("Run+{}+was+not+running", f.run_id)
+    };
     Ok(Redirect::to(&format!("/sources/{name}?done={msg}")).into_response())
 }
 
@@ -493,7 +516,7 @@ pub async fn run(
     let errors = tx
         .query(
             "SELECT id, id_data, uuid, error, jsonb_pretty(item) FROM gn2pg.run_error
-              WHERE run_id = $1 AND id > coalesce($2, 0) ORDER BY id LIMIT $3",
+              WHERE run_id = $1 AND id > coalesce($2::bigint, 0) ORDER BY id LIMIT $3",
             &[&id, &q.after, &ERRORS_PER_PAGE],
         )
         .await?;
