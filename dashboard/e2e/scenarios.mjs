@@ -187,6 +187,14 @@ const scenarios = {
     await page.waitForFunction(() => document.querySelector("#report.ok") !== null, null, { timeout: STEP_TIMEOUT });
     await Promise.all([page.waitForLoadState("load"), page.click("#save")]);
     check((await page.textContent("#flash")).includes("saved"), "edit saved");
+    // Schedule it from its page (the job runs as this admin's role).
+    await page.goto(`${URL_}/sources/partner`);
+    await page.fill("#schedule-form input[name=schedule]", "0 3 * * 1");
+    await page.selectOption("#schedule-form select[name=mode]", "full");
+    await Promise.all([page.waitForLoadState("load"), page.click("#schedule-form button")]);
+    check((await page.textContent("#flash")).includes("Schedule saved"), "schedule saved");
+    const sched = await page.textContent("#schedule");
+    check(sched.includes("0 3 * * 1") && sched.includes("full") && sched.includes("next run"), `schedule shown: ${sched}`);
   },
 
   // Source text with markup is displayed as text, never run.

@@ -305,6 +305,13 @@ fn a_failing_source_shows_its_alert_and_an_operator_acknowledges_it() {
 fn admin_tests_a_connection_with_a_wrong_password_then_saves_the_source() {
     let mut w = world(Options::default());
     browse(&w, "admin");
+    let admin = w.env.iter().find(|(k, _)| k == "ADMIN").unwrap().1.clone();
+    let s = w.db.client.query_one("SELECT schedule, mode, run_as FROM gn2pg.schedule WHERE source = 'partner'", &[]);
+    // pg_cron jobs belong to the whole cluster: remove it before anything can fail.
+    w.db.client.batch_execute("SELECT gn2pg_unschedule('partner')").unwrap();
+    let s = s.unwrap();
+    assert_eq!((s.get::<_, String>(0), s.get::<_, String>(1)), ("0 3 * * 1".to_string(), "full".to_string()));
+    assert_eq!(s.get::<_, String>(2), admin, "the job runs as the signed-in role, not as the dashboard's");
     let r =
         w.db.client
             .query_one(
