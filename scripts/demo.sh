@@ -83,3 +83,4 @@ SELECT count(*) AS observations, count(geom) AS with_geometry, count(DISTINCT jd
        count(DISTINCT ca_uuid) AS frameworks
   FROM gn2pg.observation WHERE source = 'demo';
 SQL
+log "follow the flows in a browser: bash scripts/dashboard.sh (then open http://127.0.0.1:8089)"

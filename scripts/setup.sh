@@ -2,11 +2,12 @@
 # Installs everything gn2pg needs on Debian 12, as root. Idempotent: every step checks first.
 #   apt: PostgreSQL 15 (server, dev headers), PostGIS 3, pg_cron, clang (bindgen), sudo
 #   cargo: cargo-pgrx 0.18.0, then `cargo pgrx init` against the system PostgreSQL 15
+#   browser tests of the dashboard: Debian's chromium, and playwright-core from npm (npm ci)
 set -euo pipefail
 
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-postgis-3 postgresql-15-cron
-          clang libclang-dev pkg-config libssl-dev sudo curl ca-certificates build-essential)
+          clang libclang-dev pkg-config libssl-dev sudo curl ca-certificates build-essential chromium)
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -46,4 +47,18 @@ if ! grep -qs "pg15 = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
     cargo pgrx init --pg15 "$PG_CONFIG"
 else
     log "pgrx configured for $PG_CONFIG"
+fi
+
+# The dashboard's browser tests drive Debian's chromium with npm's playwright-core (no browser
+# download): dashboard/e2e/package-lock.json pins it.
+if ! command -v npm >/dev/null; then
+    log "installing nodejs and npm"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+E2E="$(dirname "$0")/../dashboard/e2e"
+if [ ! -f "$E2E/node_modules/.package-lock.json" ] || [ "$E2E/package-lock.json" -nt "$E2E/node_modules/.package-lock.json" ]; then
+    log "npm ci in dashboard/e2e (playwright-core)"
+    (cd "$E2E" && npm ci --no-audit --no-fund --loglevel=error)
+else
+    log "playwright-core present"
 fi

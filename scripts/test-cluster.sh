@@ -29,7 +29,12 @@ CONF
         # Test data is disposable: trade durability for speed (benchmarks keep the defaults).
         printf '%s\n' "fsync = off" "full_page_writes = off" "synchronous_commit = off" >> "$DIR/data/postgresql.conf"
     fi
+    # Members of gn2pg_password_auth must give their password over TCP (the dashboard's tests
+    # sign in with real passwords); everyone else is trusted, as before.
+    sed -i '1i host all +gn2pg_password_auth 127.0.0.1/32 scram-sha-256' "$DIR/data/pg_hba.conf"
     as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 start >/dev/null
+    as_pg "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -qX -v ON_ERROR_STOP=1 \
+        -c "CREATE ROLE gn2pg_password_auth NOLOGIN" >/dev/null
     # pg_cron's own database (cron.database_name): the launcher starts once the extension exists.
     as_pg "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -qX -v ON_ERROR_STOP=1 \
         -c "CREATE DATABASE gn2pg_cron" >/dev/null

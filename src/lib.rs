@@ -15,13 +15,18 @@
 //! - `schedule`: pg_cron jobs, created through a worker connected to the cron database.
 //! - `alert`: alert webhooks, delivered by a worker after commit.
 //! - `diagnostics`: self-checks callable from SQL (`gn2pg._jsonb_selftest`).
+//! - `check`: `gn2pg_check_source`, one probe of a source from the database.
+//! - `dashboard`: what the web dashboard calls besides the harvest API (acknowledging alerts,
+//!   GeoNature accounts).
 
 use pgrx::prelude::*;
 
 mod access;
 mod alert;
 mod api;
+mod check;
 mod cron;
+mod dashboard;
 mod diagnostics;
 mod encode;
 mod guc;
@@ -62,6 +67,21 @@ extension_sql_file!(
 
 // The GeoNature destination uses the roles and helpers of operations.sql and metadata.sql.
 extension_sql_file!("../sql/destination.sql", name = "destination", requires = ["operations"]);
+extension_sql_file!(
+    "../sql/dashboard.sql",
+    name = "dashboard",
+    requires = [
+        "operations",
+        // dashboard.sql replaces views that destination.sql leaves alone; a fixed order keeps
+        // a fresh install and the upgrade script alike.
+        "destination",
+        // Granted by sql/dashboard.sql.
+        check::public::gn2pg_check_source,
+        dashboard::public::gn2pg_acknowledge_alert,
+        dashboard::public::gn2pg_map_geonature_account,
+        dashboard::public::gn2pg_unmap_geonature_account,
+    ]
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -305,19 +305,30 @@ fn check_schedule_expr(expr: &str) -> &str {
     expr
 }
 
-/// Creates or replaces job `job` of this database, running `command` as the session user;
-/// returns (job id, cron database, role). Runs as the extension owner.
-fn schedule_job(job: &str, expr: &str, command: &str) -> (i64, String, String) {
-    // The job runs as the role that scheduled it: a login role (a background worker cannot
-    // connect as a NOLOGIN role on PostgreSQL 15), which needs gn2pg_operator to run harvests.
-    let run_as = Spi::get_one::<String>("SELECT session_user::text").ok().flatten().unwrap_or_default();
+/// The role a job created now runs as: a login role (a background worker cannot connect as a
+/// NOLOGIN role on PostgreSQL 15), which needs gn2pg_operator to run harvests. That is the
+/// current role when it can log in (the web dashboard acts with SET ROLE as the signed-in
+/// role), else the session's. Call it before switching to the extension owner.
+fn job_role() -> String {
+    Spi::get_one::<String>(
+        "SELECT CASE WHEN r.rolcanlogin THEN current_user ELSE session_user END::text
+           FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+/// Creates or replaces job `job` of this database, running `command` as `run_as`; returns
+/// (job id, cron database). Runs as the extension owner.
+fn schedule_job(job: &str, expr: &str, command: &str, run_as: &str) -> (i64, String) {
     let (cron_db, cron_oid) = cron_database();
     let db = current_database();
     let answer = call_cron_worker(
         cron_oid,
         &json!({"op": "schedule", "job": job, "schedule": expr, "command": command, "database": db, "username": run_as}),
     );
-    (answer["jobid"].as_i64().unwrap_or(0), cron_db, run_as)
+    (answer["jobid"].as_i64().unwrap_or(0), cron_db)
 }
 
 /// Removes job `job` of this database; returns how many jobs were removed.
@@ -339,6 +350,7 @@ pub fn schedule(source: &str, expr: &str, mode: &str) -> i64 {
     crate::api::require_source(source);
     crate::api::parse_mode(mode);
     let expr = check_schedule_expr(expr);
+    let run_as = job_role();
     access::as_owner(|| {
         let command = Spi::get_one_with_args::<String>(
             "SELECT pg_catalog.format('SELECT public.gn2pg_harvest_scheduled(%L, %L)', $1::text, $2::text)",
@@ -347,7 +359,7 @@ pub fn schedule(source: &str, expr: &str, mode: &str) -> i64 {
         .ok()
         .flatten()
         .unwrap_or_default();
-        let (jobid, cron_db, run_as) = schedule_job(&job_name(source), expr, &command);
+        let (jobid, cron_db) = schedule_job(&job_name(source), expr, &command, &run_as);
         Spi::run_with_args(
             "INSERT INTO gn2pg.schedule (source, schedule, mode, job_name, cron_jobid, cron_database, run_as)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -401,7 +413,10 @@ pub fn unschedule(source: &str) -> bool {
 pub fn schedule_check_flows(expr: &str) -> i64 {
     access::require(access::ADMIN, "gn2pg_schedule_check_flows()");
     let expr = check_schedule_expr(expr);
-    access::as_owner(|| schedule_job(&check_job_name(&current_database()), expr, "SELECT public.gn2pg_check_flows()").0)
+    let run_as = job_role();
+    access::as_owner(|| {
+        schedule_job(&check_job_name(&current_database()), expr, "SELECT public.gn2pg_check_flows()", &run_as).0
+    })
 }
 
 /// `gn2pg_unschedule_check_flows`: removes that job; false if there was none.

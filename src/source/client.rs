@@ -220,6 +220,18 @@ impl SourceClient {
         }
     }
 
+    /// GET of another path of the API (`gn_commons/config`, ...) with this client's session,
+    /// limits and retries; the JSON body as received. Used by `probe`.
+    pub fn get_api(&mut self, path: &str, host: &dyn Host) -> Result<String, SourceError> {
+        let url = self.cfg.endpoint(path);
+        self.get_json(&url, host)
+    }
+
+    /// The Export module prefix, once `prepare` found it.
+    pub fn module_path(&self) -> Option<&str> {
+        self.module_path.as_deref()
+    }
+
     /// URL of the data API with `params` (credentials included, so never log it unredacted).
     pub fn export_url(&self, params: &[(String, String)]) -> Url {
         let path = self.module_path.as_deref().unwrap_or("exports");

@@ -10,5 +10,6 @@ pub mod config;
 pub mod error;
 pub mod page;
 pub mod paging;
+pub mod probe;
 
 pub use error::SourceError;
