@@ -187,7 +187,7 @@ $$;
 -- PG 15 has no @extschema:postgis@: pin the function's search_path to wherever PostGIS lives.
 DO $$
 BEGIN
-    EXECUTE format('ALTER FUNCTION gn2pg._parse_geometry(jsonb, text) SET search_path = pg_catalog, %I',
+    EXECUTE format('ALTER FUNCTION gn2pg._parse_geometry(jsonb, text) SET search_path = pg_catalog, %I, pg_temp',
                    (SELECT n.nspname FROM pg_catalog.pg_extension e
                       JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                      WHERE e.extname = 'postgis'));

@@ -22,10 +22,9 @@ fn raise(code: PgSqlErrorCode, msg: String, hint: &str) -> ! {
 
 /// Refuses the call unless the current user has the privileges of `role` (superusers do).
 pub fn require(role: &str, function: &str) {
-    let ok = Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.pg_has_role(current_user, $1::name, 'USAGE')",
-        &[role.into()],
-    )
+    let ok = pinned(|| {
+        Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_has_role(current_user, $1::name, 'USAGE')", &[role.into()])
+    })
     .ok()
     .flatten()
     .unwrap_or(false);
@@ -57,19 +56,67 @@ pub fn extension_owner() -> pg_sys::Oid {
         })
 }
 
-struct RestoreUser(pg_sys::Oid, i32);
+/// The search_path of code that runs with the owner's rights: nothing a caller can create is
+/// found there. pg_temp is listed last explicitly, else it would be searched first for
+/// relations and types (a caller's `pg_temp.text` domain would win over `pg_catalog.text`).
+pub const SAFE_SEARCH_PATH: &str = "pg_catalog, pg_temp";
 
-impl Drop for RestoreUser {
+/// Puts back what `pinned` and `as_owner` changed, on return and while an ERROR unwinds.
+struct Restore {
+    /// GUC nest level opened by `pinned`: ending it restores the caller's search_path.
+    nest_level: i32,
+    /// User id and security context before `as_owner`.
+    user: Option<(pg_sys::Oid, i32)>,
+}
+
+impl Drop for Restore {
     fn drop(&mut self) {
-        // SAFETY: puts back the user id and security context saved by `as_owner`; runs on return
-        // and while an ERROR unwinds (transaction abort would restore them too).
-        unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) }
+        // SAFETY: both restore what this backend saved on entry, in reverse order, as
+        // fmgr_security_definer does; during an ERROR the (sub)transaction abort would do the
+        // same, and doing it here first is harmless.
+        unsafe {
+            if let Some((uid, ctx)) = self.user {
+                pg_sys::SetUserIdAndSecContext(uid, ctx);
+            }
+            pg_sys::AtEOXact_GUC(!std::thread::panicking(), self.nest_level);
+        }
     }
 }
 
-/// Runs `f` as the extension owner, as the body of a SECURITY DEFINER function would run.
-/// Callers check the caller's role first (`require`).
+fn pin_search_path() -> Restore {
+    // SAFETY: a new GUC nest level whose SAVE action is undone by AtEOXact_GUC (Restore), or by
+    // the abort of the (sub)transaction if the backend never gets there.
+    let nest_level = unsafe { pg_sys::NewGUCNestLevel() };
+    let restore = Restore { nest_level, user: None };
+    let value = std::ffi::CString::new(SAFE_SEARCH_PATH).expect("no NUL");
+    // SAFETY: sets a USERSET GUC for the current nest level; errors are raised as ERRORs.
+    unsafe {
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            pg_sys::PGERROR as i32,
+            false,
+        );
+    }
+    restore
+}
+
+/// Runs `f` with `search_path = pg_catalog, pg_temp`, then gives the caller back its own.
+pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
+    let _restore = pin_search_path();
+    f()
+}
+
+/// Runs `f` as the extension owner, as the body of a SECURITY DEFINER function with
+/// `SET search_path = pg_catalog, pg_temp` would run: nothing the caller created (functions,
+/// operators or relations on its search_path, pg_temp types) is found by name, and SET ROLE is
+/// refused. Callers check the caller's role first (`require`).
 pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
+    let mut restore = pin_search_path();
     let owner = extension_owner();
     let mut uid = pg_sys::Oid::INVALID;
     let mut ctx: i32 = 0;
@@ -78,8 +125,24 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
         pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
         pg_sys::SetUserIdAndSecContext(owner, ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
     }
-    let _restore = RestoreUser(uid, ctx);
+    restore.user = Some((uid, ctx));
     f()
+}
+
+/// Confines a background worker that runs as the extension owner, right after it connects:
+/// search_path as in `as_owner`, whatever the database or role settings say (a database owner
+/// may set its database's search_path; it must not reach code running as a superuser).
+pub fn confine_worker() {
+    let value = std::ffi::CString::new(SAFE_SEARCH_PATH).expect("no NUL");
+    // SAFETY: sets a GUC of this process with the highest priority source; no transaction needed.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
 }
 
 /// Whether `host` (as `Url::host_str` gives it) matches the comma-separated `allowed` list:

@@ -260,6 +260,7 @@ pub extern "C-unwind" fn gn2pg_alert_worker(_arg: pg_sys::Datum) {
     let mut parts = extra.split(' ').map(|s| s.parse::<u32>().unwrap_or(0));
     let (db, user, xid) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
+    crate::access::confine_worker();
     if !crate::worker::launcher_committed(xid) {
         return;
     }

@@ -256,6 +256,7 @@ pub extern "C-unwind" fn gn2pg_cron_worker(arg: pg_sys::Datum) {
         serde_json::from_slice(std::slice::from_raw_parts(base.add(HEADER), len)).unwrap_or(Value::Null)
     };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
+    access::confine_worker();
     let answer =
         PgTryBuilder::new(std::panic::AssertUnwindSafe(|| BackgroundWorker::transaction(|| cron_op(&request))))
             .catch_others(|e| {
@@ -336,10 +337,10 @@ fn current_database() -> String {
 /// `gn2pg_schedule`: creates or replaces the pg_cron job of a source; returns its job id.
 pub fn schedule(source: &str, expr: &str, mode: &str) -> i64 {
     access::require(access::ADMIN, "gn2pg_schedule()");
-    crate::api::require_source(source);
     crate::api::parse_mode(mode);
     let expr = check_schedule_expr(expr);
     access::as_owner(|| {
+        crate::api::require_source(source);
         let command = Spi::get_one_with_args::<String>(
             "SELECT pg_catalog.format('SELECT public.gn2pg_harvest_scheduled(%L, %L)', $1::text, $2::text)",
             &[source.into(), mode.into()],

@@ -96,6 +96,7 @@ pub extern "C-unwind" fn gn2pg_part_worker(arg: pg_sys::Datum) {
     let (db, user, part) = (num(), num(), num());
     let source = parts.next().unwrap_or("").to_string();
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
+    crate::access::confine_worker();
     run::execute_part(run_id, part as i32, &source);
 }
 
@@ -146,6 +147,7 @@ pub extern "C-unwind" fn gn2pg_harvest_worker(arg: pg_sys::Datum) {
     let mode = parts.next().and_then(Requested::parse).unwrap_or(Requested::Auto);
     let source = parts.next().unwrap_or("").to_string();
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
+    crate::access::confine_worker();
     if !launcher_committed(xid) {
         pgrx::log!("gn2pg: the launch of run {run_id} was rolled back; nothing to do");
         return;

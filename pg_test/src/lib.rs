@@ -1,6 +1,8 @@
 //! Test support for gn2pg.
 
+pub mod attack;
 pub mod canned;
 pub mod checks;
 pub mod db;
 pub mod fixture;
+pub mod roles;
