@@ -209,8 +209,8 @@ BEGIN
 END
 $$;
 
--- _remap_if_pending is called by the harvest worker at the start of each run (it holds the
--- source's lock): mappings changed since the last remap are applied to every harvested row,
+-- _remap_if_pending is called by the harvest worker at the start of each run (its run is the
+-- source's only active one): mappings changed since the last remap are applied to every harvested row,
 -- not only to the rows the run will receive. Returns the rows changed.
 CREATE FUNCTION gn2pg._remap_if_pending(p_source text) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -220,6 +220,30 @@ BEGIN
         RETURN gn2pg._remap(p_source);
     END IF;
     RETURN 0;
+END
+$$;
+
+-- _remap_idle is gn2pg_remap() once the source is idle: no pending or running run (a run
+-- remaps pending changes itself before it loads), and no other transaction starting, changing
+-- or removing it (its registry row is locked until the end of this transaction, so no run can
+-- start meanwhile). SECURITY DEFINER (sql/operations.sql): admins cannot lock gn2pg.source rows.
+CREATE FUNCTION gn2pg._remap_idle(p_source text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v record;
+BEGIN
+    SELECT * INTO v FROM gn2pg._claim_source(p_source);
+    IF v.busy_run IS NOT NULL THEN
+        RAISE EXCEPTION 'gn2pg_remap: source "%" is being harvested by run %', p_source, v.busy_run
+              USING ERRCODE = 'object_in_use',
+                    DETAIL = format('Run %s is %s in worker process %s since %s.', v.busy_run, v.busy_status,
+                                    v.busy_pid, v.busy_since),
+                    HINT = 'Call gn2pg_remap() again when the run has ended, or let the next run apply the mappings: it remaps before loading.';
+    ELSIF v.source_id IS NULL THEN
+        RAISE EXCEPTION 'gn2pg_remap: source "%" is being started, changed or removed by another transaction', p_source
+              USING ERRCODE = 'lock_not_available', HINT = 'Call gn2pg_remap() again when that transaction has ended.';
+    END IF;
+    RETURN gn2pg._remap(p_source);
 END
 $$;
 
@@ -304,6 +328,7 @@ $$;
 COMMENT ON FUNCTION gn2pg._resolve_mapping(text, uuid[], uuid[]) IS
     'Internal: destination CA/JDD of (source CA, source JDD) pairs; the precedence rule of gn2pg mappings.';
 COMMENT ON FUNCTION gn2pg._remap(text) IS 'Internal: the work of gn2pg_remap(), without the lock check.';
+COMMENT ON FUNCTION gn2pg._remap_idle(text) IS 'Internal: gn2pg_remap() once the source is known to be idle.';
 COMMENT ON FUNCTION gn2pg._remap_if_pending(text) IS 'Internal: called by the harvest worker before loading pages.';
 
 -- ------------------------------------------------------------------------------------------
@@ -427,17 +452,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_source text := $1;
     v_id     integer := gn2pg._check_source('gn2pg_remap', $1);
-    v_run    bigint;
 BEGIN
     PERFORM gn2pg._require('gn2pg_admin', 'gn2pg_remap');
-    -- The harvest worker holds this lock for a whole run; it remaps pending changes itself.
-    IF NOT pg_try_advisory_xact_lock(hashtext('gn2pg.source'), v_id) THEN
-        SELECT max(r.id) INTO v_run FROM gn2pg.run_log r WHERE r.source = v_source AND r.status = 'running';
-        RAISE EXCEPTION 'gn2pg_remap: source "%" is being harvested by run %', v_source, coalesce(v_run::text, '?')
-              USING ERRCODE = 'object_in_use',
-                    HINT = 'Call gn2pg_remap() again when the run has ended, or let the next run apply the mappings: it remaps before loading.';
-    END IF;
-    RETURN gn2pg._remap(v_source);
+    RETURN gn2pg._remap_idle(v_source);
 END
 $$;
 COMMENT ON FUNCTION public.gn2pg_remap(text) IS

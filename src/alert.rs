@@ -231,11 +231,17 @@ pub fn after_run() {
     }
 }
 
-/// `gn2pg_check_flows()`: raises `stale` alerts, then has their webhooks sent after commit.
+/// `gn2pg_check_flows()`: closes runs whose worker is gone (`abandoned`), raises `stale`
+/// alerts, then has their webhooks sent after commit.
 /// Returns the number of alerts raised.
 pub fn check_flows() -> i32 {
     crate::access::require(crate::access::OPERATOR, "gn2pg_check_flows()");
     crate::access::as_owner(|| {
+        // Runs whose worker is gone (killed, or unable to record their end) are closed first:
+        // each raises an 'abandoned' alert.
+        if let Err(e) = crate::store::abandon_dead_runs(None, None) {
+            pgrx::warning!("gn2pg: cannot close the runs whose worker is gone: {e}");
+        }
         let raised = Spi::get_one::<i32>("SELECT gn2pg._check_stale()").ok().flatten().unwrap_or(0);
         let pending =
             Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM gn2pg.alert_event WHERE webhook_state = 'pending')")

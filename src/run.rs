@@ -41,7 +41,7 @@ impl Requested {
             _ => None,
         }
     }
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Requested::Incremental => "incremental",
             _ => "full",
@@ -158,7 +158,9 @@ pub fn build_config(row: &store::SourceRow) -> Result<SourceConfig, SourceError>
     })
 }
 
-fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String> {
+/// Ok(None): the run does not start and leaves no record (another run holds the source, or it
+/// was cancelled before it started).
+fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Option<Setup>, String> {
     // Items are turned into jsonb from their UTF-8 text in Rust (encode::jsonb).
     // SAFETY: reads a backend-global set at connection.
     if unsafe { pg_sys::GetDatabaseEncoding() } != pg_sys::pg_enc::PG_UTF8 as i32 {
@@ -179,18 +181,14 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String>
         return Err(format!("source \"{name}\" is disabled"));
     }
     let cfg = build_config(&row).map_err(|e| format!("source \"{name}\": {e}"))?;
-    if !store::try_lock_source(row.id).map_err(spi_err)? {
-        let holder = store::running_run(name, run_id).map_err(spi_err)?;
-        return Err(match holder {
-            Some((id, pid)) => format!(
-                "source \"{name}\" is already being harvested by run {id} (pid {}); \
-                 wait for it or stop it with gn2pg_cancel({id})",
-                pid.map_or("?".into(), |p| p.to_string())
-            ),
-            None => format!("source \"{name}\" is already being harvested by another run"),
-        });
+    // The launcher claimed the source (api.rs): this run is pending, or the caller of
+    // gn2pg_harvest keeps the source's registry row until the run ends. Runs whose worker is
+    // gone are closed first; a live one means a launch raced this one (nothing is recorded).
+    store::abandon_dead_runs(Some(name), Some(run_id)).map_err(spi_err)?;
+    if let Some(store::Busy::Run { id, .. }) = store::active_run(name, Some(run_id)).map_err(spi_err)? {
+        pgrx::log!("gn2pg: run {run_id} of source \"{name}\" not started: run {id} holds the source");
+        return Ok(None);
     }
-    store::mark_abandoned(name, run_id).map_err(spi_err)?;
     // Mappings changed since the last remap move already harvested rows first.
     let remapped = store::remap_if_pending(name).map_err(spi_err)?;
     if remapped > 0 {
@@ -230,7 +228,7 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String>
         PagingMode::Keyset => "keyset",
         PagingMode::Offset => "offset",
     };
-    store::begin_run(&RunStart {
+    let started = store::begin_run(&RunStart {
         run_id,
         resumed_from,
         source: name,
@@ -240,14 +238,19 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String>
         since: since.as_deref(),
     })
     .map_err(spi_err)?;
+    if !started {
+        pgrx::log!("gn2pg: run {run_id} of source \"{name}\" was cancelled before it started");
+        return Ok(None);
+    }
     let postgis = store::postgis_schema().map_err(|_| "PostGIS is not installed in this database".to_string())?;
-    Ok(Setup { cfg, mode, since, postgis, start })
+    Ok(Some(Setup { cfg, mode, since, postgis, start }))
 }
 
 /// Entry point of a harvest worker once connected to its database.
 pub fn execute(run_id: i64, name: &str, requested: Requested) {
     let setup = match tx(|| setup(run_id, name, requested)) {
-        Ok(s) => s,
+        Ok(Some(s)) => s,
+        Ok(None) => return,
         Err(msg) => {
             if let Err(e) = tx(|| store::record_failed_start(run_id, name, requested.label(), &msg).map_err(spi_err)) {
                 pgrx::warning!("gn2pg: run {run_id} of source \"{name}\" failed ({msg}) and could not be logged: {e}");
@@ -314,6 +317,12 @@ fn finish(run_id: i64, name: &str, result: Result<(), Stop>, stats: Stats) {
     });
     if let Err(e) = recorded {
         pgrx::warning!("gn2pg: could not record the end of run {run_id}: {e}");
+        // What can still be recorded; if even this fails, the run stays 'running' with a
+        // worker that is gone, and the next run or gn2pg_check_flows() marks it abandoned.
+        let why = format!("the end of the run could not be recorded ({e}); it ended {status}");
+        if let Err(e) = tx(|| store::finish_run_minimal(run_id, status, &why).map_err(spi_err)) {
+            pgrx::warning!("gn2pg: run {run_id} stays 'running' until it is marked abandoned: {e}");
+        }
     }
     // Alerts were recorded with the status (trigger on run_log); their webhooks go out now.
     crate::alert::after_run();
@@ -494,7 +503,9 @@ fn harvest(
         && !offset
         && o.workers > 1
         && ranges.len() > 1
-        && ranges.len() <= o.workers as usize;
+        && ranges.len() <= o.workers as usize
+        // gn2pg.max_harvest_workers leaves no room: this worker loads every range itself.
+        && worker::room_for_parts(ranges.len() - 1);
     let mut parts = Vec::new();
     let (ranges, part) = if parallel {
         tx(|| store::create_parts(run_id, &ranges).map_err(spi_err)).map_err(Stop::Failed)?;

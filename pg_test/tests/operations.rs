@@ -242,7 +242,7 @@ fn pg_cron_runs_a_scheduled_harvest() {
     let deadline = Instant::now() + Duration::from_secs(90);
     let run = loop {
         let r = c
-            .query_opt("SELECT id, status, rows_upserted FROM gn2pg.run_log WHERE source = $1 AND status <> 'running' ORDER BY id LIMIT 1", &[&src])
+            .query_opt("SELECT id, status, rows_upserted FROM gn2pg.run_log WHERE source = $1 AND status NOT IN ('pending', 'running') ORDER BY id LIMIT 1", &[&src])
             .unwrap();
         if let Some(r) = r {
             break (r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, i64>(2));
@@ -292,7 +292,7 @@ fn scheduled_runs_skip_a_source_that_is_still_running() {
     assert_eq!(flow(&mut c, "slow")["running_run_id"], first);
     // A manual run at the same time is refused by the engine, without an alert.
     let e = harvest(&mut c, "slow").unwrap_err();
-    assert!(e.contains("already being harvested"), "{e}");
+    assert!(e.contains("is being harvested by run"), "{e}");
     assert_eq!(count(&mut c, "SELECT count(*) FROM gn2pg.alert WHERE source = $1", "slow"), 0);
     while count(&mut c, "SELECT count(*) FROM gn2pg.run_log WHERE source = $1 AND status = 'running'", "slow") > 0 {
         assert!(Instant::now() < deadline + Duration::from_secs(30), "the first run did not end");
