@@ -349,6 +349,44 @@ GRANT EXECUTE ON FUNCTION gn2pg._check_source(text, text) TO gn2pg_admin;
 GRANT EXECUTE ON FUNCTION gn2pg._uuid_arg(text, text, text) TO gn2pg_admin;
 GRANT EXECUTE ON FUNCTION gn2pg._level_arg(text, text) TO gn2pg_admin;
 GRANT EXECUTE ON FUNCTION gn2pg._require(text, text) TO gn2pg_admin;
+-- Only the SECURITY DEFINER helpers call these now (gn2pg_remap goes through _remap_idle).
+REVOKE EXECUTE ON FUNCTION gn2pg._remap(text) FROM gn2pg_admin;
+REVOKE EXECUTE ON FUNCTION gn2pg._mapping_changed(text) FROM gn2pg_admin;
+
+-- Secrets never reach readers (issue 9, item 6).
+-- Errors of runs, parts and rejected items go through _scrub as they are stored: the engine
+-- already masks the source's secrets (and its session cookies, which are not stored), this
+-- catches any stored secret it could not know of.
+CREATE FUNCTION gn2pg._scrub_error() RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.error := gn2pg._scrub(NEW.error);
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION gn2pg._scrub_error() IS 'Trigger: masks stored secrets in the error column of a row being written.';
+CREATE TRIGGER scrub_error BEFORE INSERT OR UPDATE OF error ON gn2pg.run_log
+    FOR EACH ROW WHEN (NEW.error IS NOT NULL) EXECUTE FUNCTION gn2pg._scrub_error();
+CREATE TRIGGER scrub_error BEFORE INSERT OR UPDATE OF error ON gn2pg.run_part
+    FOR EACH ROW WHEN (NEW.error IS NOT NULL) EXECUTE FUNCTION gn2pg._scrub_error();
+CREATE TRIGGER scrub_error BEFORE INSERT OR UPDATE OF error ON gn2pg.run_error
+    FOR EACH ROW WHEN (NEW.error IS NOT NULL) EXECUTE FUNCTION gn2pg._scrub_error();
+
+REVOKE ALL ON FUNCTION gn2pg._scrub_error() FROM PUBLIC;
+
+-- Transport (issue 9, item 5): gn2pg.allowed_hosts is checked at every run of the sources that
+-- a role other than a superuser registered. 0.2.0 did not record who registered a source:
+-- with an empty list only superusers could, so none is restricted; with a list, every source
+-- is (a superuser's source outside the list then fails with an error saying so; registering
+-- it again as a superuser lifts it).
+ALTER TABLE gn2pg.source ADD COLUMN restricted boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN gn2pg.source.restricted IS
+    'Registered or last changed by a role that is not a superuser: its URL and alert webhook must be allowed by gn2pg.allowed_hosts at every run.';
+UPDATE gn2pg.source SET restricted = true
+ WHERE coalesce(pg_catalog.btrim(pg_catalog.current_setting('gn2pg.allowed_hosts', true)), '') <> '';
+
 -- Nothing else of the extension is executable by PUBLIC (a fresh install does the same last).
 DO $$
 DECLARE
@@ -362,6 +400,3 @@ BEGIN
     END LOOP;
 END
 $$;
--- Only the SECURITY DEFINER helpers call these now (gn2pg_remap goes through _remap_idle).
-REVOKE EXECUTE ON FUNCTION gn2pg._remap(text) FROM gn2pg_admin;
-REVOKE EXECUTE ON FUNCTION gn2pg._mapping_changed(text) FROM gn2pg_admin;

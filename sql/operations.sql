@@ -42,6 +42,14 @@ COMMENT ON COLUMN gn2pg.source_secret.alert_webhook IS
     'URL that receives this source''s alert events (JSON POST); NULL: gn2pg.alert_webhook.';
 
 ------------------------------------------------------------------------------------------------
+-- Sources registered by a role that is not a superuser stay within gn2pg.allowed_hosts: their
+-- URL and webhook are checked again before every run and every delivery (the list may narrow).
+------------------------------------------------------------------------------------------------
+ALTER TABLE gn2pg.source ADD COLUMN restricted boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN gn2pg.source.restricted IS
+    'Registered or last changed by a role that is not a superuser: its URL and alert webhook must be allowed by gn2pg.allowed_hosts at every run.';
+
+------------------------------------------------------------------------------------------------
 -- Schedules: gn2pg's record of the pg_cron job of each scheduled source.
 ------------------------------------------------------------------------------------------------
 CREATE TABLE gn2pg.schedule (
@@ -135,6 +143,26 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION gn2pg._scrub(text) IS 'Replaces any stored secret found in a text by ***.';
+
+-- Errors of runs, parts and rejected items go through _scrub as they are stored: the engine
+-- already masks the source's secrets (and its session cookies, which are not stored), this
+-- catches any stored secret it could not know of.
+CREATE FUNCTION gn2pg._scrub_error() RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.error := gn2pg._scrub(NEW.error);
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION gn2pg._scrub_error() IS 'Trigger: masks stored secrets in the error column of a row being written.';
+CREATE TRIGGER scrub_error BEFORE INSERT OR UPDATE OF error ON gn2pg.run_log
+    FOR EACH ROW WHEN (NEW.error IS NOT NULL) EXECUTE FUNCTION gn2pg._scrub_error();
+CREATE TRIGGER scrub_error BEFORE INSERT OR UPDATE OF error ON gn2pg.run_part
+    FOR EACH ROW WHEN (NEW.error IS NOT NULL) EXECUTE FUNCTION gn2pg._scrub_error();
+CREATE TRIGGER scrub_error BEFORE INSERT OR UPDATE OF error ON gn2pg.run_error
+    FOR EACH ROW WHEN (NEW.error IS NOT NULL) EXECUTE FUNCTION gn2pg._scrub_error();
 
 -- Records one event of an alert: NOTIFY gn2pg_alert (sent at commit) and, if a webhook is
 -- configured, a pending delivery.
@@ -411,6 +439,7 @@ GRANT EXECUTE ON FUNCTION public.gn2pg_check_flows() TO gn2pg_operator;
 -- Internal, owner only: the engine, the triggers, the functions above once they run as the
 -- owner, and _jsonb_selftest (superusers: it allocates in proportion to its input).
 REVOKE ALL ON FUNCTION gn2pg._scrub(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._scrub_error() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._alert_event(gn2pg.alert, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._raise_alert(text, text, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._resolve_alerts(text, bigint, text[]) FROM PUBLIC;

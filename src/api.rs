@@ -12,7 +12,7 @@ use pgrx::{function_name, JsonB, PgLogLevel, PgSqlErrorCode};
 
 use crate::access::{self, ADMIN, OPERATOR};
 use crate::run::Requested;
-use crate::source::config::{api_root, auth_from_parts, SourceOptions};
+use crate::source::config::{api_root, auth_from_parts, SourceConfig, SourceOptions};
 use crate::store::{self, Busy};
 use crate::worker;
 
@@ -150,9 +150,21 @@ pub fn add_source(
     let auth = auth_from_parts(kind, login, password, token)
         .unwrap_or_else(|e| bad(format!("gn2pg: source \"{name}\": {e}"), None));
     let options = options.map(|j| j.0).unwrap_or_else(|| serde_json::json!({}));
-    SourceOptions::from_json(&options).unwrap_or_else(|e| bad(format!("gn2pg: source \"{name}\": {e}"), None));
-    // Only a superuser, or a host gn2pg.allowed_hosts lists, may make the server send requests.
+    let parsed =
+        SourceOptions::from_json(&options).unwrap_or_else(|e| bad(format!("gn2pg: source \"{name}\": {e}"), None));
+    let cfg = SourceConfig { name: name.into(), api_root: api.clone(), export_id, auth: auth.clone(), options: parsed };
+    cfg.check_transport().unwrap_or_else(|e| {
+        bad(
+            format!("gn2pg: source \"{name}\": {e}"),
+            Some(
+                "Credentials over plain http can be read by anyone on the way. Prefer the https:// URL of the source.",
+            ),
+        )
+    });
+    // Only a superuser, or a host gn2pg.allowed_hosts lists, may make the server send requests;
+    // the list is checked again before every run of a source a non-superuser registered.
     access::check_host(&api, "source URL");
+    let restricted = !access::is_superuser();
     let webhook = alert_webhook.map(str::trim).filter(|s| !s.is_empty());
     if let Some(w) = webhook {
         let u = url::Url::parse(w)
@@ -161,7 +173,9 @@ pub fn add_source(
             .unwrap_or_else(|| bad(format!("gn2pg: source \"{name}\": alert_webhook is not an http(s) URL"), None));
         access::check_host(&u, "alert_webhook");
     }
-    access::as_owner(|| store_source(name, &api, export_id, auth.kind(), options, login, password, token, webhook))
+    access::as_owner(|| {
+        store_source(name, &api, export_id, auth.kind(), options, login, password, token, webhook, restricted)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -175,15 +189,16 @@ fn store_source(
     password: Option<&str>,
     token: Option<&str>,
     webhook: Option<&str>,
+    restricted: bool,
 ) -> i32 {
     let id = spi(Spi::get_one_with_args::<i32>(
-        "INSERT INTO gn2pg.source (name, url, export_id, auth, options)
-         VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO gn2pg.source (name, url, export_id, auth, options, restricted)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (name) DO UPDATE
             SET url = EXCLUDED.url, export_id = EXCLUDED.export_id, auth = EXCLUDED.auth,
-                options = EXCLUDED.options, updated_at = now()
+                options = EXCLUDED.options, restricted = EXCLUDED.restricted, updated_at = now()
          RETURNING id",
-        &[name.into(), api.as_str().into(), export_id.into(), kind.into(), JsonB(options).into()],
+        &[name.into(), api.as_str().into(), export_id.into(), kind.into(), JsonB(options).into(), restricted.into()],
     ))
     .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "gn2pg: source row not returned".into(), None));
     spi(Spi::run_with_args(

@@ -18,7 +18,7 @@ use crate::guc;
 use crate::loader::{self, Loader, PageLoad, PageSpec};
 use crate::source::client::{CancelFlag, Host, Pipeline, SourceClient, Stats};
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
-use crate::source::error::redact_url;
+use crate::source::error::{redact_url, Scrubber};
 use crate::source::page::{parse_page, Fields, PageSummary, Shape};
 use crate::source::paging::{split_key_space, KeyRange, Pager, SeenKeys, Step};
 use crate::source::SourceError;
@@ -148,14 +148,27 @@ fn start_from_checkpoint(cp: &serde_json::Value) -> Option<Start> {
     cp.get("page_index").and_then(|p| p.as_u64()).filter(|p| *p > 0).map(Start::Page)
 }
 
+/// The source as the engine uses it, checked again before each run: transport rules, and
+/// `gn2pg.allowed_hosts` for sources registered by a role that is not a superuser (the list
+/// may have narrowed since).
 pub fn build_config(row: &store::SourceRow) -> Result<SourceConfig, SourceError> {
-    Ok(SourceConfig {
+    let cfg = SourceConfig {
         name: row.name.clone(),
         api_root: api_root(&row.url)?,
         export_id: row.export_id,
         auth: auth_from_parts(&row.auth, row.login.as_deref(), row.password.as_deref(), row.token.as_deref())?,
         options: SourceOptions::from_json(&row.options)?,
-    })
+    };
+    cfg.check_transport()?;
+    if row.restricted {
+        if let Some(why) = crate::access::host_refusal(&cfg.api_root, "source URL") {
+            return Err(SourceError::Config(format!(
+                "{why} (the list changed since the source was registered by a role that is not a superuser); \
+                 a superuser can allow it there, or register the source again"
+            )));
+        }
+    }
+    Ok(cfg)
 }
 
 /// Ok(None): the run does not start and leaves no record (another run holds the source, or it
@@ -264,13 +277,13 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
     let mut client = match SourceClient::new(setup.cfg.clone(), limits) {
         Ok(c) => c,
         Err(e) => {
-            finish(run_id, name, Err(Stop::from(e)), Stats::default());
+            finish(run_id, name, Err(Stop::from(e)), Stats::default(), &Scrubber::default());
             return;
         }
     };
     let mut totals = Totals::default();
     let result = harvest(run_id, &setup, &mut client, &host, &mut totals, Role::Lead);
-    finish(run_id, name, result, totals.sum(&client.stats));
+    finish(run_id, name, result, totals.sum(&client.stats), &client.scrubber());
 }
 
 /// Entry point of a part worker of a parallel run: loads its key range, records its end.
@@ -285,30 +298,34 @@ pub fn execute_part(run_id: i64, part: i32, name: &str) {
             .ok_or_else(|| format!("run {run_id} has no part {part}"))?;
         Ok(Setup { cfg, mode: Mode::Full, since: None, postgis, start: Start::Ranges(vec![range]) })
     });
+    let mut scrubber = Scrubber::default();
     let result = match prepared {
         Err(m) => Err(Stop::Failed(m)),
         Ok(setup) => match SourceClient::new(setup.cfg.clone(), guc::limits(&setup.cfg.options)) {
             Err(e) => Err(Stop::from(e)),
             Ok(mut client) => {
-                harvest(run_id, &setup, &mut client, &WorkerHost, &mut Totals::default(), Role::Part(part))
+                let r = harvest(run_id, &setup, &mut client, &WorkerHost, &mut Totals::default(), Role::Part(part));
+                scrubber = client.scrubber();
+                r
             }
         },
     };
     let (status, error) = match result {
         Ok(()) => ("success", None),
-        Err(Stop::Cancelled(m)) => ("cancelled", Some(m)),
-        Err(Stop::Failed(m)) => ("failed", Some(m)),
+        Err(Stop::Cancelled(m)) => ("cancelled", Some(scrubber.scrub(&m))),
+        Err(Stop::Failed(m)) => ("failed", Some(scrubber.scrub(&m))),
     };
     if let Err(e) = tx(|| store::finish_part(run_id, part, status, error.as_deref()).map_err(spi_err)) {
         pgrx::warning!("gn2pg: could not record the end of part {part} of run {run_id}: {e}");
     }
 }
 
-fn finish(run_id: i64, name: &str, result: Result<(), Stop>, stats: Stats) {
+/// Records the end of a run; its error goes through `scrubber` (the source's secrets).
+fn finish(run_id: i64, name: &str, result: Result<(), Stop>, stats: Stats, scrubber: &Scrubber) {
     let (status, error) = match result {
         Ok(()) => ("success", None),
-        Err(Stop::Cancelled(m)) => ("cancelled", Some(m)),
-        Err(Stop::Failed(m)) => ("failed", Some(format!("source \"{name}\": {m}"))),
+        Err(Stop::Cancelled(m)) => ("cancelled", Some(scrubber.scrub(&m))),
+        Err(Stop::Failed(m)) => ("failed", Some(scrubber.scrub(&format!("source \"{name}\": {m}")))),
     };
     let s = stats;
     let recorded = tx(|| {
@@ -538,8 +555,8 @@ fn harvest(
     };
     let (status, error) = match &result {
         Ok(()) => ("success", None),
-        Err(Stop::Cancelled(m)) => ("cancelled", Some(m.clone())),
-        Err(Stop::Failed(m)) => ("failed", Some(m.clone())),
+        Err(Stop::Cancelled(m)) => ("cancelled", Some(client.scrubber().scrub(m))),
+        Err(Stop::Failed(m)) => ("failed", Some(client.scrubber().scrub(m))),
     };
     let _ = tx(|| store::finish_part(run_id, 0, status, error.as_deref()).map_err(spi_err));
     result

@@ -23,13 +23,16 @@ pub struct SourceRow {
     pub token: Option<String>,
     pub options: serde_json::Value,
     pub enabled: bool,
+    /// Registered (or last changed) by a role that is not a superuser: its URLs must stay
+    /// within `gn2pg.allowed_hosts`, checked before every run.
+    pub restricted: bool,
 }
 
 pub fn load_source(name: &str) -> SpiResult<Option<SourceRow>> {
     Spi::connect(|c| {
         let t = c.select(
             "SELECT s.id, s.name, s.url, s.export_id, s.auth, k.login, k.password, k.token,
-                    s.options, s.enabled
+                    s.options, s.enabled, s.restricted
                FROM gn2pg.source s LEFT JOIN gn2pg.source_secret k ON k.source_id = s.id
               WHERE s.name = $1",
             Some(1),
@@ -50,6 +53,7 @@ pub fn load_source(name: &str) -> SpiResult<Option<SourceRow>> {
             token: r.get::<String>(8)?,
             options: r.get::<pgrx::JsonB>(9)?.map(|j| j.0).unwrap_or(serde_json::json!({})),
             enabled: r.get::<bool>(10)?.unwrap_or(true),
+            restricted: r.get::<bool>(11)?.unwrap_or(true),
         }))
     })
 }

@@ -4,5 +4,8 @@ pub mod attack;
 pub mod canned;
 pub mod checks;
 pub mod db;
+pub mod echo;
 pub mod fixture;
+pub mod hook;
 pub mod roles;
+pub mod tls;

@@ -63,10 +63,11 @@ impl Drop for Roles {
     }
 }
 
-/// `gn2pg.allowed_hosts` for the tests: 127.0.0.1 and localhost only. Cluster-wide, the same
-/// value for every test, so setting it again is harmless.
+/// `gn2pg.allowed_hosts` for the tests: 127.0.0.1 and localhost only, on any port (test servers
+/// listen on ephemeral ports). Cluster-wide, the same value for every test, so setting it again
+/// is harmless.
 pub fn allow_loopback_hosts() {
-    const WANT: &str = "127.0.0.1, localhost";
+    const WANT: &str = "127.0.0.1:*, localhost:*";
     let mut admin = connect("postgres");
     // PostgreSQL 15 accepts ALTER SYSTEM only for settings it knows: load the library first.
     admin.batch_execute("LOAD 'gn2pg'").unwrap();

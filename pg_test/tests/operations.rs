@@ -5,15 +5,12 @@
 //! Roles and pg_cron jobs belong to the whole cluster, unlike test databases: every test uses
 //! login roles and source names of its own and removes them, even when it fails.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use gn2pg_pg_test::db::{connect, error_text, Client, TestDb};
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer};
+use gn2pg_pg_test::hook::{next_alert, Hook};
 use gn2pg_pg_test::roles::{allow_loopback_hosts, connect_as, unique, Roles};
-use postgres::fallible_iterator::FallibleIterator;
 use serde_json::Value;
 
 const CRON_DB: &str = "gn2pg_cron";
@@ -43,75 +40,6 @@ fn cron_jobs(job: &str) -> Vec<(i64, String, String, String, String)> {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect()
-}
-
-/// A webhook receiver on 127.0.0.1: answers 500 to the first `fail_first` requests, then 200,
-/// and reports every request as (path, body, status answered).
-struct Hook {
-    base: String,
-    rx: Receiver<(String, String, u16)>,
-}
-
-impl Hook {
-    fn start(fail_first: usize) -> Hook {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", l.local_addr().unwrap());
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for (n, s) in l.incoming().enumerate() {
-                let Ok(s) = s else { return };
-                let mut r = BufReader::new(s);
-                let mut line = String::new();
-                if r.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                let mut len = 0usize;
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                    if let Some((k, v)) = h.split_once(':') {
-                        if k.eq_ignore_ascii_case("content-length") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                }
-                let mut body = vec![0; len];
-                let _ = r.read_exact(&mut body);
-                let status: u16 = if n < fail_first { 500 } else { 200 };
-                let reason = if status == 200 { "OK" } else { "Internal Server Error" };
-                let _ = r.get_mut().write_all(
-                    format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
-                );
-                if tx.send((path, String::from_utf8_lossy(&body).into_owned(), status)).is_err() {
-                    return;
-                }
-            }
-        });
-        Hook { base, rx }
-    }
-
-    /// The next request, within `secs` seconds.
-    fn next(&self, secs: u64) -> Option<(String, Value, u16)> {
-        self.rx
-            .recv_timeout(Duration::from_secs(secs))
-            .ok()
-            .map(|(p, b, s)| (p, serde_json::from_str(&b).unwrap_or(Value::Null), s))
-    }
-}
-
-/// The next `gn2pg_alert` notification payload of a listening session, within `secs` seconds.
-fn next_alert(listener: &mut Client, secs: u64) -> Option<Value> {
-    let mut n = listener.notifications();
-    let mut it = n.timeout_iter(Duration::from_secs(secs));
-    while let Ok(Some(note)) = it.next() {
-        if note.channel() == "gn2pg_alert" {
-            return Some(serde_json::from_str(note.payload()).unwrap());
-        }
-    }
-    None
 }
 
 fn harvest(db: &mut Client, source: &str) -> Result<Value, String> {

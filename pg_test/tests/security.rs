@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 use gn2pg_pg_test::attack::{is_superuser, plant_schema_shadows, plant_temp_shadows, schema_trap_hits};
 use gn2pg_pg_test::checks::wait_run;
 use gn2pg_pg_test::db::{connect, error_text, Client, TestDb};
+use gn2pg_pg_test::echo::{Echo, EchoSource};
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer, Mutation};
+use gn2pg_pg_test::hook::{next_alert, Hook};
 use gn2pg_pg_test::roles::{allow_loopback_hosts, connect_as, unique, Roles};
+use gn2pg_pg_test::tls::{another_ca_pem, TlsFront};
 
 fn fixture(rows: u64) -> FixtureServer {
     FixtureServer::start(FixtureConfig { rows, ..Default::default() }).expect("fixture server starts")
@@ -313,6 +316,7 @@ const REVIEWED: &[(&str, bool, &str)] = &[
     ("gn2pg._run_alive(integer,timestamp with time zone)", true, "gn2pg_reader"),
     ("gn2pg._run_ended()", false, ""),
     ("gn2pg._scrub(text)", false, ""),
+    ("gn2pg._scrub_error()", false, ""),
     ("gn2pg._source_removed()", false, ""),
     ("gn2pg._stale_after_minutes()", false, "gn2pg_reader"),
     ("gn2pg._unmap(text,text,text,uuid)", true, "gn2pg_admin"),
@@ -682,4 +686,241 @@ fn a_run_whose_end_cannot_be_recorded_is_closed_as_abandoned() {
     let kind: String = su.query_one("SELECT kind FROM gn2pg.alert WHERE source = 'p'", &[]).unwrap().get(0);
     assert_eq!(kind, "abandoned");
     assert_eq!(harvest_status(&mut su, "p"), "success");
+}
+
+/// Issue 9, item 6: a source that echoes the password, the session cookie and the token (in an
+/// error body, an HTML page, a redirect URL, an item's value) gets none of them stored or sent
+/// by gn2pg: run_log, run_part, run_error, alerts, NOTIFY payloads, webhooks, the errors of
+/// gn2pg_harvest, its server log lines. Nor does a URL refused at registration.
+#[test]
+fn secrets_a_source_echoes_reach_no_reader() {
+    let db = TestDb::new("sec_echo");
+    connect("postgres").batch_execute(&format!("ALTER DATABASE {} SET log_min_messages = 'debug1'", db.name)).unwrap();
+    let hook = Hook::start(0);
+    let mut su = db.session();
+    let mut listener = db.session();
+    listener.batch_execute("LISTEN gn2pg_alert").unwrap();
+    let tag = format!("{}x{}", std::process::id(), Instant::now().elapsed().as_nanos() % 1_000_000);
+    let password = format!("pw @{tag}\"Zq9");
+    let token = format!("deadbeef{tag}cafe");
+    let sources = [
+        ("lg", Echo::ErrorBody, "login", r#"{"workers": 2, "max_retries": 0}"#),
+        ("tk", Echo::ForbiddenPage, "token", r#"{"max_retries": 0}"#),
+        ("rd", Echo::Redirect, "login", r#"{"max_retries": 0}"#),
+        ("it", Echo::BadItem, "token", "{}"),
+    ];
+    let mut servers = Vec::new();
+    for (name, mode, auth, options) in sources {
+        let echo = EchoSource::start(mode, 40);
+        let (pw, tok): (Option<&str>, Option<&str>) =
+            if auth == "login" { (Some(&password), None) } else { (None, Some(&token)) };
+        su.execute(
+            "SELECT gn2pg_add_source($1, $2, 1, $3, login => CASE WHEN $3 = 'login' THEN 'harvester' END,
+                                     password => $4, token => $5, options => $6::text::jsonb, alert_webhook => $7)",
+            &[&name, &echo.url, &auth, &pw, &tok, &options, &format!("{}/hook", hook.base)],
+        )
+        .unwrap();
+        servers.push(echo);
+    }
+    let mut errors = Vec::new();
+    for (name, ..) in sources {
+        match su.query_one("SELECT gn2pg_harvest($1)::text", &[&name]) {
+            Ok(r) => errors.push(r.get::<_, String>(0)),
+            Err(e) => errors.push(error_text(&e)),
+        }
+    }
+    let cookies: Vec<String> = servers.iter().flat_map(|s| s.cookies.lock().unwrap().clone()).collect();
+    assert!(cookies.len() >= 3, "the login sources logged in (the lead and the part of lg, and rd): {cookies:?}");
+    // A URL refused at registration does not quote its secret either (a bind parameter: the
+    // statement's text, which PostgreSQL logs with the error, holds no secret).
+    let refused = su
+        .execute("SELECT gn2pg_add_source('bad', $1, 1)", &[&format!("http://h/geonature?token={token}")])
+        .map(|_| String::new())
+        .unwrap_or_else(|e| error_text(&e));
+    assert!(refused.contains("must not have a query"), "{refused}");
+    errors.push(refused);
+
+    let mut notes = Vec::new();
+    while let Some(n) = next_alert(&mut listener, 5) {
+        notes.push(n.to_string());
+    }
+    let mut hooks = Vec::new();
+    while let Some((_, body, _)) = hook.next(5) {
+        hooks.push(body.to_string());
+    }
+    let dump: String = su
+        .query_one(
+            "SELECT concat_ws(E'\\n',
+                    (SELECT string_agg(r::text, E'\\n') FROM gn2pg.run_log r),
+                    (SELECT string_agg(p::text, E'\\n') FROM gn2pg.run_part p),
+                    (SELECT string_agg(e.error, E'\\n') FROM gn2pg.run_error e),
+                    (SELECT string_agg(a::text, E'\\n') FROM gn2pg.alert a),
+                    (SELECT string_agg(e::text, E'\\n') FROM gn2pg.alert_event e),
+                    (SELECT string_agg(f::text, E'\\n') FROM gn2pg.flow_status f))",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let parts: String =
+        su.query_one("SELECT string_agg(error, E'\\n') FROM gn2pg.run_part WHERE part = 1", &[]).unwrap().get(0);
+    // The echoes did arrive, masked: what is checked below is not vacuous.
+    for (place, text, needle) in [
+        ("run_log", &dump, "cannot serve user with password ***"),
+        ("run_log", &dump, "Denied: user with password"),
+        ("run_log", &dump, "unexpected redirect to http://elsewhere.example/moved"),
+        ("run_log", &dump, "part 1: "),
+        ("run_part", &parts, "cannot serve user with password ***"),
+        ("run_error", &dump, "invalid uuid ***"),
+        ("notifications", &notes.join("\n"), "cannot serve"),
+        ("webhooks", &hooks.join("\n"), "cannot serve"),
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in {place}: {text}");
+    }
+    let log_path =
+        format!("{}/server.log", std::env::var("GN2PG_TEST_DIR").unwrap_or_else(|_| "/tmp/gn2pg-test".into()));
+    let log = std::fs::read_to_string(&log_path).unwrap_or_else(|e| panic!("read {log_path}: {e}"));
+    let encoded = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let mut secrets = vec![password.clone(), encoded(&password), token.clone()];
+    secrets.extend(cookies);
+    for secret in &secrets {
+        for (place, text) in [
+            ("tables", &dump),
+            ("errors", &errors.join("\n")),
+            ("notifications", &notes.join("\n")),
+            ("webhooks", &hooks.join("\n")),
+            ("server log", &log),
+        ] {
+            assert!(!text.contains(secret.as_str()), "{secret} found in {place}");
+        }
+    }
+}
+
+/// Issue 9, item 5: TLS is always verified; a source behind a private CA works once its CA is
+/// given (options.ca_certificate, checked at registration), and fails without it or with
+/// another CA.
+#[test]
+fn an_https_source_with_a_private_ca_needs_its_ca_certificate() {
+    let db = TestDb::new("sec_tls");
+    let fx = fixture(700);
+    let backend: std::net::SocketAddr = format!("127.0.0.1:{}", fx.port()).parse().unwrap();
+    let front = TlsFront::start(backend, 200);
+    let url = format!("{}/geonature", front.origin);
+    let mut su = db.session();
+    let add = |su: &mut Client, name: &str, options: serde_json::Value| {
+        su.execute(
+            "SELECT gn2pg_add_source($1, $2, 1, 'login', 'harvester', 'secret', options => $3::text::jsonb)",
+            &[&name, &url, &options.to_string()],
+        )
+        .map(|_| ())
+        .map_err(|e| error_text(&e))
+    };
+    add(&mut su, "untrusted", serde_json::json!({"max_retries": 0})).unwrap();
+    let e =
+        su.batch_execute("SELECT gn2pg_harvest('untrusted')").map(|_| String::new()).unwrap_or_else(|e| error_text(&e));
+    assert!(e.contains("cannot connect") && e.to_lowercase().contains("certificate"), "{e}");
+    add(&mut su, "otherca", serde_json::json!({"max_retries": 0, "ca_certificate": another_ca_pem()})).unwrap();
+    let e =
+        su.batch_execute("SELECT gn2pg_harvest('otherca')").map(|_| String::new()).unwrap_or_else(|e| error_text(&e));
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    add(&mut su, "trusted", serde_json::json!({"ca_certificate": front.ca_pem})).unwrap();
+    assert_eq!(harvest_status(&mut su, "trusted"), "success");
+    gn2pg_pg_test::checks::assert_equal_to_source(&mut su, "trusted", &fx, 1);
+    // Refused at registration: not a certificate.
+    for bad in
+        [serde_json::json!("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), serde_json::json!(7)]
+    {
+        let e = add(&mut su, "bad", serde_json::json!({ "ca_certificate": bad })).unwrap_err();
+        assert!(e.contains("option ca_certificate"), "{e}");
+    }
+}
+
+/// Issue 9, item 5: a login or a token over plain http:// to another machine is refused, at
+/// registration and before every run, unless the source opts in; this machine is exempt.
+#[test]
+fn credentials_over_plain_http_need_an_opt_in() {
+    let db = TestDb::new("sec_http");
+    let mut su = db.session();
+    let add = |su: &mut Client, name: &str, url: &str, options: &str| {
+        su.execute(
+            "SELECT gn2pg_add_source($1, $2, 1, token => 'tok-3f9a8b7c', options => $3::text::jsonb)",
+            &[&name, &url, &options],
+        )
+        .map(|_| ())
+        .map_err(|e| error_text(&e))
+    };
+    let e = add(&mut su, "far", "http://geonature.example.org", "{}").unwrap_err();
+    assert!(e.contains("plain http://") && e.contains("allow_insecure_http") && !e.contains("tok-3f9a8b7c"), "{e}");
+    add(&mut su, "far", "http://geonature.example.org", r#"{"allow_insecure_http": true}"#).unwrap();
+    add(&mut su, "near", "http://127.0.0.1:9/geonature", "{}").unwrap();
+    su.execute("SELECT gn2pg_add_source('open', 'http://geonature.example.org', 3)", &[]).unwrap();
+    // Before every run too: the opt-in removed behind gn2pg's back fails the next run, before
+    // any request.
+    su.batch_execute("UPDATE gn2pg.source SET options = '{}' WHERE name = 'far'").unwrap();
+    let e = su.batch_execute("SELECT gn2pg_harvest('far')").map(|_| String::new()).unwrap_or_else(|e| error_text(&e));
+    assert!(e.contains("failed") && e.contains("plain http://"), "{e}");
+}
+
+/// Issue 9, item 5: gn2pg.allowed_hosts matches ports, and applies at every run and webhook
+/// delivery of what a role that is not a superuser registered (the list may narrow later);
+/// superusers' sources are not bound by it.
+#[test]
+fn allowed_hosts_match_ports_and_apply_at_every_run() {
+    let mut roles = Roles::default();
+    let db = TestDb::new("sec_hosts");
+    allow_loopback_hosts();
+    let admin = roles.create("hostsadmin", Some("gn2pg_admin"));
+    let fx = fixture(100);
+    let hook = Hook::start(0);
+    let (mut a, _) = connect_as(&db.name, &admin);
+    a.execute(
+        "SELECT gn2pg_add_source('byadmin', $1, 3, options => '{\"max_retries\": 0}', alert_webhook => $2)",
+        &[&fx.base_url(), &format!("{}/h", hook.base)],
+    )
+    .unwrap();
+    let mut su = db.session();
+    su.execute("SELECT gn2pg_add_source('bysu', $1, 3)", &[&fx.base_url()]).unwrap();
+    assert_eq!(harvest_status(&mut a, "byadmin"), "success");
+    // The list narrows to the default port of 127.0.0.1 (the database's own setting).
+    connect("postgres")
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET gn2pg.allowed_hosts = '127.0.0.1, localhost:{}'",
+            db.name,
+            fx.port() + 1
+        ))
+        .unwrap();
+    let (mut a, _) = connect_as(&db.name, &admin);
+    let e =
+        a.batch_execute("SELECT gn2pg_harvest('byadmin')").map(|_| String::new()).unwrap_or_else(|e| error_text(&e));
+    assert!(
+        e.contains(&format!("source URL host \"127.0.0.1:{}\" is not allowed by gn2pg.allowed_hosts", fx.port())),
+        "{e}"
+    );
+    let mut su = db.session();
+    assert_eq!(harvest_status(&mut su, "bysu"), "success", "a superuser's source is not bound by the list");
+    // The failure's alert is not sent to a webhook the list no longer allows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let webhook_error = loop {
+        let r: Option<String> = su
+            .query_one(
+                "SELECT (SELECT webhook_error FROM gn2pg.alert_event WHERE webhook_state = 'failed' LIMIT 1)",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if let Some(r) = r {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the webhook delivery was not decided");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(webhook_error.contains("alert_webhook host") && webhook_error.contains("not allowed"), "{webhook_error}");
+    assert!(hook.next(1).is_none(), "the webhook received nothing");
+    // Registration matches ports too.
+    let e = a
+        .execute("SELECT gn2pg_add_source('other', $1, 3)", &[&fx.base_url()])
+        .map(|_| String::new())
+        .unwrap_or_else(|e| error_text(&e));
+    assert!(e.contains(&format!("\"127.0.0.1:{}\" is not allowed", fx.port())), "{e}");
+    a.execute("SELECT gn2pg_add_source('other', $1, 3)", &[&format!("http://localhost:{}/geonature", fx.port() + 1)])
+        .unwrap();
 }
