@@ -128,6 +128,7 @@ pub fn add_source(
     alert_webhook: Option<&str>,
 ) -> i32 {
     access::require(ADMIN, "gn2pg_add_source()");
+    access::pinned(require_current_schema);
     check_name(name);
     let bad = |m: String, hint: Option<&str>| -> ! { raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, m, hint) };
     let api = api_root(url).unwrap_or_else(|e| {
@@ -191,6 +192,11 @@ fn store_source(
     webhook: Option<&str>,
     restricted: bool,
 ) -> i32 {
+    // A gn2pg_harvest call keeps the source's row locked while its run goes on: say so rather
+    // than wait for it to end.
+    if spi(store::row_taken(name)) {
+        refuse_busy(name, spi(store::active_run(name, None)).unwrap_or(Busy::Locked));
+    }
     let id = spi(Spi::get_one_with_args::<i32>(
         "INSERT INTO gn2pg.source (name, url, export_id, auth, options, restricted)
          VALUES ($1, $2, $3, $4, $5, $6)

@@ -126,6 +126,18 @@ pub fn claim_source(source: &str) -> SpiResult<Result<i32, Busy>> {
     })
 }
 
+/// Whether another transaction holds the registry row of the source (false when there is no
+/// such source); otherwise this transaction shares it until its end, so that no run starts
+/// while the source is being changed.
+pub fn row_taken(source: &str) -> SpiResult<bool> {
+    Spi::connect_mut(|c| {
+        let exists = !c.select("SELECT 1 FROM gn2pg.source WHERE name = $1", None, &[source.into()])?.is_empty();
+        let shared =
+            c.update("SELECT 1 FROM gn2pg.source WHERE name = $1 FOR SHARE SKIP LOCKED", None, &[source.into()])?;
+        Ok(exists && shared.is_empty())
+    })
+}
+
 /// Marks abandoned the pending and running runs of a source (all sources: None) whose worker
 /// is gone, except `except`. Returns how many.
 pub fn abandon_dead_runs(source: Option<&str>, except: Option<i64>) -> SpiResult<i32> {

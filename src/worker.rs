@@ -98,6 +98,21 @@ fn start_worker(
         .ok()
 }
 
+/// Sleeps on this backend's latch for at most `ms` (the postmaster sets it when a worker this
+/// backend launched starts or stops).
+fn wait_latch(ms: i64) {
+    // SAFETY: standard latch wait on this backend's own latch.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+}
+
 /// Waits until a launched worker has connected (it is then in pg_stat_activity, where other
 /// sessions see that its run is alive) and returns its pid.
 pub fn wait_until_connected(w: &DynamicBackgroundWorker) -> Result<i32, String> {
@@ -118,16 +133,7 @@ pub fn wait_until_connected(w: &DynamicBackgroundWorker) -> Result<i32, String> 
         if w.pid().is_err() {
             return Err("the worker stopped before it connected (see the server log)".into());
         }
-        // SAFETY: standard latch wait on this backend's own latch.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                10,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
+        wait_latch(10);
         pg_sys::check_for_interrupts!();
     }
     Err("the worker did not connect within 30 s".into())
@@ -180,16 +186,7 @@ pub fn wait(worker: DynamicBackgroundWorker) -> Result<(), String> {
             Err(BackgroundWorkerStatus::PostmasterDied) => return Err("the postmaster died".into()),
             _ => {}
         }
-        // SAFETY: standard latch wait on this backend's own latch.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                200,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
+        wait_latch(200);
         // SAFETY: reading sig_atomic_t flags of this process.
         let cancelled = unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 };
         if cancelled {

@@ -575,6 +575,13 @@ fn async_starts_in_an_open_transaction_take_one_worker_per_source_within_the_cap
     }
     let skipped: Option<i64> = other.query_one("SELECT gn2pg_harvest_scheduled('s0')", &[]).unwrap().get(0);
     assert_eq!(skipped, None);
+    // Changing the source meanwhile is refused too, rather than left waiting.
+    su.batch_execute("SET statement_timeout = '10s'").unwrap();
+    let e = su
+        .execute("SELECT gn2pg_add_source('s0', $1, 3)", &[&fx.base_url()])
+        .map(|_| String::new())
+        .unwrap_or_else(|e| error_text(&e));
+    assert!(e.contains("being started, changed or removed by another transaction"), "{e}");
     o.batch_execute("COMMIT").unwrap();
     wait_run(&mut su, first, Duration::from_secs(60), "the end", finished);
     assert_eq!(run_count(&mut su, "s0"), 1, "exactly one run of s0");
