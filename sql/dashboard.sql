@@ -211,17 +211,6 @@ SELECT r.source,
 COMMENT ON VIEW gn2pg.metadata_mapping IS
     'Every CA and JDD received per source (metadata or rows), its row count and where its rows land; mapped = false: they keep the source value. Counts come from gn2pg.observation_count.';
 
--- Whether a run's worker is alive. pg_stat_activity hides the backend type of other roles'
--- sessions from readers, so the view asks as the extension owner; it only answers yes or no.
-CREATE FUNCTION gn2pg._harvest_worker_alive(pid integer) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1 AND a.backend_type = 'gn2pg harvest');
-COMMENT ON FUNCTION gn2pg._harvest_worker_alive(integer) IS
-    'Whether a process is a live gn2pg harvest worker (readable by gn2pg_reader through gn2pg.flow_status).';
-REVOKE ALL ON FUNCTION gn2pg._harvest_worker_alive(integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION gn2pg._harvest_worker_alive(integer) TO gn2pg_reader;
-
 CREATE OR REPLACE VIEW gn2pg.flow_status AS
 SELECT s.id AS source_id,
        s.name AS source,
@@ -267,7 +256,7 @@ SELECT s.id AS source_id,
                     ELSE make_interval(mins => gn2pg._stale_after_minutes()) END AS stale_after) lim
   LEFT JOIN LATERAL (
         SELECT r.* FROM gn2pg.run_log r
-         WHERE r.source = s.name AND r.status <> 'running' AND NOT gn2pg._busy_refusal(r.error)
+         WHERE r.source = s.name AND r.status NOT IN ('pending', 'running') AND NOT gn2pg._busy_refusal(r.error)
          ORDER BY r.id DESC LIMIT 1) lr ON true
   LEFT JOIN LATERAL (
         SELECT r.id, r.finished_at FROM gn2pg.run_log r
@@ -275,7 +264,8 @@ SELECT s.id AS source_id,
          ORDER BY r.id DESC LIMIT 1) ls ON true
   LEFT JOIN LATERAL (
         SELECT max(r.id) AS id FROM gn2pg.run_log r
-         WHERE r.source = s.name AND r.status = 'running' AND gn2pg._harvest_worker_alive(r.worker_pid)) cur ON true
+         WHERE r.source = s.name AND r.status IN ('pending', 'running')
+           AND gn2pg._run_alive(r.worker_pid, r.started_at)) cur ON true
   LEFT JOIN LATERAL (
         SELECT count(*)::integer AS n, array_agg(a.kind ORDER BY a.kind) AS kinds
           FROM gn2pg.alert a WHERE a.source = s.name AND a.resolved_at IS NULL) al ON true;

@@ -16,8 +16,8 @@
 -- gn2pg._resolve_mapping is the one place that says so; the page loader (src/store.rs) and
 -- gn2pg_remap both call it once per statement.
 --
--- Functions run with search_path = pg_catalog (or are fully qualified), as background workers
--- use the default search_path.
+-- Functions run with search_path = pg_catalog, pg_temp (or are fully qualified): pg_temp last,
+-- else a caller's pg_temp domain named like a pg_catalog type would be found first.
 
 -- An explicit sequence (not an identity) so that pg_dump keeps its state with the table.
 CREATE SEQUENCE gn2pg.mapping_id_seq AS integer;
@@ -78,7 +78,7 @@ COMMENT ON COLUMN gn2pg.metadata.run_id IS 'The run that last changed the row.';
 
 -- _check_source returns the id of a source, or raises naming the calling function.
 CREATE FUNCTION gn2pg._check_source(p_fn text, p_source text) RETURNS integer
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id integer;
 BEGIN
@@ -100,7 +100,7 @@ $$;
 -- _uuid_arg parses argument p_arg of function p_fn as a uuid (NULL stays NULL), or raises
 -- naming both: the uuid type's own error would not say which argument is wrong.
 CREATE FUNCTION gn2pg._uuid_arg(p_fn text, p_arg text, p_value text) RETURNS uuid
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_value IS NULL THEN
         RETURN NULL;
@@ -115,7 +115,7 @@ $$;
 
 -- _level_arg checks a level argument ('ca' or 'jdd').
 CREATE FUNCTION gn2pg._level_arg(p_fn text, p_value text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_value IS NULL OR p_value NOT IN ('ca', 'jdd') THEN
         RAISE EXCEPTION '%: level must be ''ca'' or ''jdd'', not %', p_fn, coalesce(quote_literal(p_value), 'NULL')
@@ -128,7 +128,7 @@ $$;
 
 -- _mapping_changed records that the rows of a source may have to move (see mapping_state).
 CREATE FUNCTION gn2pg._mapping_changed(p_source text) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog AS $$
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO gn2pg.mapping_state AS st (source, version) VALUES (p_source, 1)
     ON CONFLICT (source) DO UPDATE SET version = st.version OPERATOR(pg_catalog.+) 1;
 $$;
@@ -169,7 +169,7 @@ $$;
 -- _remap rewrites the rows of a source whose destination differs from what the mappings say
 -- now, in one statement, and records the mapping version it applied. Returns the rows changed.
 CREATE FUNCTION gn2pg._remap(p_source text) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_changed bigint;
     v_version bigint;
@@ -213,11 +213,11 @@ BEGIN
 END
 $$;
 
--- _remap_if_pending is called by the harvest worker at the start of each run (it holds the
--- source's lock): mappings changed since the last remap are applied to every harvested row,
+-- _remap_if_pending is called by the harvest worker at the start of each run (its run is the
+-- source's only active one): mappings changed since the last remap are applied to every harvested row,
 -- not only to the rows the run will receive. Returns the rows changed.
 CREATE FUNCTION gn2pg._remap_if_pending(p_source text) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM gn2pg.mapping_state s
                 WHERE s.source = p_source AND s.version > s.applied_version) THEN
@@ -227,11 +227,35 @@ BEGIN
 END
 $$;
 
+-- _remap_idle is gn2pg_remap() once the source is idle: no pending or running run (a run
+-- remaps pending changes itself before it loads), and no other transaction starting, changing
+-- or removing it (its registry row is locked until the end of this transaction, so no run can
+-- start meanwhile). SECURITY DEFINER (sql/operations.sql): admins cannot lock gn2pg.source rows.
+CREATE FUNCTION gn2pg._remap_idle(p_source text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v record;
+BEGIN
+    SELECT * INTO v FROM gn2pg._claim_source(p_source);
+    IF v.busy_run IS NOT NULL THEN
+        RAISE EXCEPTION 'gn2pg_remap: source "%" is being harvested by run %', p_source, v.busy_run
+              USING ERRCODE = 'object_in_use',
+                    DETAIL = format('Run %s is %s in worker process %s since %s.', v.busy_run, v.busy_status,
+                                    v.busy_pid, v.busy_since),
+                    HINT = 'Call gn2pg_remap() again when the run has ended, or let the next run apply the mappings: it remaps before loading.';
+    ELSIF v.source_id IS NULL THEN
+        RAISE EXCEPTION 'gn2pg_remap: source "%" is being started, changed or removed by another transaction', p_source
+              USING ERRCODE = 'lock_not_available', HINT = 'Call gn2pg_remap() again when that transaction has ended.';
+    END IF;
+    RETURN gn2pg._remap(p_source);
+END
+$$;
+
 -- _describe records what is known locally of a target CA or JDD; NULL arguments keep the
 -- current values. A new parent CA of a target JDD moves rows: their sources need a remap.
 CREATE FUNCTION gn2pg._describe(p_level text, p_uuid uuid, p_name text, p_description text, p_parent uuid)
 RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_old_parent uuid;
     v_existed boolean;
@@ -265,7 +289,7 @@ $$;
 
 -- _map creates or changes one mapping; returns its id.
 CREATE FUNCTION gn2pg._map(p_source text, p_level text, p_source_uuid uuid, p_target uuid) RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id integer;
 BEGIN
@@ -288,7 +312,7 @@ $$;
 
 -- _unmap removes one mapping; false (with a NOTICE) if there was none.
 CREATE FUNCTION gn2pg._unmap(p_fn text, p_source text, p_level text, p_source_uuid uuid) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM gn2pg.mapping m
      WHERE m.source = p_source AND m.level = p_level AND m.source_uuid IS NOT DISTINCT FROM p_source_uuid;
@@ -308,6 +332,7 @@ $$;
 COMMENT ON FUNCTION gn2pg._resolve_mapping(text, uuid[], uuid[]) IS
     'Internal: destination CA/JDD of (source CA, source JDD) pairs; the precedence rule of gn2pg mappings.';
 COMMENT ON FUNCTION gn2pg._remap(text) IS 'Internal: the work of gn2pg_remap(), without the lock check.';
+COMMENT ON FUNCTION gn2pg._remap_idle(text) IS 'Internal: gn2pg_remap() once the source is known to be idle.';
 COMMENT ON FUNCTION gn2pg._remap_if_pending(text) IS 'Internal: called by the harvest worker before loading pages.';
 
 -- ------------------------------------------------------------------------------------------
@@ -316,7 +341,7 @@ COMMENT ON FUNCTION gn2pg._remap_if_pending(text) IS 'Internal: called by the ha
 -- Refuses the call unless the caller has the privileges of p_role. Mapping functions call it
 -- first: EXECUTE granted by mistake is not enough (roles and grants: sql/operations.sql).
 CREATE FUNCTION gn2pg._require(p_role text, p_fn text) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT pg_has_role(current_user, p_role, 'USAGE') THEN
         RAISE EXCEPTION 'gn2pg: permission denied for %()', p_fn
@@ -331,7 +356,7 @@ COMMENT ON FUNCTION gn2pg._require(text, text) IS 'Internal: role check of the m
 CREATE FUNCTION public.gn2pg_describe_target(level text, target_uuid text, name text DEFAULT NULL,
                                              description text DEFAULT NULL, parent_ca text DEFAULT NULL)
 RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_level  text := gn2pg._level_arg('gn2pg_describe_target', $1);
     v_uuid   uuid := gn2pg._uuid_arg('gn2pg_describe_target', 'target_uuid', $2);
@@ -355,7 +380,7 @@ COMMENT ON FUNCTION public.gn2pg_describe_target(text, text, text, text, text) I
 CREATE FUNCTION public.gn2pg_map_ca(source text, source_ca text, target_ca text,
                                     target_name text DEFAULT NULL, target_description text DEFAULT NULL)
 RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_source text := $1;
     v_src    uuid;
@@ -380,7 +405,7 @@ COMMENT ON FUNCTION public.gn2pg_map_ca(text, text, text, text, text) IS
 CREATE FUNCTION public.gn2pg_map_jdd(source text, source_jdd text, target_jdd text, target_ca text DEFAULT NULL,
                                      target_name text DEFAULT NULL, target_description text DEFAULT NULL)
 RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_source text := $1;
     v_src    uuid;
@@ -405,7 +430,7 @@ COMMENT ON FUNCTION public.gn2pg_map_jdd(text, text, text, text, text, text) IS
     'Lands the rows of source JDD source_jdd (NULL: every JDD of the source) in target_jdd, under target_ca when given (else under the mapped or source CA); returns the mapping id. Harvested rows move at gn2pg_remap() or the next run.';
 
 CREATE FUNCTION public.gn2pg_unmap_ca(source text, source_ca text) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM gn2pg._require('gn2pg_admin', 'gn2pg_unmap_ca');
     PERFORM gn2pg._check_source('gn2pg_unmap_ca', $1);
@@ -416,7 +441,7 @@ COMMENT ON FUNCTION public.gn2pg_unmap_ca(text, text) IS
     'Removes the mapping of source CA source_ca (NULL: the source-wide CA mapping); false if there was none. Rows get their source values back at gn2pg_remap() or the next run.';
 
 CREATE FUNCTION public.gn2pg_unmap_jdd(source text, source_jdd text) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM gn2pg._require('gn2pg_admin', 'gn2pg_unmap_jdd');
     PERFORM gn2pg._check_source('gn2pg_unmap_jdd', $1);
@@ -427,21 +452,13 @@ COMMENT ON FUNCTION public.gn2pg_unmap_jdd(text, text) IS
     'Removes the mapping of source JDD source_jdd (NULL: the source-wide JDD mapping); false if there was none. Rows get their source values back at gn2pg_remap() or the next run.';
 
 CREATE FUNCTION public.gn2pg_remap(source text) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_source text := $1;
     v_id     integer := gn2pg._check_source('gn2pg_remap', $1);
-    v_run    bigint;
 BEGIN
     PERFORM gn2pg._require('gn2pg_admin', 'gn2pg_remap');
-    -- The harvest worker holds this lock for a whole run; it remaps pending changes itself.
-    IF NOT pg_try_advisory_xact_lock(hashtext('gn2pg.source'), v_id) THEN
-        SELECT max(r.id) INTO v_run FROM gn2pg.run_log r WHERE r.source = v_source AND r.status = 'running';
-        RAISE EXCEPTION 'gn2pg_remap: source "%" is being harvested by run %', v_source, coalesce(v_run::text, '?')
-              USING ERRCODE = 'object_in_use',
-                    HINT = 'Call gn2pg_remap() again when the run has ended, or let the next run apply the mappings: it remaps before loading.';
-    END IF;
-    RETURN gn2pg._remap(v_source);
+    RETURN gn2pg._remap_idle(v_source);
 END
 $$;
 COMMENT ON FUNCTION public.gn2pg_remap(text) IS

@@ -42,6 +42,14 @@ COMMENT ON COLUMN gn2pg.source_secret.alert_webhook IS
     'URL that receives this source''s alert events (JSON POST); NULL: gn2pg.alert_webhook.';
 
 ------------------------------------------------------------------------------------------------
+-- Sources registered by a role that is not a superuser stay within gn2pg.allowed_hosts: their
+-- URL and webhook are checked again before every run and every delivery (the list may narrow).
+------------------------------------------------------------------------------------------------
+ALTER TABLE gn2pg.source ADD COLUMN restricted boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN gn2pg.source.restricted IS
+    'Registered or last changed by a role that is not a superuser: its URL and alert webhook must be allowed by gn2pg.allowed_hosts at every run.';
+
+------------------------------------------------------------------------------------------------
 -- Schedules: gn2pg's record of the pg_cron job of each scheduled source.
 ------------------------------------------------------------------------------------------------
 CREATE TABLE gn2pg.schedule (
@@ -103,8 +111,9 @@ SELECT pg_catalog.pg_extension_config_dump('gn2pg.schedule', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.alert', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.alert_event', '');
 
--- A run refused because another run of its source is active is not a problem of the source.
--- (Matches the engine's message, src/run.rs setup().)
+-- gn2pg 0.2.0 recorded a start refused because another run of its source was active as a
+-- failed run; such rows are not problems of the source. Since 0.3.0 a refused start is an
+-- ERROR of the launching call and leaves no row: this only recognises the old rows.
 CREATE FUNCTION gn2pg._busy_refusal(error text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
@@ -134,6 +143,26 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION gn2pg._scrub(text) IS 'Replaces any stored secret found in a text by ***.';
+
+-- Errors of runs, parts and rejected items go through _scrub as they are stored: the engine
+-- already masks the source's secrets (and its session cookies, which are not stored), this
+-- catches any stored secret it could not know of.
+CREATE FUNCTION gn2pg._scrub_error() RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.error := gn2pg._scrub(NEW.error);
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION gn2pg._scrub_error() IS 'Trigger: masks stored secrets in the error column of a row being written.';
+CREATE TRIGGER scrub_error BEFORE INSERT OR UPDATE OF error ON gn2pg.run_log
+    FOR EACH ROW WHEN (NEW.error IS NOT NULL) EXECUTE FUNCTION gn2pg._scrub_error();
+CREATE TRIGGER scrub_error BEFORE INSERT OR UPDATE OF error ON gn2pg.run_part
+    FOR EACH ROW WHEN (NEW.error IS NOT NULL) EXECUTE FUNCTION gn2pg._scrub_error();
+CREATE TRIGGER scrub_error BEFORE INSERT OR UPDATE OF error ON gn2pg.run_error
+    FOR EACH ROW WHEN (NEW.error IS NOT NULL) EXECUTE FUNCTION gn2pg._scrub_error();
 
 -- Records one event of an alert: NOTIFY gn2pg_alert (sent at commit) and, if a webhook is
 -- configured, a pending delivery.
@@ -231,7 +260,7 @@ BEGIN
     END IF;
     IF NEW.status = 'success' THEN
         PERFORM gn2pg._resolve_alerts(NEW.source, NEW.id);
-    ELSIF NEW.status IN ('failed', 'abandoned') AND NOT gn2pg._busy_refusal(NEW.error) THEN
+    ELSIF NEW.status IN ('failed', 'abandoned') THEN
         PERFORM gn2pg._raise_alert(NEW.source, NEW.status, NEW.id,
             format('run %s of source %s %s: %s', NEW.id, NEW.source, NEW.status,
                    coalesce(NEW.error, 'no error recorded')));
@@ -242,9 +271,9 @@ $$;
 COMMENT ON FUNCTION gn2pg._run_ended() IS 'Trigger: raises or resolves alerts when a run ends.';
 
 CREATE TRIGGER run_ended_insert AFTER INSERT ON gn2pg.run_log
-    FOR EACH ROW WHEN (NEW.status <> 'running') EXECUTE FUNCTION gn2pg._run_ended();
+    FOR EACH ROW WHEN (NEW.status NOT IN ('pending', 'running')) EXECUTE FUNCTION gn2pg._run_ended();
 CREATE TRIGGER run_ended_update AFTER UPDATE OF status ON gn2pg.run_log
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status <> 'running')
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status NOT IN ('pending', 'running'))
     EXECUTE FUNCTION gn2pg._run_ended();
 
 -- A removed source keeps its alert history, but nothing stays open for it.
@@ -309,7 +338,7 @@ SELECT s.id AS source_id,
                     ELSE make_interval(mins => gn2pg._stale_after_minutes()) END AS stale_after) lim
   LEFT JOIN LATERAL (
         SELECT r.* FROM gn2pg.run_log r
-         WHERE r.source = s.name AND r.status <> 'running' AND NOT gn2pg._busy_refusal(r.error)
+         WHERE r.source = s.name AND r.status NOT IN ('pending', 'running') AND NOT gn2pg._busy_refusal(r.error)
          ORDER BY r.id DESC LIMIT 1) lr ON true
   LEFT JOIN LATERAL (
         SELECT r.id, r.finished_at FROM gn2pg.run_log r
@@ -317,9 +346,8 @@ SELECT s.id AS source_id,
          ORDER BY r.id DESC LIMIT 1) ls ON true
   LEFT JOIN LATERAL (
         SELECT max(r.id) AS id FROM gn2pg.run_log r
-         WHERE r.source = s.name AND r.status = 'running'
-           AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
-                        WHERE a.pid = r.worker_pid AND a.backend_type = 'gn2pg harvest')) cur ON true
+         WHERE r.source = s.name AND r.status IN ('pending', 'running')
+           AND gn2pg._run_alive(r.worker_pid, r.started_at)) cur ON true
   LEFT JOIN LATERAL (
         SELECT count(*)::integer AS n, array_agg(a.kind ORDER BY a.kind) AS kinds
           FROM gn2pg.alert a WHERE a.source = s.name AND a.resolved_at IS NULL) al ON true;
@@ -381,6 +409,9 @@ GRANT SELECT ON ALL TABLES IN SCHEMA gn2pg TO gn2pg_reader;      -- tables and v
 REVOKE ALL ON gn2pg.source_secret FROM gn2pg_reader;
 GRANT SELECT ON gn2pg.source_secret TO gn2pg_admin;
 
+-- Every function's EXECUTE is granted on purpose (pg_test/tests/security.rs checks the whole
+-- list); the finalize step of the extension script revokes EXECUTE on every function of
+-- schema gn2pg from PUBLIC, whatever is added later.
 REVOKE ALL ON FUNCTION public.gn2pg_add_source(text, text, integer, text, text, text, text, jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.gn2pg_remove_source(text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.gn2pg_schedule(text, text, text) FROM PUBLIC;
@@ -405,16 +436,36 @@ GRANT EXECUTE ON FUNCTION public.gn2pg_harvest_scheduled(text, text) TO gn2pg_op
 GRANT EXECUTE ON FUNCTION public.gn2pg_cancel(bigint) TO gn2pg_operator;
 GRANT EXECUTE ON FUNCTION public.gn2pg_check_flows() TO gn2pg_operator;
 
--- Internal: only the extension owner (the engine, the triggers) calls these.
+-- Internal, owner only: the engine, the triggers, the functions above once they run as the
+-- owner, and _jsonb_selftest (superusers: it allocates in proportion to its input).
 REVOKE ALL ON FUNCTION gn2pg._scrub(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._scrub_error() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._alert_event(gn2pg.alert, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._raise_alert(text, text, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._resolve_alerts(text, bigint, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._run_ended() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._source_removed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._check_stale() FROM PUBLIC;
--- gn2pg._cron_next, gn2pg._stale_after_minutes and gn2pg._busy_refusal stay callable by all:
--- the flow_status view calls them with the reader's rights.
+REVOKE ALL ON FUNCTION gn2pg._parse_geometry(jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._active_run(text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._abandon_dead_runs(text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._claim_source(text) FROM PUBLIC;
+
+-- Called by the views with the reader's rights (a view runs its functions as the caller), so
+-- gn2pg_reader may execute them. Each is safe for any reader: _cron_next computes a time from
+-- a text (bounded loop), _stale_after_minutes reads a setting, _busy_refusal matches a text,
+-- _resolve_mapping reads mappings readers may read anyway, and _run_alive (SECURITY DEFINER)
+-- only says whether a pid is a gn2pg harvest worker started before a time.
+REVOKE ALL ON FUNCTION gn2pg._cron_next(text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._stale_after_minutes() FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._busy_refusal(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._resolve_mapping(text, uuid[], uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._run_alive(integer, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION gn2pg._cron_next(text, timestamptz) TO gn2pg_reader;
+GRANT EXECUTE ON FUNCTION gn2pg._stale_after_minutes() TO gn2pg_reader;
+GRANT EXECUTE ON FUNCTION gn2pg._busy_refusal(text) TO gn2pg_reader;
+GRANT EXECUTE ON FUNCTION gn2pg._resolve_mapping(text, uuid[], uuid[]) TO gn2pg_reader;
+GRANT EXECUTE ON FUNCTION gn2pg._run_alive(integer, timestamptz) TO gn2pg_reader;
 
 COMMENT ON FUNCTION public.gn2pg_harvest_scheduled(text, text) IS
     'Run by the pg_cron job of a source: starts a harvest like gn2pg_harvest_async, or returns NULL when the source is disabled or still being harvested (scheduled runs never overlap).';
@@ -429,24 +480,35 @@ COMMENT ON FUNCTION public.gn2pg_check_flows() IS
 COMMENT ON FUNCTION gn2pg._cron_next(text, timestamptz) IS 'Next time a pg_cron 1.4 schedule fires after a time (UTC); NULL if never.';
 COMMENT ON FUNCTION gn2pg._stale_after_minutes() IS 'The gn2pg.stale_after setting, in minutes.';
 
--- Mappings (sql/metadata.sql) are managed by admins. The public functions check the caller's
--- role and write through these SECURITY DEFINER helpers, so the tables stay read-only.
+-- Mappings (sql/metadata.sql) are managed by admins. The public functions (SECURITY INVOKER)
+-- check the caller's role with the argument helpers, then write through SECURITY DEFINER
+-- helpers, so the tables stay read-only. _remap (no busy check) and _mapping_changed are only
+-- called by those helpers and the engine, as the owner.
 ALTER FUNCTION gn2pg._map(text, text, uuid, uuid) SECURITY DEFINER;
 ALTER FUNCTION gn2pg._unmap(text, text, text, uuid) SECURITY DEFINER;
 ALTER FUNCTION gn2pg._describe(text, uuid, text, text, uuid) SECURITY DEFINER;
 ALTER FUNCTION gn2pg._remap(text) SECURITY DEFINER;
+ALTER FUNCTION gn2pg._remap_idle(text) SECURITY DEFINER;
 ALTER FUNCTION gn2pg._mapping_changed(text) SECURITY DEFINER;
 REVOKE ALL ON FUNCTION gn2pg._map(text, text, uuid, uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._unmap(text, text, text, uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._describe(text, uuid, text, text, uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._remap(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._remap_idle(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._remap_if_pending(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._mapping_changed(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._check_source(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._uuid_arg(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._level_arg(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._require(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION gn2pg._map(text, text, uuid, uuid) TO gn2pg_admin;
 GRANT EXECUTE ON FUNCTION gn2pg._unmap(text, text, text, uuid) TO gn2pg_admin;
 GRANT EXECUTE ON FUNCTION gn2pg._describe(text, uuid, text, text, uuid) TO gn2pg_admin;
-GRANT EXECUTE ON FUNCTION gn2pg._remap(text) TO gn2pg_admin;
-GRANT EXECUTE ON FUNCTION gn2pg._mapping_changed(text) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION gn2pg._remap_idle(text) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION gn2pg._check_source(text, text) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION gn2pg._uuid_arg(text, text, text) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION gn2pg._level_arg(text, text) TO gn2pg_admin;
+GRANT EXECUTE ON FUNCTION gn2pg._require(text, text) TO gn2pg_admin;
 REVOKE ALL ON FUNCTION public.gn2pg_describe_target(text, text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.gn2pg_map_ca(text, text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.gn2pg_map_jdd(text, text, text, text, text, text) FROM PUBLIC;

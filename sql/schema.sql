@@ -48,7 +48,7 @@ CREATE TABLE gn2pg.run_log (
     source_id       integer,
     mode            text NOT NULL CHECK (mode IN ('full', 'incremental')),
     status          text NOT NULL
-                    CHECK (status IN ('running', 'success', 'failed', 'cancelled', 'abandoned')),
+                    CHECK (status IN ('pending', 'running', 'success', 'failed', 'cancelled', 'abandoned')),
     started_at      timestamptz NOT NULL DEFAULT now(),
     finished_at     timestamptz,
     pages_done      integer NOT NULL DEFAULT 0,
@@ -75,6 +75,94 @@ ALTER TABLE gn2pg.run_log ALTER COLUMN id SET DEFAULT nextval('gn2pg.run_log_id_
 CREATE INDEX run_log_source_idx ON gn2pg.run_log (source, id DESC);
 COMMENT ON TABLE gn2pg.run_log IS
     'One row per harvest run, updated page by page while it runs (like cron.job_run_details).';
+-- One run of a source at a time: 'pending' (launched by gn2pg_harvest_async in a transaction
+-- that has not ended, or waiting for its worker) or 'running'.
+CREATE UNIQUE INDEX run_log_active_idx ON gn2pg.run_log (source) WHERE status IN ('pending', 'running');
+COMMENT ON COLUMN gn2pg.run_log.status IS
+    'pending (launched, its worker waits for the launching transaction), running, success, failed, cancelled, abandoned (its worker ended without recording the end).';
+
+-- Whether the worker of a run is alive: the process of that pid is a gn2pg harvest worker that
+-- started before the run did (a pid reused by a later process does not count). SECURITY
+-- DEFINER so that gn2pg_reader, whose pg_stat_activity hides other roles' backend_start, gets
+-- the same answer in gn2pg.flow_status; it only tells about gn2pg workers.
+CREATE FUNCTION gn2pg._run_alive(p_pid integer, p_since timestamptz) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                WHERE a.pid = p_pid AND a.backend_type = 'gn2pg harvest' AND a.backend_start <= p_since);
+COMMENT ON FUNCTION gn2pg._run_alive(integer, timestamptz) IS
+    'Whether pid is the gn2pg harvest worker of a run started at p_since (not a later process with the same pid).';
+
+-- The pending or running run of a source whose worker is alive (at most one), except p_except.
+CREATE FUNCTION gn2pg._active_run(p_source text, p_except bigint DEFAULT NULL,
+                                  OUT run_id bigint, OUT status text, OUT worker_pid integer, OUT since timestamptz)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.id, r.status, r.worker_pid, r.started_at FROM gn2pg.run_log r
+     WHERE r.source = p_source AND r.status IN ('pending', 'running') AND r.id IS DISTINCT FROM p_except
+       AND gn2pg._run_alive(r.worker_pid, r.started_at)
+     ORDER BY r.id DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION gn2pg._active_run(text, bigint) IS 'The live pending or running run of a source, if any.';
+
+-- Closes the pending and running runs (of one source, or all) whose worker is gone: killed,
+-- crashed, stopped by a server restart, or unable to record the end of its run. Returns how many.
+CREATE FUNCTION gn2pg._abandon_dead_runs(p_source text DEFAULT NULL, p_except bigint DEFAULT NULL) RETURNS integer
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH gone AS (
+        UPDATE gn2pg.run_log r
+           SET status = 'abandoned', finished_at = now(),
+               error = coalesce(r.error || '; ', '')
+                       || CASE WHEN r.status = 'pending' THEN 'its worker process ended before the run started'
+                               ELSE 'its worker process ended without finishing the run (killed, crashed, server restart, or it could not record the end: see the server log)' END
+         WHERE r.status IN ('pending', 'running') AND (p_source IS NULL OR r.source = p_source)
+           AND r.id IS DISTINCT FROM p_except AND NOT gn2pg._run_alive(r.worker_pid, r.started_at)
+        RETURNING 1)
+    SELECT count(*)::integer FROM gone
+$$;
+COMMENT ON FUNCTION gn2pg._abandon_dead_runs(text, bigint) IS
+    'Marks abandoned the pending and running runs whose worker is gone (of one source, or all); returns how many.';
+
+-- Takes a source for this transaction, or says who has it. A source is taken by a live
+-- pending or running run (busy_run), or by a transaction that holds its registry row
+-- (busy_status 'locked': it is launching a run, or changing or removing the source); else its
+-- row is locked FOR NO KEY UPDATE here until the end of the transaction and source_id is set.
+-- Only the owner can lock gn2pg.source rows (it takes the UPDATE privilege), so no other role
+-- can keep a source from being harvested; SKIP LOCKED: a busy source is refused, never waited for.
+CREATE FUNCTION gn2pg._claim_source(p_source text, OUT source_id integer, OUT busy_run bigint,
+                                    OUT busy_status text, OUT busy_pid integer, OUT busy_since timestamptz)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_id integer;
+BEGIN
+    -- pg_stat_activity is read once per transaction unless told otherwise.
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    -- Checked before taking the row (a synchronous run's caller keeps it: name that run) and
+    -- again after (a run launched meanwhile).
+    FOR attempt IN 1..2 LOOP
+        SELECT a.run_id, a.status, a.worker_pid, a.since INTO busy_run, busy_status, busy_pid, busy_since
+          FROM gn2pg._active_run(p_source) a;
+        IF busy_run IS NOT NULL THEN
+            RETURN;
+        END IF;
+        EXIT WHEN attempt = 2;
+        SELECT s.id INTO v_id FROM gn2pg.source s WHERE s.name = p_source FOR NO KEY UPDATE SKIP LOCKED;
+        IF v_id IS NULL THEN
+            busy_status := CASE WHEN EXISTS (SELECT 1 FROM gn2pg.source s WHERE s.name = p_source)
+                                THEN 'locked' ELSE 'missing' END;
+            RETURN;
+        END IF;
+    END LOOP;
+    source_id := v_id;
+END
+$$;
+COMMENT ON FUNCTION gn2pg._claim_source(text) IS
+    'Locks the registry row of an idle source for this transaction (source_id), or says what keeps it busy.';
 
 -- Key ranges of a run loaded by several background workers (option workers > 1): one row per
 -- range, with its position; the run's checkpoint is derived from these rows.
@@ -187,7 +275,7 @@ $$;
 -- PG 15 has no @extschema:postgis@: pin the function's search_path to wherever PostGIS lives.
 DO $$
 BEGIN
-    EXECUTE format('ALTER FUNCTION gn2pg._parse_geometry(jsonb, text) SET search_path = pg_catalog, %I',
+    EXECUTE format('ALTER FUNCTION gn2pg._parse_geometry(jsonb, text) SET search_path = pg_catalog, %I, pg_temp',
                    (SELECT n.nspname FROM pg_catalog.pg_extension e
                       JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                      WHERE e.extname = 'postgis'));

@@ -29,6 +29,9 @@ struct Pending {
     id: i64,
     payload: String,
     url: Option<String>,
+    /// The source's own webhook was registered by a role that is not a superuser: it must
+    /// still be allowed by gn2pg.allowed_hosts when it is used.
+    restricted: bool,
 }
 
 /// Claims up to BATCH events waiting for their webhook (or stuck in `sending` for ten minutes:
@@ -42,13 +45,15 @@ fn claim() -> Result<Vec<Pending>, String> {
                      OR (e.webhook_state = 'sending' AND e.webhook_at < now() - interval '10 minutes')
                   ORDER BY e.id LIMIT $1 FOR UPDATE SKIP LOCKED)
              UPDATE gn2pg.alert_event e SET webhook_state = 'sending', webhook_at = now()
-               FROM c WHERE e.id = c.id
-             RETURNING e.id, e.payload::text,
-                       (SELECT nullif(k.alert_webhook, '')
-                          FROM gn2pg.alert a
+               FROM c LEFT JOIN LATERAL (
+                        SELECT nullif(k.alert_webhook, '') AS url, s.restricted
+                          FROM gn2pg.alert_event x
+                          JOIN gn2pg.alert a ON a.id = x.alert_id
                           JOIN gn2pg.source s ON s.name = a.source
                           JOIN gn2pg.source_secret k ON k.source_id = s.id
-                         WHERE a.id = e.alert_id)",
+                         WHERE x.id = c.id) w ON true
+              WHERE e.id = c.id
+             RETURNING e.id, e.payload::text, w.url, coalesce(w.restricted, false)",
             None,
             &[BATCH.into()],
         )?;
@@ -58,6 +63,7 @@ fn claim() -> Result<Vec<Pending>, String> {
                 id: r.get::<i64>(1)?.unwrap_or_default(),
                 payload: r.get::<String>(2)?.unwrap_or_default(),
                 url: r.get::<String>(3)?,
+                restricted: r.get::<bool>(4)?.unwrap_or(false),
             });
         }
         out.sort_by_key(|p| p.id);
@@ -163,10 +169,20 @@ pub fn deliver_pending() {
             return;
         }
         for p in batch {
+            // The source's own webhook, checked against gn2pg.allowed_hosts as it is now; the
+            // default one is a superuser's setting.
+            let refused = match (&p.url, p.restricted) {
+                (Some(u), true) => match url::Url::parse(u) {
+                    Ok(u) => crate::access::host_refusal(&u, "alert_webhook"),
+                    Err(_) => Some("alert_webhook is not a valid URL".to_string()),
+                },
+                _ => None,
+            };
             let url = p.url.clone().or_else(|| default_url.clone());
             let (state, attempts, error) = match (&url, stopping()) {
                 (_, true) => ("pending", 0, None),
                 (None, _) => ("failed", 0, Some("no webhook configured any more".to_string())),
+                (Some(_), _) if refused.is_some() => ("failed", 0, refused.clone()),
                 (Some(url), _) => {
                     if http.is_none() {
                         http = Some(match client(timeout) {
@@ -231,11 +247,17 @@ pub fn after_run() {
     }
 }
 
-/// `gn2pg_check_flows()`: raises `stale` alerts, then has their webhooks sent after commit.
+/// `gn2pg_check_flows()`: closes runs whose worker is gone (`abandoned`), raises `stale`
+/// alerts, then has their webhooks sent after commit.
 /// Returns the number of alerts raised.
 pub fn check_flows() -> i32 {
     crate::access::require(crate::access::OPERATOR, "gn2pg_check_flows()");
     crate::access::as_owner(|| {
+        // Runs whose worker is gone (killed, or unable to record their end) are closed first:
+        // each raises an 'abandoned' alert.
+        if let Err(e) = crate::store::abandon_dead_runs(None, None) {
+            pgrx::warning!("gn2pg: cannot close the runs whose worker is gone: {e}");
+        }
         let raised = Spi::get_one::<i32>("SELECT gn2pg._check_stale()").ok().flatten().unwrap_or(0);
         let pending =
             Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM gn2pg.alert_event WHERE webhook_state = 'pending')")
@@ -260,6 +282,7 @@ pub extern "C-unwind" fn gn2pg_alert_worker(_arg: pg_sys::Datum) {
     let mut parts = extra.split(' ').map(|s| s.parse::<u32>().unwrap_or(0));
     let (db, user, xid) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
+    crate::access::confine_worker();
     if !crate::worker::launcher_committed(xid) {
         return;
     }

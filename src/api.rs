@@ -12,17 +12,58 @@ use pgrx::{function_name, JsonB, PgLogLevel, PgSqlErrorCode};
 
 use crate::access::{self, ADMIN, OPERATOR};
 use crate::run::Requested;
-use crate::source::config::{api_root, auth_from_parts, SourceOptions};
+use crate::source::config::{api_root, auth_from_parts, SourceConfig, SourceOptions};
+use crate::store::{self, Busy};
 use crate::worker;
 
 /// Raises an ERROR with a SQLSTATE, a message and a hint, PostGIS-style.
 fn raise(code: PgSqlErrorCode, msg: String, hint: Option<&str>) -> ! {
+    raise_with_detail(code, msg, None, hint)
+}
+
+fn raise_with_detail(code: PgSqlErrorCode, msg: String, detail: Option<&str>, hint: Option<&str>) -> ! {
     let mut r = ErrorReport::new(code, msg, function_name!());
+    if let Some(d) = detail {
+        r = r.set_detail(d);
+    }
     if let Some(h) = hint {
         r = r.set_hint(h);
     }
     r.report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
+}
+
+/// Refuses a start (or a removal) of a busy source: an ERROR of the calling statement, no run
+/// recorded, so the next run's mode and the alerts are as if nothing had happened.
+fn refuse_busy(source: &str, busy: Busy) -> ! {
+    match busy {
+        Busy::Run { id, status, pid, since } => {
+            let pid = pid.map_or("?".to_string(), |p| p.to_string());
+            let detail = if status == "pending" {
+                format!(
+                    "Run {id} is pending since {since} (worker process {pid}): it starts when the transaction that launched it commits."
+                )
+            } else {
+                format!("Run {id} is running in worker process {pid} since {since}.")
+            };
+            raise_with_detail(
+                PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+                format!("gn2pg: source \"{source}\" is being harvested by run {id}"),
+                Some(&detail),
+                Some(&format!("Wait for it to end, or stop it with SELECT gn2pg_cancel({id});")),
+            )
+        }
+        Busy::Locked => raise(
+            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+            format!("gn2pg: source \"{source}\" is being started, changed or removed by another transaction"),
+            Some("Try again when that transaction has ended."),
+        ),
+        Busy::Missing => raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("gn2pg: source \"{source}\" does not exist"),
+            Some("Register it with gn2pg_add_source(); SELECT name FROM gn2pg.source lists the sources."),
+        ),
+    }
 }
 
 fn spi<T>(r: Result<T, pgrx::spi::Error>) -> T {
@@ -45,6 +86,22 @@ pub(crate) fn check_name(name: &str) {
 fn source_exists(name: &str) -> bool {
     spi(Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM gn2pg.source WHERE name = $1)", &[name.into()]))
         .unwrap_or(false)
+}
+
+/// After a package upgrade the library is new but the database objects are not, until
+/// ALTER EXTENSION: say so rather than fail on a missing function.
+fn require_current_schema() {
+    let installed = spi(store::extension_version()).unwrap_or_default();
+    if installed != env!("CARGO_PKG_VERSION") {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "gn2pg: the gn2pg library is version {} but this database has gn2pg {installed}: run ALTER EXTENSION gn2pg UPDATE",
+                env!("CARGO_PKG_VERSION")
+            ),
+            Some("ALTER EXTENSION gn2pg UPDATE; brings this database's gn2pg objects to the library's version."),
+        );
+    }
 }
 
 pub(crate) fn require_source(name: &str) {
@@ -71,6 +128,7 @@ pub fn add_source(
     alert_webhook: Option<&str>,
 ) -> i32 {
     access::require(ADMIN, "gn2pg_add_source()");
+    access::pinned(require_current_schema);
     check_name(name);
     let bad = |m: String, hint: Option<&str>| -> ! { raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, m, hint) };
     let api = api_root(url).unwrap_or_else(|e| {
@@ -102,8 +160,19 @@ pub fn add_source(
             Some("Run ALTER EXTENSION gn2pg UPDATE first."),
         );
     }
-    // Only a superuser, or a host gn2pg.allowed_hosts lists, may make the server send requests.
+    let cfg = SourceConfig { name: name.into(), api_root: api.clone(), export_id, auth: auth.clone(), options: parsed };
+    cfg.check_transport().unwrap_or_else(|e| {
+        bad(
+            format!("gn2pg: source \"{name}\": {e}"),
+            Some(
+                "Credentials over plain http can be read by anyone on the way. Prefer the https:// URL of the source.",
+            ),
+        )
+    });
+    // Only a superuser, or a host gn2pg.allowed_hosts lists, may make the server send requests;
+    // the list is checked again before every run of a source a non-superuser registered.
     access::check_host(&api, "source URL");
+    let restricted = !access::is_superuser();
     let webhook = alert_webhook.map(str::trim).filter(|s| !s.is_empty());
     if let Some(w) = webhook {
         let u = url::Url::parse(w)
@@ -112,7 +181,9 @@ pub fn add_source(
             .unwrap_or_else(|| bad(format!("gn2pg: source \"{name}\": alert_webhook is not an http(s) URL"), None));
         access::check_host(&u, "alert_webhook");
     }
-    access::as_owner(|| store_source(name, &api, export_id, auth.kind(), options, login, password, token, webhook))
+    access::as_owner(|| {
+        store_source(name, &api, export_id, auth.kind(), options, login, password, token, webhook, restricted)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -126,15 +197,21 @@ fn store_source(
     password: Option<&str>,
     token: Option<&str>,
     webhook: Option<&str>,
+    restricted: bool,
 ) -> i32 {
+    // A gn2pg_harvest call keeps the source's row locked while its run goes on: say so rather
+    // than wait for it to end.
+    if spi(store::row_taken(name)) {
+        refuse_busy(name, spi(store::active_run(name, None)).unwrap_or(Busy::Locked));
+    }
     let id = spi(Spi::get_one_with_args::<i32>(
-        "INSERT INTO gn2pg.source (name, url, export_id, auth, options)
-         VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO gn2pg.source (name, url, export_id, auth, options, restricted)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (name) DO UPDATE
             SET url = EXCLUDED.url, export_id = EXCLUDED.export_id, auth = EXCLUDED.auth,
-                options = EXCLUDED.options, updated_at = now()
+                options = EXCLUDED.options, restricted = EXCLUDED.restricted, updated_at = now()
          RETURNING id",
-        &[name.into(), api.as_str().into(), export_id.into(), kind.into(), JsonB(options).into()],
+        &[name.into(), api.as_str().into(), export_id.into(), kind.into(), JsonB(options).into(), restricted.into()],
     ))
     .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "gn2pg: source row not returned".into(), None));
     spi(Spi::run_with_args(
@@ -157,17 +234,6 @@ fn destination_installed() -> bool {
         .unwrap_or(false)
 }
 
-/// A run is active if its row says so and its worker is still alive.
-fn active_run(name: &str) -> Option<i64> {
-    spi(Spi::get_one_with_args::<i64>(
-        "SELECT max(r.id) FROM gn2pg.run_log r
-          WHERE r.source = $1 AND r.status = 'running'
-            AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
-                         WHERE a.pid = r.worker_pid AND a.backend_type = 'gn2pg harvest')",
-        &[name.into()],
-    ))
-}
-
 pub fn remove_source(name: &str, drop_data: bool) -> bool {
     access::require(ADMIN, "gn2pg_remove_source()");
     check_name(name);
@@ -179,12 +245,10 @@ fn remove_source_owned(name: &str, drop_data: bool) -> bool {
         pgrx::notice!("gn2pg: source \"{name}\" does not exist, nothing removed");
         return false;
     }
-    if let Some(run) = active_run(name) {
-        raise(
-            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
-            format!("gn2pg: source \"{name}\" is being harvested by run {run}"),
-            Some(&format!("Stop it with SELECT gn2pg_cancel({run}); or wait for it to end.")),
-        );
+    // Its registry row stays locked until the end of this transaction: no run can start.
+    require_current_schema();
+    if let Err(busy) = spi(store::claim_source(name)) {
+        refuse_busy(name, busy);
     }
     // Its synthese rows need an explicit decision first (gn2pg_disable_destination).
     if destination_installed() {
@@ -224,7 +288,7 @@ pub(crate) fn parse_mode(mode: &str) -> Requested {
 }
 
 fn next_run_id() -> i64 {
-    spi(Spi::get_one::<i64>("SELECT nextval('gn2pg.run_log_id_seq')")).unwrap_or(0)
+    spi(Spi::get_one::<i64>("SELECT pg_catalog.nextval('gn2pg.run_log_id_seq')")).unwrap_or(0)
 }
 
 fn start_worker(
@@ -248,8 +312,14 @@ pub fn harvest(source: &str, mode: &str) -> JsonB {
 }
 
 fn harvest_owned(source: &str, mode: &str) -> JsonB {
+    require_current_schema();
     require_source(source);
-    let requested = parse_mode(mode);
+    parse_mode(mode);
+    // The source's registry row stays locked by this transaction until the run ends (the
+    // worker cannot see an uncommitted pending row, and must not wait for this transaction).
+    if let Err(busy) = spi(store::claim_source(source)) {
+        refuse_busy(source, busy);
+    }
     let run_id = next_run_id();
     let w = start_worker(run_id, source, mode, false);
     if let Err(e) = worker::wait(w) {
@@ -259,12 +329,15 @@ fn harvest_owned(source: &str, mode: &str) -> JsonB {
             None,
         );
     }
-    let _ = requested;
     let row = spi(Spi::get_one_with_args::<JsonB>(
-        "SELECT (SELECT to_jsonb(r) FROM gn2pg.run_log r WHERE r.id = $1)",
+        "SELECT (SELECT pg_catalog.to_jsonb(r) FROM gn2pg.run_log r WHERE r.id = $1)",
         &[run_id.into()],
     ));
     let Some(row) = row else {
+        // The worker records nothing when another run took the source first.
+        if let Some(busy) = spi(store::active_run(source, None)) {
+            refuse_busy(source, busy);
+        }
         raise(
             PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
             format!("gn2pg: run {run_id} of \"{source}\" left no trace in gn2pg.run_log"),
@@ -272,11 +345,20 @@ fn harvest_owned(source: &str, mode: &str) -> JsonB {
         );
     };
     let status = row.0.get("status").and_then(|s| s.as_str()).unwrap_or("").to_string();
+    let hint = format!(
+        "SELECT * FROM gn2pg.run_log WHERE id = {run_id}; SELECT * FROM gn2pg.run_error WHERE run_id = {run_id};"
+    );
+    if status == "running" {
+        raise(
+            PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+            format!("gn2pg: run {run_id} of source \"{source}\" ended without recording its end"),
+            Some(&format!(
+                "See the server log. The next run of the source or gn2pg_check_flows() marks it abandoned. {hint}"
+            )),
+        );
+    }
     if status != "success" {
         let why = row.0.get("error").and_then(|s| s.as_str()).unwrap_or("no error recorded").to_string();
-        let hint = format!(
-            "SELECT * FROM gn2pg.run_log WHERE id = {run_id}; SELECT * FROM gn2pg.run_error WHERE run_id = {run_id};"
-        );
         raise(
             PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
             format!("gn2pg: harvest of source \"{source}\" {status} (run {run_id}): {why}"),
@@ -286,14 +368,32 @@ fn harvest_owned(source: &str, mode: &str) -> JsonB {
     row
 }
 
+/// Launches a run that starts when this transaction commits: claims the source, closes its
+/// runs whose worker is gone, starts the worker and records the run as pending. Err: what keeps
+/// the source busy (nothing launched).
+fn launch_pending(source: &str, mode: &str) -> Result<i64, Busy> {
+    require_current_schema();
+    let source_id = spi(store::claim_source(source))?;
+    spi(store::abandon_dead_runs(Some(source), None));
+    let run_id = next_run_id();
+    let w = start_worker(run_id, source, mode, true);
+    let pid = worker::wait_until_connected(&w).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+            format!("gn2pg: cannot start the harvest of \"{source}\": {e}"),
+            None,
+        )
+    });
+    spi(store::insert_pending(run_id, source, source_id, parse_mode(mode).label(), pid));
+    Ok(run_id)
+}
+
 pub fn harvest_async(source: &str, mode: &str) -> i64 {
     access::require(OPERATOR, "gn2pg_harvest_async()");
     access::as_owner(|| {
         require_source(source);
         parse_mode(mode);
-        let run_id = next_run_id();
-        start_worker(run_id, source, mode, true);
-        run_id
+        launch_pending(source, mode).unwrap_or_else(|busy| refuse_busy(source, busy))
     })
 }
 
@@ -305,30 +405,22 @@ pub fn harvest_scheduled(source: &str, mode: &str) -> Option<i64> {
     access::as_owner(|| {
         require_source(source);
         parse_mode(mode);
-        let (id, enabled) = Spi::connect(|c| {
-            let r =
-                c.select("SELECT id, enabled FROM gn2pg.source WHERE name = $1", Some(1), &[source.into()])?.first();
-            Ok::<_, pgrx::spi::Error>((r.get::<i32>(1)?.unwrap_or(0), r.get::<bool>(2)?.unwrap_or(true)))
-        })
-        .unwrap_or((0, false));
+        let enabled = spi(Spi::get_one_with_args::<bool>(
+            "SELECT (SELECT enabled FROM gn2pg.source WHERE name = $1)",
+            &[source.into()],
+        ))
+        .unwrap_or(false);
         if !enabled {
             pgrx::log!("gn2pg: scheduled harvest of \"{source}\" skipped: the source is disabled");
             return None;
         }
-        // The engine's own per-source lock, tried and released at once: free means no run holds it.
-        let free = spi(Spi::get_one_with_args::<bool>(
-            "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('gn2pg.source'), $1)
-                    AND pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('gn2pg.source'), $1)",
-            &[id.into()],
-        ))
-        .unwrap_or(false);
-        if !free {
-            pgrx::log!("gn2pg: scheduled harvest of \"{source}\" skipped: a run is still going on");
-            return None;
+        match launch_pending(source, mode) {
+            Ok(run_id) => Some(run_id),
+            Err(busy) => {
+                pgrx::log!("gn2pg: scheduled harvest of \"{source}\" skipped: it is busy ({busy:?})");
+                None
+            }
         }
-        let run_id = next_run_id();
-        start_worker(run_id, source, mode, true);
-        Some(run_id)
     })
 }
 
@@ -338,16 +430,24 @@ pub fn cancel(run_id: i64) -> bool {
 }
 
 fn cancel_owned(run_id: i64) -> bool {
+    spi(Spi::run("SELECT pg_catalog.pg_stat_clear_snapshot()"));
     let pid = spi(Spi::get_one_with_args::<i32>(
         "SELECT (SELECT r.worker_pid FROM gn2pg.run_log r
-                  WHERE r.id = $1 AND r.status = 'running'
-                    AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
-                                 WHERE a.pid = r.worker_pid AND a.backend_type = 'gn2pg harvest'))",
+                  WHERE r.id = $1 AND r.status IN ('pending', 'running')
+                    AND gn2pg._run_alive(r.worker_pid, r.started_at))",
         &[run_id.into()],
     ));
     match pid {
-        Some(pid) => spi(Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_terminate_backend($1)", &[pid.into()]))
-            .unwrap_or(false),
+        Some(pid) => {
+            // A pending run never gets to record its end: record it here.
+            spi(Spi::run_with_args(
+                "UPDATE gn2pg.run_log SET status = 'cancelled', finished_at = now(), error = 'cancelled before it started'
+                  WHERE id = $1 AND status = 'pending'",
+                &[run_id.into()],
+            ));
+            spi(Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_terminate_backend($1)", &[pid.into()]))
+                .unwrap_or(false)
+        }
         None => {
             pgrx::notice!("gn2pg: run {run_id} is not running");
             false

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use std::ffi::CString;
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 
 use crate::source::client::Limits;
 use crate::source::config::SourceOptions;
@@ -24,6 +24,8 @@ static ALERT_WEBHOOK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000)
 static ALERT_WEBHOOK_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// Minutes without a successful run after which a source is late. 0: never.
 static STALE_AFTER_MIN: GucSetting<i32> = GucSetting::<i32>::new(2 * 24 * 60);
+/// Harvest and part workers running at once in the cluster; -1: half of max_worker_processes.
+static MAX_HARVEST_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(-1);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -123,6 +125,17 @@ Empty (the default): only superusers may register URLs. Set it in postgresql.con
         GucContext::Suset,
         GucFlags::UNIT_MIN,
     );
+    GucRegistry::define_int_guc(
+        c"gn2pg.max_harvest_workers",
+        c"Most gn2pg harvest workers (runs and their parallel parts) running at once in the cluster.",
+        c"-1 (the default): half of max_worker_processes, leaving the rest to parallel query, pg_cron and others. \
+A start beyond it is refused with an error; a parallel run that would exceed it loads its key ranges in one worker.",
+        &MAX_HARVEST_WORKERS,
+        -1,
+        10_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
 }
 
 fn text(s: &GucSetting<Option<CString>>) -> String {
@@ -143,6 +156,15 @@ pub fn alert_webhook_timeout() -> Duration {
 
 pub fn alert_webhook_retries() -> u32 {
     ALERT_WEBHOOK_RETRIES.get().max(0) as u32
+}
+
+/// `gn2pg.max_harvest_workers`, with -1 resolved to half of max_worker_processes (at least 1).
+pub fn max_harvest_workers() -> i64 {
+    match MAX_HARVEST_WORKERS.get() {
+        // SAFETY: reads a postmaster-wide setting of this backend.
+        n if n < 0 => (unsafe { pg_sys::max_worker_processes } / 2).max(1) as i64,
+        n => n as i64,
+    }
 }
 
 pub fn stale_after_minutes() -> i32 {

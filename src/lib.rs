@@ -83,6 +83,27 @@ extension_sql_file!(
     ]
 );
 
+// Least privilege: no function of the extension is executable by PUBLIC unless
+// sql/operations.sql grants it to a gn2pg role, whatever file or module defines it.
+extension_sql!(
+    r#"
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT d.objid FROM pg_catalog.pg_depend d
+              WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.deptype = 'e'
+                AND d.refobjid = (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname = 'gn2pg')
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END
+$$;
+"#,
+    name = "revoke_public_execute",
+    finalize
+);
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();

@@ -18,7 +18,7 @@ use crate::guc;
 use crate::loader::{self, Loader, PageLoad, PageSpec};
 use crate::source::client::{CancelFlag, Host, Pipeline, SourceClient, Stats};
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
-use crate::source::error::redact_url;
+use crate::source::error::{redact_url, Scrubber};
 use crate::source::page::{parse_page, Fields, PageSummary, Shape};
 use crate::source::paging::{split_key_space, KeyRange, Pager, SeenKeys, Step};
 use crate::source::SourceError;
@@ -41,7 +41,7 @@ impl Requested {
             _ => None,
         }
     }
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Requested::Incremental => "incremental",
             _ => "full",
@@ -148,17 +148,32 @@ fn start_from_checkpoint(cp: &serde_json::Value) -> Option<Start> {
     cp.get("page_index").and_then(|p| p.as_u64()).filter(|p| *p > 0).map(Start::Page)
 }
 
+/// The source as the engine uses it, checked again before each run: transport rules, and
+/// `gn2pg.allowed_hosts` for sources registered by a role that is not a superuser (the list
+/// may have narrowed since).
 pub fn build_config(row: &store::SourceRow) -> Result<SourceConfig, SourceError> {
-    Ok(SourceConfig {
+    let cfg = SourceConfig {
         name: row.name.clone(),
         api_root: api_root(&row.url)?,
         export_id: row.export_id,
         auth: auth_from_parts(&row.auth, row.login.as_deref(), row.password.as_deref(), row.token.as_deref())?,
         options: SourceOptions::from_json(&row.options)?,
-    })
+    };
+    cfg.check_transport()?;
+    if row.restricted {
+        if let Some(why) = crate::access::host_refusal(&cfg.api_root, "source URL") {
+            return Err(SourceError::Config(format!(
+                "{why} (the list changed since the source was registered by a role that is not a superuser); \
+                 a superuser can allow it there, or register the source again"
+            )));
+        }
+    }
+    Ok(cfg)
 }
 
-fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String> {
+/// Ok(None): the run does not start and leaves no record (another run holds the source, or it
+/// was cancelled before it started).
+fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Option<Setup>, String> {
     // Items are turned into jsonb from their UTF-8 text in Rust (encode::jsonb).
     // SAFETY: reads a backend-global set at connection.
     if unsafe { pg_sys::GetDatabaseEncoding() } != pg_sys::pg_enc::PG_UTF8 as i32 {
@@ -179,18 +194,14 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String>
         return Err(format!("source \"{name}\" is disabled"));
     }
     let cfg = build_config(&row).map_err(|e| format!("source \"{name}\": {e}"))?;
-    if !store::try_lock_source(row.id).map_err(spi_err)? {
-        let holder = store::running_run(name, run_id).map_err(spi_err)?;
-        return Err(match holder {
-            Some((id, pid)) => format!(
-                "source \"{name}\" is already being harvested by run {id} (pid {}); \
-                 wait for it or stop it with gn2pg_cancel({id})",
-                pid.map_or("?".into(), |p| p.to_string())
-            ),
-            None => format!("source \"{name}\" is already being harvested by another run"),
-        });
+    // The launcher claimed the source (api.rs): this run is pending, or the caller of
+    // gn2pg_harvest keeps the source's registry row until the run ends. Runs whose worker is
+    // gone are closed first; a live one means a launch raced this one (nothing is recorded).
+    store::abandon_dead_runs(Some(name), Some(run_id)).map_err(spi_err)?;
+    if let Some(store::Busy::Run { id, .. }) = store::active_run(name, Some(run_id)).map_err(spi_err)? {
+        pgrx::log!("gn2pg: run {run_id} of source \"{name}\" not started: run {id} holds the source");
+        return Ok(None);
     }
-    store::mark_abandoned(name, run_id).map_err(spi_err)?;
     // Mappings changed since the last remap move already harvested rows first.
     let remapped = store::remap_if_pending(name).map_err(spi_err)?;
     if remapped > 0 {
@@ -230,7 +241,7 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String>
         PagingMode::Keyset => "keyset",
         PagingMode::Offset => "offset",
     };
-    store::begin_run(&RunStart {
+    let started = store::begin_run(&RunStart {
         run_id,
         resumed_from,
         source: name,
@@ -240,14 +251,19 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Setup, String>
         since: since.as_deref(),
     })
     .map_err(spi_err)?;
+    if !started {
+        pgrx::log!("gn2pg: run {run_id} of source \"{name}\" was cancelled before it started");
+        return Ok(None);
+    }
     let postgis = store::postgis_schema().map_err(|_| "PostGIS is not installed in this database".to_string())?;
-    Ok(Setup { cfg, mode, since, postgis, start })
+    Ok(Some(Setup { cfg, mode, since, postgis, start }))
 }
 
 /// Entry point of a harvest worker once connected to its database.
 pub fn execute(run_id: i64, name: &str, requested: Requested) {
     let setup = match tx(|| setup(run_id, name, requested)) {
-        Ok(s) => s,
+        Ok(Some(s)) => s,
+        Ok(None) => return,
         Err(msg) => {
             if let Err(e) = tx(|| store::record_failed_start(run_id, name, requested.label(), &msg).map_err(spi_err)) {
                 pgrx::warning!("gn2pg: run {run_id} of source \"{name}\" failed ({msg}) and could not be logged: {e}");
@@ -261,7 +277,7 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
     let mut client = match SourceClient::new(setup.cfg.clone(), limits) {
         Ok(c) => c,
         Err(e) => {
-            finish(run_id, name, Err(Stop::from(e)), Stats::default());
+            finish(run_id, name, Err(Stop::from(e)), Stats::default(), &Scrubber::default());
             return;
         }
     };
@@ -273,7 +289,7 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
             .map_err(|e| Stop::Failed(format!("GeoNature destination: {e}"))),
         None => Ok(()),
     });
-    finish(run_id, name, result, totals.sum(&client.stats));
+    finish(run_id, name, result, totals.sum(&client.stats), &client.scrubber());
 }
 
 /// Entry point of a part worker of a parallel run: loads its key range, records its end.
@@ -288,30 +304,34 @@ pub fn execute_part(run_id: i64, part: i32, name: &str) {
             .ok_or_else(|| format!("run {run_id} has no part {part}"))?;
         Ok(Setup { cfg, mode: Mode::Full, since: None, postgis, start: Start::Ranges(vec![range]) })
     });
+    let mut scrubber = Scrubber::default();
     let result = match prepared {
         Err(m) => Err(Stop::Failed(m)),
         Ok(setup) => match SourceClient::new(setup.cfg.clone(), guc::limits(&setup.cfg.options)) {
             Err(e) => Err(Stop::from(e)),
             Ok(mut client) => {
-                harvest(run_id, &setup, &mut client, &WorkerHost, &mut Totals::default(), Role::Part(part))
+                let r = harvest(run_id, &setup, &mut client, &WorkerHost, &mut Totals::default(), Role::Part(part));
+                scrubber = client.scrubber();
+                r
             }
         },
     };
     let (status, error) = match result {
         Ok(()) => ("success", None),
-        Err(Stop::Cancelled(m)) => ("cancelled", Some(m)),
-        Err(Stop::Failed(m)) => ("failed", Some(m)),
+        Err(Stop::Cancelled(m)) => ("cancelled", Some(scrubber.scrub(&m))),
+        Err(Stop::Failed(m)) => ("failed", Some(scrubber.scrub(&m))),
     };
     if let Err(e) = tx(|| store::finish_part(run_id, part, status, error.as_deref()).map_err(spi_err)) {
         pgrx::warning!("gn2pg: could not record the end of part {part} of run {run_id}: {e}");
     }
 }
 
-fn finish(run_id: i64, name: &str, result: Result<(), Stop>, stats: Stats) {
+/// Records the end of a run; its error goes through `scrubber` (the source's secrets).
+fn finish(run_id: i64, name: &str, result: Result<(), Stop>, stats: Stats, scrubber: &Scrubber) {
     let (status, error) = match result {
         Ok(()) => ("success", None),
-        Err(Stop::Cancelled(m)) => ("cancelled", Some(m)),
-        Err(Stop::Failed(m)) => ("failed", Some(format!("source \"{name}\": {m}"))),
+        Err(Stop::Cancelled(m)) => ("cancelled", Some(scrubber.scrub(&m))),
+        Err(Stop::Failed(m)) => ("failed", Some(scrubber.scrub(&format!("source \"{name}\": {m}")))),
     };
     let s = stats;
     let recorded = tx(|| {
@@ -320,6 +340,12 @@ fn finish(run_id: i64, name: &str, result: Result<(), Stop>, stats: Stats) {
     });
     if let Err(e) = recorded {
         pgrx::warning!("gn2pg: could not record the end of run {run_id}: {e}");
+        // What can still be recorded; if even this fails, the run stays 'running' with a
+        // worker that is gone, and the next run or gn2pg_check_flows() marks it abandoned.
+        let why = format!("the end of the run could not be recorded ({e}); it ended {status}");
+        if let Err(e) = tx(|| store::finish_run_minimal(run_id, status, &why).map_err(spi_err)) {
+            pgrx::warning!("gn2pg: run {run_id} stays 'running' until it is marked abandoned: {e}");
+        }
     }
     // Alerts were recorded with the status (trigger on run_log); their webhooks go out now.
     crate::alert::after_run();
@@ -500,7 +526,9 @@ fn harvest(
         && !offset
         && o.workers > 1
         && ranges.len() > 1
-        && ranges.len() <= o.workers as usize;
+        && ranges.len() <= o.workers as usize
+        // gn2pg.max_harvest_workers leaves no room: this worker loads every range itself.
+        && worker::room_for_parts(ranges.len() - 1);
     let mut parts = Vec::new();
     let (ranges, part) = if parallel {
         tx(|| store::create_parts(run_id, &ranges).map_err(spi_err)).map_err(Stop::Failed)?;
@@ -533,8 +561,8 @@ fn harvest(
     };
     let (status, error) = match &result {
         Ok(()) => ("success", None),
-        Err(Stop::Cancelled(m)) => ("cancelled", Some(m.clone())),
-        Err(Stop::Failed(m)) => ("failed", Some(m.clone())),
+        Err(Stop::Cancelled(m)) => ("cancelled", Some(client.scrubber().scrub(m))),
+        Err(Stop::Failed(m)) => ("failed", Some(client.scrubber().scrub(m))),
     };
     let _ = tx(|| store::finish_part(run_id, 0, status, error.as_deref()).map_err(spi_err));
     result

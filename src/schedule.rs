@@ -76,6 +76,9 @@ fn cron_database() -> (String, pg_sys::Oid) {
     (db, oid)
 }
 
+/// Longest wait for the lock on cron.job before a schedule change gives up with an error.
+const CRON_LOCK_TIMEOUT: &str = "5s";
+
 // The mailbox: [state u32][request length u32][reply length u32][pad u32][request][reply].
 const HEADER: usize = 16;
 const HALF: usize = 8192;
@@ -171,9 +174,13 @@ fn cron_op(req: &Value) -> Result<Value, String> {
             "hint": "Run CREATE EXTENSION pg_cron; in the database named by cron.database_name.",
         }));
     }
-    // One gn2pg schedule change at a time, whatever the database: keeps one job per name.
-    Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('gn2pg:cron'))")
-        .map_err(|e| e.to_string())?;
+    // One gn2pg schedule change at a time, whatever the database: keeps one job per name. A
+    // lock on cron.job itself, not an advisory lock any role could hold to block this: only
+    // roles allowed to write cron.job (pg_cron users, in a transaction left open) conflict,
+    // and only for CRON_LOCK_TIMEOUT.
+    Spi::run(&format!("SET LOCAL lock_timeout = '{CRON_LOCK_TIMEOUT}'")).map_err(|e| e.to_string())?;
+    Spi::run("LOCK TABLE cron.job IN SHARE ROW EXCLUSIVE MODE").map_err(|e| e.to_string())?;
+    Spi::run("SET LOCAL lock_timeout = 0").map_err(|e| e.to_string())?;
     // Jobs of this name for this database, or for a database that was dropped since.
     let remove = "SELECT count(cron.unschedule(j.jobid))::bigint FROM cron.job j
                    WHERE j.jobname = $1::name
@@ -256,6 +263,7 @@ pub extern "C-unwind" fn gn2pg_cron_worker(arg: pg_sys::Datum) {
         serde_json::from_slice(std::slice::from_raw_parts(base.add(HEADER), len)).unwrap_or(Value::Null)
     };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
+    access::confine_worker();
     let answer =
         PgTryBuilder::new(std::panic::AssertUnwindSafe(|| BackgroundWorker::transaction(|| cron_op(&request))))
             .catch_others(|e| {
@@ -263,6 +271,14 @@ pub extern "C-unwind" fn gn2pg_cron_worker(arg: pg_sys::Datum) {
                 unsafe { pg_sys::AbortCurrentTransaction() };
                 use pg_sys::panic::CaughtError::*;
                 Err(match &e {
+                    PostgresError(r) | ErrorReport(r) | RustPanic { ereport: r, .. }
+                        if r.sql_error_code() == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE =>
+                    {
+                        format!(
+                            "another session kept cron.job locked for more than {CRON_LOCK_TIMEOUT} \
+                             (a pg_cron job change in a transaction left open?): try again"
+                        )
+                    }
                     PostgresError(r) | ErrorReport(r) | RustPanic { ereport: r, .. } => r.message().to_string(),
                 })
             })
@@ -347,11 +363,11 @@ fn current_database() -> String {
 /// `gn2pg_schedule`: creates or replaces the pg_cron job of a source; returns its job id.
 pub fn schedule(source: &str, expr: &str, mode: &str) -> i64 {
     access::require(access::ADMIN, "gn2pg_schedule()");
-    crate::api::require_source(source);
     crate::api::parse_mode(mode);
     let expr = check_schedule_expr(expr);
     let run_as = job_role();
     access::as_owner(|| {
+        crate::api::require_source(source);
         let command = Spi::get_one_with_args::<String>(
             "SELECT pg_catalog.format('SELECT public.gn2pg_harvest_scheduled(%L, %L)', $1::text, $2::text)",
             &[source.into(), mode.into()],

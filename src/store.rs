@@ -23,13 +23,16 @@ pub struct SourceRow {
     pub token: Option<String>,
     pub options: serde_json::Value,
     pub enabled: bool,
+    /// Registered (or last changed) by a role that is not a superuser: its URLs must stay
+    /// within `gn2pg.allowed_hosts`, checked before every run.
+    pub restricted: bool,
 }
 
 pub fn load_source(name: &str) -> SpiResult<Option<SourceRow>> {
     Spi::connect(|c| {
         let t = c.select(
             "SELECT s.id, s.name, s.url, s.export_id, s.auth, k.login, k.password, k.token,
-                    s.options, s.enabled
+                    s.options, s.enabled, s.restricted
                FROM gn2pg.source s LEFT JOIN gn2pg.source_secret k ON k.source_id = s.id
               WHERE s.name = $1",
             Some(1),
@@ -50,6 +53,7 @@ pub fn load_source(name: &str) -> SpiResult<Option<SourceRow>> {
             token: r.get::<String>(8)?,
             options: r.get::<pgrx::JsonB>(9)?.map(|j| j.0).unwrap_or(serde_json::json!({})),
             enabled: r.get::<bool>(10)?.unwrap_or(true),
+            restricted: r.get::<bool>(11)?.unwrap_or(true),
         }))
     })
 }
@@ -59,40 +63,96 @@ pub fn extension_version() -> SpiResult<Option<String>> {
     Spi::get_one::<String>("SELECT extversion::text FROM pg_catalog.pg_extension WHERE extname = 'gn2pg'")
 }
 
-/// Session-level advisory lock: one run per source at a time, released when the worker exits.
-pub fn try_lock_source(source_id: i32) -> SpiResult<bool> {
-    Ok(Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('gn2pg.source'), $1)",
-        &[source_id.into()],
-    )?
-    .unwrap_or(false))
+/// What keeps a source from being claimed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Busy {
+    /// A pending or running run whose worker is alive.
+    Run { id: i64, status: String, pid: Option<i32>, since: String },
+    /// Another transaction holds its registry row: it is launching a run, or changing or
+    /// removing the source.
+    Locked,
+    /// No such source.
+    Missing,
 }
 
-/// The run currently holding a source, for the "already running" message.
-pub fn running_run(source: &str, except: i64) -> SpiResult<Option<(i64, Option<i32>)>> {
+const SINCE: &str = "to_char(since AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS \"UTC\"')";
+
+fn busy_run(r: &pgrx::spi::SpiTupleTable) -> SpiResult<Option<Busy>> {
+    Ok(r.get::<i64>(1)?.map(|id| Busy::Run {
+        id,
+        status: r.get::<String>(2).ok().flatten().unwrap_or_default(),
+        pid: r.get::<i32>(3).ok().flatten(),
+        since: r.get::<String>(4).ok().flatten().unwrap_or_default(),
+    }))
+}
+
+/// The live pending or running run of a source other than `except`, if any.
+pub fn active_run(source: &str, except: Option<i64>) -> SpiResult<Option<Busy>> {
+    Spi::run("SELECT pg_catalog.pg_stat_clear_snapshot()")?;
     Spi::connect(|c| {
         let t = c.select(
-            "SELECT id, worker_pid FROM gn2pg.run_log
-              WHERE source = $1 AND status = 'running' AND id <> $2 ORDER BY id DESC LIMIT 1",
+            &format!("SELECT run_id, status, worker_pid, {SINCE} FROM gn2pg._active_run($1, $2)"),
             None,
             &[source.into(), except.into()],
         )?;
         if t.is_empty() {
             return Ok(None);
         }
-        let r = t.first();
-        Ok(Some((r.get::<i64>(1)?.unwrap_or_default(), r.get::<i32>(2)?)))
+        busy_run(&t.first())
     })
 }
 
-/// With the source lock held, any other 'running' run of it has lost its process.
-pub fn mark_abandoned(source: &str, except: i64) -> SpiResult<()> {
+/// Takes the registry row of an idle source until the end of the transaction (Ok: its id),
+/// or says what keeps it busy (gn2pg._claim_source). Nothing waits.
+pub fn claim_source(source: &str) -> SpiResult<Result<i32, Busy>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            &format!(
+                "SELECT busy_run, busy_status, busy_pid, {}, source_id FROM gn2pg._claim_source($1)",
+                SINCE.replace("since", "busy_since")
+            ),
+            None,
+            &[source.into()],
+        )?;
+        let r = t.first();
+        if let Some(b) = busy_run(&r)? {
+            return Ok(Err(b));
+        }
+        Ok(match (r.get::<i32>(5)?, r.get::<String>(2)?.as_deref()) {
+            (Some(id), _) => Ok(id),
+            (None, Some("missing")) => Err(Busy::Missing),
+            (None, _) => Err(Busy::Locked),
+        })
+    })
+}
+
+/// Whether another transaction holds the registry row of the source (false when there is no
+/// such source); otherwise this transaction shares it until its end, so that no run starts
+/// while the source is being changed.
+pub fn row_taken(source: &str) -> SpiResult<bool> {
+    Spi::connect_mut(|c| {
+        let exists = !c.select("SELECT 1 FROM gn2pg.source WHERE name = $1", None, &[source.into()])?.is_empty();
+        let shared =
+            c.update("SELECT 1 FROM gn2pg.source WHERE name = $1 FOR SHARE SKIP LOCKED", None, &[source.into()])?;
+        Ok(exists && shared.is_empty())
+    })
+}
+
+/// Marks abandoned the pending and running runs of a source (all sources: None) whose worker
+/// is gone, except `except`. Returns how many.
+pub fn abandon_dead_runs(source: Option<&str>, except: Option<i64>) -> SpiResult<i32> {
+    Spi::run("SELECT pg_catalog.pg_stat_clear_snapshot()")?;
+    Ok(Spi::get_one_with_args::<i32>("SELECT gn2pg._abandon_dead_runs($1, $2)", &[source.into(), except.into()])?
+        .unwrap_or(0))
+}
+
+/// Records a run launched in this transaction, before its worker takes it over: the source's
+/// one active run from now on (unique index), so a second launch is refused.
+pub fn insert_pending(run_id: i64, source: &str, source_id: i32, mode: &str, worker_pid: i32) -> SpiResult<()> {
     Spi::run_with_args(
-        "UPDATE gn2pg.run_log
-            SET status = 'abandoned', finished_at = now(),
-                error = coalesce(error, 'its worker process ended without finishing (killed or server restart)')
-          WHERE source = $1 AND status = 'running' AND id <> $2",
-        &[source.into(), except.into()],
+        "INSERT INTO gn2pg.run_log (id, source, source_id, mode, status, worker_pid, started_at)
+         VALUES ($1, $2, $3, $4, 'pending', $5, pg_catalog.clock_timestamp())",
+        &[run_id.into(), source.into(), source_id.into(), mode.into(), worker_pid.into()],
     )
 }
 
@@ -161,10 +221,19 @@ pub struct RunStart<'a> {
     pub since: Option<&'a str>,
 }
 
-pub fn begin_run(r: &RunStart) -> SpiResult<()> {
-    Spi::run_with_args(
-        "INSERT INTO gn2pg.run_log (id, source, source_id, mode, status, worker_pid, paging, since, resumed_from)
-         VALUES ($1, $2, $3, $4, 'running', pg_catalog.pg_backend_pid(), $5, $6, $7)",
+/// Starts a run: its pending row (launched asynchronously) becomes running, or a running row is
+/// created (gn2pg_harvest, whose caller cannot commit before the run ends). False: the pending
+/// row is no longer pending (cancelled before it started).
+pub fn begin_run(r: &RunStart) -> SpiResult<bool> {
+    Ok(Spi::get_one_with_args::<i64>(
+        "INSERT INTO gn2pg.run_log AS l (id, source, source_id, mode, status, worker_pid, paging, since, resumed_from)
+         VALUES ($1, $2, $3, $4, 'running', pg_catalog.pg_backend_pid(), $5, $6, $7)
+         ON CONFLICT (id) DO UPDATE
+            SET status = 'running', started_at = now(), worker_pid = EXCLUDED.worker_pid, mode = EXCLUDED.mode,
+                source_id = EXCLUDED.source_id, paging = EXCLUDED.paging, since = EXCLUDED.since,
+                resumed_from = EXCLUDED.resumed_from
+          WHERE l.status = 'pending'
+         RETURNING l.id",
         &[
             r.run_id.into(),
             r.source.into(),
@@ -174,7 +243,8 @@ pub fn begin_run(r: &RunStart) -> SpiResult<()> {
             r.since.into(),
             r.resumed_from.into(),
         ],
-    )
+    )?
+    .is_some())
 }
 
 pub fn postgis_schema() -> SpiResult<String> {
@@ -349,13 +419,22 @@ pub fn finish_run(
     )
 }
 
+/// The end of a run when `finish_run` failed: the status and why, nothing that could fail again.
+pub fn finish_run_minimal(run_id: i64, status: &str, error: &str) -> SpiResult<()> {
+    Spi::run_with_args(
+        "UPDATE gn2pg.run_log SET status = $2, error = $3, finished_at = now() WHERE id = $1",
+        &[run_id.into(), status.into(), error.into()],
+    )
+}
+
 /// A run that failed before it could start properly still gets its row, so the caller (and
 /// the operator reading run_log) sees why.
 pub fn record_failed_start(run_id: i64, source: &str, mode: &str, error: &str) -> SpiResult<()> {
     Spi::run_with_args(
         "INSERT INTO gn2pg.run_log (id, source, mode, status, finished_at, worker_pid, error)
          VALUES ($1, $2, $3, 'failed', now(), pg_catalog.pg_backend_pid(), $4)
-         ON CONFLICT (id) DO UPDATE SET status = 'failed', finished_at = now(), error = EXCLUDED.error",
+         ON CONFLICT (id) DO UPDATE SET status = 'failed', finished_at = now(), error = EXCLUDED.error
+          WHERE gn2pg.run_log.status IN ('pending', 'running')",
         &[run_id.into(), source.into(), mode.into(), error.into()],
     )
 }

@@ -10,12 +10,45 @@ use pgrx::prelude::*;
 
 use std::panic::AssertUnwindSafe;
 
+use crate::guc;
 use crate::run::{self, Requested};
+
+/// Harvest workers (runs and parts) running in the cluster now.
+fn harvest_workers_running() -> i64 {
+    let _ = Spi::run("SELECT pg_catalog.pg_stat_clear_snapshot()");
+    Spi::get_one::<i64>(
+        "SELECT count(*) FROM pg_catalog.pg_stat_activity
+          WHERE backend_type IN ('gn2pg harvest', 'gn2pg harvest part')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}
+
+/// Refuses a start that would exceed `gn2pg.max_harvest_workers`. Checked when launching:
+/// launches at the very same moment may each see room for themselves.
+fn check_worker_cap(more: i64) -> Result<(), String> {
+    let (running, max) = (harvest_workers_running(), guc::max_harvest_workers());
+    if running + more > max {
+        return Err(format!(
+            "{running} gn2pg harvest workers are running and gn2pg.max_harvest_workers is {max}: \
+             wait for runs to end, or raise gn2pg.max_harvest_workers (and max_worker_processes)"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `parts` more workers fit under `gn2pg.max_harvest_workers` (worker context, outside
+/// a transaction).
+pub fn room_for_parts(parts: usize) -> bool {
+    tx(|| Ok(check_worker_cap(parts as i64).is_ok())).unwrap_or(false)
+}
 
 /// Starts a harvest worker in the caller's database. With `wait_for_commit` the worker first waits for the caller's
 /// transaction to end, so that `BEGIN; gn2pg_add_source(...); gn2pg_harvest_async(...); COMMIT`
 /// works and a rolled-back launch does nothing.
 pub fn launch(run_id: i64, source: &str, mode: &str, wait_for_commit: bool) -> Result<DynamicBackgroundWorker, String> {
+    check_worker_cap(1)?;
     // SAFETY: reading backend globals of the current session.
     let (db, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
     // The worker runs as the extension's owner: it must read credentials that the calling role
@@ -65,8 +98,50 @@ fn start_worker(
         .ok()
 }
 
+/// Sleeps on this backend's latch for at most `ms` (the postmaster sets it when a worker this
+/// backend launched starts or stops).
+fn wait_latch(ms: i64) {
+    // SAFETY: standard latch wait on this backend's own latch.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// Waits until a launched worker has connected (it is then in pg_stat_activity, where other
+/// sessions see that its run is alive) and returns its pid.
+pub fn wait_until_connected(w: &DynamicBackgroundWorker) -> Result<i32, String> {
+    let pid = w.wait_for_startup().map_err(|s| format!("the worker did not start ({s:?})"))?;
+    // Bounded: a worker connects within milliseconds; 30 s means something is wrong.
+    for _ in 0..3000 {
+        let _ = Spi::run("SELECT pg_catalog.pg_stat_clear_snapshot()");
+        let seen = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = $1)",
+            &[pid.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        if seen {
+            return Ok(pid);
+        }
+        if w.pid().is_err() {
+            return Err("the worker stopped before it connected (see the server log)".into());
+        }
+        wait_latch(10);
+        pg_sys::check_for_interrupts!();
+    }
+    Err("the worker did not connect within 30 s".into())
+}
+
 /// Starts a part worker of a parallel run, from the run's own worker (same database and role).
 pub fn launch_part(run_id: i64, part: i32, source: &str) -> Result<DynamicBackgroundWorker, String> {
+    tx(|| check_worker_cap(1)).map_err(|e| format!("part {part}: {e}"))?;
     // SAFETY: reading backend globals of this worker.
     let (db, user, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetUserId(), pg_sys::MyProcPid) };
     let extra = format!("{} {} {} {}", u32::from(db), u32::from(user), part, source);
@@ -96,6 +171,7 @@ pub extern "C-unwind" fn gn2pg_part_worker(arg: pg_sys::Datum) {
     let (db, user, part) = (num(), num(), num());
     let source = parts.next().unwrap_or("").to_string();
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
+    crate::access::confine_worker();
     run::execute_part(run_id, part as i32, &source);
 }
 
@@ -110,16 +186,7 @@ pub fn wait(worker: DynamicBackgroundWorker) -> Result<(), String> {
             Err(BackgroundWorkerStatus::PostmasterDied) => return Err("the postmaster died".into()),
             _ => {}
         }
-        // SAFETY: standard latch wait on this backend's own latch.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                200,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
+        wait_latch(200);
         // SAFETY: reading sig_atomic_t flags of this process.
         let cancelled = unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 };
         if cancelled {
@@ -146,6 +213,7 @@ pub extern "C-unwind" fn gn2pg_harvest_worker(arg: pg_sys::Datum) {
     let mode = parts.next().and_then(Requested::parse).unwrap_or(Requested::Auto);
     let source = parts.next().unwrap_or("").to_string();
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
+    crate::access::confine_worker();
     if !launcher_committed(xid) {
         pgrx::log!("gn2pg: the launch of run {run_id} was rolled back; nothing to do");
         return;

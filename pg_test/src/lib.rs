@@ -1,7 +1,12 @@
 //! Test support for gn2pg.
 
+pub mod attack;
 pub mod canned;
 pub mod checks;
 pub mod db;
+pub mod echo;
 pub mod fixture;
 pub mod geonature;
+pub mod hook;
+pub mod roles;
+pub mod tls;

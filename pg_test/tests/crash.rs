@@ -12,7 +12,7 @@ fn harvest_async(db: &mut Client, source: &str, mode: &str) -> i64 {
 }
 
 fn finished(r: &serde_json::Value) -> bool {
-    r["status"] != "running"
+    !matches!(r["status"].as_str(), Some("pending" | "running"))
 }
 
 /// GN2PG leaves a killed run 'importing data' forever and starts over (§3.3 item 14).

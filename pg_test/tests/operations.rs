@@ -5,72 +5,18 @@
 //! Roles and pg_cron jobs belong to the whole cluster, unlike test databases: every test uses
 //! login roles and source names of its own and removes them, even when it fails.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gn2pg_pg_test::db::{connect, error_text, Client, NoTls, TestDb};
+use gn2pg_pg_test::db::{connect, error_text, Client, TestDb};
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer};
-use postgres::fallible_iterator::FallibleIterator;
+use gn2pg_pg_test::hook::{next_alert, Hook};
+use gn2pg_pg_test::roles::{allow_loopback_hosts, connect_as, unique, Roles};
 use serde_json::Value;
 
 const CRON_DB: &str = "gn2pg_cron";
 
 fn fixture(rows: u64) -> FixtureServer {
     FixtureServer::start(FixtureConfig { rows, ..Default::default() }).expect("fixture server starts")
-}
-
-/// A name unique in the cluster (source names become pg_cron job names, shared by databases).
-fn unique(prefix: &str) -> String {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst))
-}
-
-fn conn_string(db: &str, user: &str) -> String {
-    let host = std::env::var("GN2PG_TEST_PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
-    let port = std::env::var("GN2PG_TEST_PGPORT").unwrap_or_else(|_| "55432".into());
-    format!("host={host} port={port} user={user} dbname={db} connect_timeout=10")
-}
-
-/// A session as another role, keeping every NOTICE it receives.
-fn connect_as(db: &str, user: &str) -> (Client, Arc<Mutex<Vec<String>>>) {
-    let notices = Arc::new(Mutex::new(Vec::new()));
-    let sink = notices.clone();
-    let mut cfg: postgres::Config = conn_string(db, user).parse().unwrap();
-    cfg.notice_callback(move |n| sink.lock().unwrap().push(format!("{}: {}", n.severity(), n.message())));
-    let client = cfg.connect(NoTls).unwrap_or_else(|e| panic!("connect as {user}: {e}"));
-    (client, notices)
-}
-
-/// Login roles of one test, dropped at the end (declare it before the TestDb: it must be
-/// dropped after the database, which holds their privileges).
-#[derive(Default)]
-struct Roles(Vec<String>);
-
-impl Roles {
-    /// Creates login role `<unique>_<what>`, member of `member_of` (a gn2pg role, or none).
-    fn create(&mut self, what: &str, member_of: Option<&str>) -> String {
-        let name = unique(&format!("r{what}"));
-        let mut admin = connect("postgres");
-        admin.batch_execute(&format!("CREATE ROLE {name} LOGIN")).unwrap();
-        if let Some(m) = member_of {
-            admin.batch_execute(&format!("GRANT {m} TO {name}")).unwrap();
-        }
-        self.0.push(name.clone());
-        name
-    }
-}
-
-impl Drop for Roles {
-    fn drop(&mut self) {
-        let mut admin = connect("postgres");
-        for r in &self.0 {
-            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {r}"));
-        }
-    }
 }
 
 /// Unschedules a source at the end of a test, so that no job outlives its database.
@@ -94,97 +40,6 @@ fn cron_jobs(job: &str) -> Vec<(i64, String, String, String, String)> {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect()
-}
-
-/// `gn2pg.allowed_hosts` for the tests: 127.0.0.1 and localhost only. Cluster-wide, the same
-/// value for every test, so setting it again is harmless.
-fn allow_loopback_hosts() {
-    const WANT: &str = "127.0.0.1, localhost";
-    let mut admin = connect("postgres");
-    // PostgreSQL 15 accepts ALTER SYSTEM only for settings it knows: load the library first.
-    admin.batch_execute("LOAD 'gn2pg'").unwrap();
-    admin.batch_execute(&format!("ALTER SYSTEM SET gn2pg.allowed_hosts = '{WANT}'")).unwrap();
-    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut fresh = connect("postgres");
-        fresh.batch_execute("LOAD 'gn2pg'").unwrap();
-        let seen: String = fresh.query_one("SHOW gn2pg.allowed_hosts", &[]).unwrap().get(0);
-        if seen == WANT {
-            return;
-        }
-        assert!(Instant::now() < deadline, "gn2pg.allowed_hosts not reloaded: {seen:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A webhook receiver on 127.0.0.1: answers 500 to the first `fail_first` requests, then 200,
-/// and reports every request as (path, body, status answered).
-struct Hook {
-    base: String,
-    rx: Receiver<(String, String, u16)>,
-}
-
-impl Hook {
-    fn start(fail_first: usize) -> Hook {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", l.local_addr().unwrap());
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for (n, s) in l.incoming().enumerate() {
-                let Ok(s) = s else { return };
-                let mut r = BufReader::new(s);
-                let mut line = String::new();
-                if r.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                let mut len = 0usize;
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                    if let Some((k, v)) = h.split_once(':') {
-                        if k.eq_ignore_ascii_case("content-length") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                }
-                let mut body = vec![0; len];
-                let _ = r.read_exact(&mut body);
-                let status: u16 = if n < fail_first { 500 } else { 200 };
-                let reason = if status == 200 { "OK" } else { "Internal Server Error" };
-                let _ = r.get_mut().write_all(
-                    format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
-                );
-                if tx.send((path, String::from_utf8_lossy(&body).into_owned(), status)).is_err() {
-                    return;
-                }
-            }
-        });
-        Hook { base, rx }
-    }
-
-    /// The next request, within `secs` seconds.
-    fn next(&self, secs: u64) -> Option<(String, Value, u16)> {
-        self.rx
-            .recv_timeout(Duration::from_secs(secs))
-            .ok()
-            .map(|(p, b, s)| (p, serde_json::from_str(&b).unwrap_or(Value::Null), s))
-    }
-}
-
-/// The next `gn2pg_alert` notification payload of a listening session, within `secs` seconds.
-fn next_alert(listener: &mut Client, secs: u64) -> Option<Value> {
-    let mut n = listener.notifications();
-    let mut it = n.timeout_iter(Duration::from_secs(secs));
-    while let Ok(Some(note)) = it.next() {
-        if note.channel() == "gn2pg_alert" {
-            return Some(serde_json::from_str(note.payload()).unwrap());
-        }
-    }
-    None
 }
 
 fn harvest(db: &mut Client, source: &str) -> Result<Value, String> {
@@ -315,7 +170,7 @@ fn pg_cron_runs_a_scheduled_harvest() {
     let deadline = Instant::now() + Duration::from_secs(90);
     let run = loop {
         let r = c
-            .query_opt("SELECT id, status, rows_upserted FROM gn2pg.run_log WHERE source = $1 AND status <> 'running' ORDER BY id LIMIT 1", &[&src])
+            .query_opt("SELECT id, status, rows_upserted FROM gn2pg.run_log WHERE source = $1 AND status NOT IN ('pending', 'running') ORDER BY id LIMIT 1", &[&src])
             .unwrap();
         if let Some(r) = r {
             break (r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, i64>(2));
@@ -365,7 +220,7 @@ fn scheduled_runs_skip_a_source_that_is_still_running() {
     assert_eq!(flow(&mut c, "slow")["running_run_id"], first);
     // A manual run at the same time is refused by the engine, without an alert.
     let e = harvest(&mut c, "slow").unwrap_err();
-    assert!(e.contains("already being harvested"), "{e}");
+    assert!(e.contains("is being harvested by run"), "{e}");
     assert_eq!(count(&mut c, "SELECT count(*) FROM gn2pg.alert WHERE source = $1", "slow"), 0);
     while count(&mut c, "SELECT count(*) FROM gn2pg.run_log WHERE source = $1 AND status = 'running'", "slow") > 0 {
         assert!(Instant::now() < deadline + Duration::from_secs(30), "the first run did not end");

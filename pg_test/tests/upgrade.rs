@@ -78,7 +78,19 @@ fn an_old_schema_with_the_new_library_says_to_update_then_rows_are_rehashed_once
     let fx = FixtureServer::start(FixtureConfig { rows: 1500, ..Default::default() }).unwrap();
     let mut db = TestDb::empty("at_010", "");
     db.client.batch_execute("CREATE EXTENSION gn2pg VERSION '0.1.0' CASCADE").unwrap();
-    add_source(&mut db.client, "pub", &fx, 3, "public", "{}");
+    let e = db
+        .client
+        .execute("SELECT gn2pg_add_source('pub', $1, 3)", &[&fx.base_url()])
+        .map(|_| String::new())
+        .unwrap_or_else(|e| error_text(&e));
+    assert!(e.contains("this database has gn2pg 0.1.0: run ALTER EXTENSION gn2pg UPDATE"), "{e}");
+    // A source registered when 0.1.0 was current.
+    db.client
+        .execute(
+            "INSERT INTO gn2pg.source (name, url, export_id, auth) VALUES ('pub', $1 || '/api', 3, 'public')",
+            &[&fx.base_url()],
+        )
+        .unwrap();
     let e = harvest(&mut db.client, "pub", "full").unwrap_err();
     assert!(e.contains("this database has gn2pg 0.1.0: run ALTER EXTENSION gn2pg UPDATE"), "{e}");
 

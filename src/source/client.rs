@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
+use reqwest::cookie::{CookieStore, Jar};
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use serde::Deserialize;
 use url::Url;
 
 use super::config::{Auth, SourceConfig};
-use super::error::{redact_url, SourceError};
+use super::error::{redact_url, Scrubber, SourceError};
 
 /// What only the caller (a backend or a test) can do.
 pub trait Host {
@@ -81,6 +82,8 @@ pub struct SourceClient {
     cfg: SourceConfig,
     limits: Limits,
     http: Client,
+    /// The session cookies (shared by clones): their values are secrets too.
+    jar: Arc<Jar>,
     module_path: Option<String>,
     logged_in: bool,
     pub stats: Stats,
@@ -105,11 +108,21 @@ struct LogItem {
 
 impl SourceClient {
     pub fn new(cfg: SourceConfig, limits: Limits) -> Result<SourceClient, SourceError> {
+        let jar = Arc::new(Jar::default());
+        // Trusted: webpki's roots, the system's CA store, and the source's own CA if it has one
+        // (checked at registration). Certificates are always verified.
+        let extra_roots = match &cfg.options.ca_certificate {
+            Some(pem) => reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| SourceError::Config(format!("option ca_certificate: {e}")))?,
+            None => vec![],
+        };
         let http = with_signals_blocked(|| {
-            Client::builder()
+            extra_roots
+                .into_iter()
+                .fold(Client::builder(), |b, cert| b.add_root_certificate(cert))
                 .connect_timeout(limits.connect_timeout)
                 .timeout(limits.timeout)
-                .cookie_store(true)
+                .cookie_provider(jar.clone())
                 // A 302 to the front-end login page must be seen, not followed into HTML.
                 .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()
@@ -125,10 +138,26 @@ impl SourceClient {
             cfg,
             limits,
             http,
+            jar,
             logged_in: false,
             stats: Stats::default(),
             jitter_state: seed | 1,
         })
+    }
+
+    /// Masks this source's password or token and the values of its session cookies, for any
+    /// text about the source that gn2pg stores or sends (the server may echo them).
+    pub fn scrubber(&self) -> Scrubber {
+        let mut secrets: Vec<String> = match &self.cfg.auth {
+            Auth::Login { password, .. } => vec![password.clone()],
+            Auth::Token(t) => vec![t.clone()],
+            Auth::Public => vec![],
+        };
+        if let Some(cookies) = self.jar.cookies(&self.cfg.api_root) {
+            let cookies = cookies.to_str().unwrap_or_default();
+            secrets.extend(cookies.split(';').filter_map(|c| c.split_once('=')).map(|(_, v)| v.trim().to_string()));
+        }
+        Scrubber::new(secrets.iter().map(String::as_str))
     }
 
     /// Logs in (login sources) and finds the Export module prefix.
@@ -806,6 +835,25 @@ mod tests {
         let msg = err.to_string();
         assert!(matches!(err, SourceError::LoginRefused { status: 401, .. }), "{msg}");
         assert!(msg.contains("Invalid password") && !msg.contains("pw-xyz"), "{msg}");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn the_scrubber_masks_the_password_and_the_session_cookie_the_server_echoes() {
+        let login = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nSet-Cookie: token=jwt-abc.def; Path=/\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_string();
+        let echo = resp(
+            "500 INTERNAL SERVER ERROR",
+            "application/json",
+            r#"{"description":"bad session jwt-abc.def for harvester/pw-xyz-123"}"#,
+        );
+        let (url, h) = serve(vec![login, echo]);
+        let mut c = client(&url, Auth::Login { login: "harvester".into(), password: "pw-xyz-123".into() }, 0);
+        c.login(&NoSleep).unwrap();
+        let msg = c.fetch_export_page(&[], &NoSleep).unwrap_err().to_string();
+        assert!(msg.contains("jwt-abc.def") && msg.contains("pw-xyz-123"), "the server echoed them: {msg}");
+        let shown = c.scrubber().scrub(&msg);
+        assert!(!shown.contains("jwt-abc.def") && !shown.contains("pw-xyz-123"), "{shown}");
+        assert!(shown.contains("bad session"), "{shown}");
         h.join().unwrap();
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use url::Url;
 
-use super::error::SourceError;
+use super::error::{redact_params, SourceError};
 
 /// How the data API is reached (source-api.md §1.5).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +98,12 @@ pub struct SourceOptions {
     /// resolve (`nomenclature_unknown`: `reject`, the default, or `default`) is checked here and
     /// read by sql/destination.sql.
     pub destination: Option<Destination>,
+    /// Extra trust anchors for this source's TLS (PEM certificates, e.g. a private CA), on top
+    /// of the system's and webpki's roots. Verification stays on.
+    pub ca_certificate: Option<String>,
+    /// Accept sending the login or the token over plain http:// to a host that is not the
+    /// machine itself (they travel in clear).
+    pub allow_insecure_http: bool,
 }
 
 impl Default for SourceOptions {
@@ -126,6 +132,8 @@ impl Default for SourceOptions {
             metadata_export_id: None,
             metadata_key_column: "id_ca".into(),
             destination: None,
+            ca_certificate: None,
+            allow_insecure_http: false,
         }
     }
 }
@@ -155,6 +163,8 @@ const KNOWN_OPTIONS: &[&str] = &[
     "organism_id",
     "stale_after_hours",
     "metadata_export_id",
+    "ca_certificate",
+    "allow_insecure_http",
     "metadata_key_column",
     "destination",
     "nomenclature_unknown",
@@ -181,6 +191,40 @@ fn positive(opt: &str, v: &Value, max: u64) -> Result<u64, SourceError> {
     match v.as_u64() {
         Some(n) if n >= 1 && n <= max => Ok(n),
         _ => Err(SourceError::Config(format!("option {opt} must be an integer between 1 and {max}"))),
+    }
+}
+
+/// Largest `ca_certificate` accepted (a bundle of a few dozen certificates).
+const MAX_CA_BYTES: usize = 256 * 1024;
+
+/// Checks option `ca_certificate`: PEM text of one or more certificates, each usable as a
+/// trust anchor (what the TLS client will do with them at every run).
+fn ca_bundle(v: &Value) -> Result<String, SourceError> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |m: String| SourceError::Config(format!("option ca_certificate {m}"));
+    let pem = v.as_str().ok_or_else(|| bad("must be PEM text (-----BEGIN CERTIFICATE----- ...)".into()))?;
+    if pem.len() > MAX_CA_BYTES {
+        return Err(bad(format!("is longer than {MAX_CA_BYTES} bytes")));
+    }
+    let mut anchors = rustls::RootCertStore::empty();
+    for (i, cert) in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
+        let cert = cert.map_err(|e| bad(format!("is not valid PEM: {e:?}")))?;
+        anchors.add(cert).map_err(|e| bad(format!("certificate {} cannot be a trust anchor: {e}", i + 1)))?;
+    }
+    if anchors.is_empty() {
+        return Err(bad("holds no certificate (-----BEGIN CERTIFICATE----- block)".into()));
+    }
+    Ok(pem.to_string())
+}
+
+/// Whether a URL's host is this machine (127.0.0.0/8, ::1, localhost): plain http to it
+/// crosses no network.
+pub fn is_loopback(u: &Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.eq_ignore_ascii_case("localhost."),
+        None => false,
     }
 }
 
@@ -293,6 +337,12 @@ impl SourceOptions {
                         ));
                     }
                 }
+                "ca_certificate" => o.ca_certificate = Some(ca_bundle(val)?),
+                "allow_insecure_http" => {
+                    o.allow_insecure_http = val
+                        .as_bool()
+                        .ok_or_else(|| SourceError::Config("option allow_insecure_http must be true or false".into()))?
+                }
                 other => {
                     return Err(SourceError::Config(format!(
                         "unknown option {other:?} (known: {})",
@@ -315,19 +365,21 @@ impl SourceOptions {
 /// `https://host/geonature/api`.
 pub fn api_root(raw: &str) -> Result<Url, SourceError> {
     let raw = raw.trim();
-    let mut u = Url::parse(raw).map_err(|e| SourceError::Config(format!("url {raw:?} is not a valid URL: {e}")))?;
+    // Messages quote the URL: never with a secret it may carry.
+    let shown = redact_params(raw);
+    let mut u = Url::parse(raw).map_err(|e| SourceError::Config(format!("url {shown:?} is not a valid URL: {e}")))?;
     if u.scheme() != "http" && u.scheme() != "https" {
-        return Err(SourceError::Config(format!("url {raw:?} must use http or https")));
+        return Err(SourceError::Config(format!("url {shown:?} must use http or https")));
     }
     if u.host_str().is_none_or(|h| h.is_empty()) {
-        return Err(SourceError::Config(format!("url {raw:?} has no host")));
+        return Err(SourceError::Config(format!("url {shown:?} has no host")));
     }
     if !u.username().is_empty() || u.password().is_some() {
         return Err(SourceError::Config("url must not embed credentials: use login/password or token".into()));
     }
     if u.query().is_some() || u.fragment().is_some() {
         return Err(SourceError::Config(format!(
-            "url {raw:?} must not have a query or fragment: put filters in options.query"
+            "url {shown:?} must not have a query or fragment: put filters in options.query"
         )));
     }
     let path = u.path().trim_end_matches('/').to_string();
@@ -347,6 +399,25 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
+    /// Refuses credentials over plain http:// to another machine unless the source allows it
+    /// explicitly (checked at registration and before every run).
+    pub fn check_transport(&self) -> Result<(), SourceError> {
+        let credentials = !matches!(self.auth, Auth::Public);
+        if credentials
+            && self.api_root.scheme() == "http"
+            && !is_loopback(&self.api_root)
+            && !self.options.allow_insecure_http
+        {
+            return Err(SourceError::Config(format!(
+                "url {} is plain http:// and the source sends a {}: it would travel in clear; use https://, \
+                 or set option allow_insecure_http to true to accept that",
+                redact_params(self.api_root.as_str()),
+                if matches!(self.auth, Auth::Token(_)) { "token" } else { "login and password" }
+            )));
+        }
+        Ok(())
+    }
+
     /// URL of an API path (`gn_commons/modules`, `exports/api/3`, ...).
     pub fn endpoint(&self, path: &str) -> Url {
         let mut u = self.api_root.clone();
@@ -412,6 +483,13 @@ mod tests {
     fn api_root_rejects() {
         for raw in ["ftp://h/x", "not a url", "http://u:p@h/", "http://h/x?token=1"] {
             assert!(api_root(raw).is_err(), "{raw}");
+        }
+        // The refusal quotes the URL without the secrets it carries.
+        for raw in
+            ["http://h/x?token=s3cr3t", "http://h /x?api_key=s3cr3t", "ftp://h/x?password=s3cr3t", "http://u:s3cr3t@h/"]
+        {
+            let e = api_root(raw).unwrap_err().to_string();
+            assert!(!e.contains("s3cr3t"), "{e}");
         }
     }
 
@@ -504,6 +582,45 @@ mod tests {
             json!({"nomenclature_unknown": "default"}),
         ] {
             assert!(SourceOptions::from_json(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn credentials_over_plain_http_need_an_explicit_opt_in_except_to_this_machine() {
+        let cfg = |url: &str, auth: Auth, options: Value| SourceConfig {
+            name: "s".into(),
+            api_root: api_root(url).unwrap(),
+            export_id: 1,
+            auth,
+            options: SourceOptions::from_json(&options).unwrap(),
+        };
+        let token = || Auth::Token("t0k3n".into());
+        let e = cfg("http://geonature.example.org", token(), json!({})).check_transport().unwrap_err().to_string();
+        assert!(e.contains("plain http://") && e.contains("allow_insecure_http") && !e.contains("t0k3n"), "{e}");
+        let login = Auth::Login { login: "l".into(), password: "p".into() };
+        assert!(cfg("http://10.0.0.5:8080/gn", login, json!({})).check_transport().is_err());
+        assert!(cfg("http://geonature.example.org", token(), json!({"allow_insecure_http": true}))
+            .check_transport()
+            .is_ok());
+        assert!(cfg("https://geonature.example.org", token(), json!({})).check_transport().is_ok());
+        assert!(cfg("http://geonature.example.org", Auth::Public, json!({})).check_transport().is_ok());
+        for local in ["http://127.0.0.1:8765/gn", "http://127.3.2.1/gn", "http://[::1]:9/gn", "http://localhost:9/gn"] {
+            assert!(cfg(local, token(), json!({})).check_transport().is_ok(), "{local}");
+        }
+        assert!(SourceOptions::from_json(&json!({"allow_insecure_http": "yes"})).is_err());
+    }
+
+    #[test]
+    fn a_ca_certificate_must_be_pem_certificates() {
+        for bad in [
+            json!(12),
+            json!(""),
+            json!("not a certificate"),
+            json!("-----BEGIN CERTIFICATE-----\nnot base64 !!\n-----END CERTIFICATE-----\n"),
+            json!("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+        ] {
+            let e = SourceOptions::from_json(&json!({ "ca_certificate": bad })).unwrap_err().to_string();
+            assert!(e.contains("option ca_certificate"), "{e}");
         }
     }
 

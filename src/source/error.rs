@@ -86,14 +86,24 @@ impl SourceError {
     }
 }
 
-/// Replaces the value of credential-bearing query parameters so that URLs can be logged.
+/// Whether a query parameter name looks like it carries a secret (`token`, `api_key`,
+/// `password`, `access_token`, `sessionid`, `X-Amz-Signature`, …).
+pub fn secret_param(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["token", "secret", "passw", "pwd", "key", "auth", "session", "sig", "credential", "jwt", "cookie"]
+        .iter()
+        .any(|w| n.contains(w))
+}
+
+/// Replaces the value of secret-looking query parameters (and any user:password) so that URLs
+/// can be logged. Text that is not a URL is redacted as text (`redact_params`).
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) => {
             let pairs: Vec<(String, String)> = u
                 .query_pairs()
                 .map(|(k, v)| {
-                    let hidden = matches!(k.as_ref(), "token" | "api-key" | "password");
+                    let hidden = secret_param(&k);
                     (k.into_owned(), if hidden { "***".to_string() } else { v.into_owned() })
                 })
                 .collect();
@@ -102,10 +112,88 @@ pub fn redact_url(url: &str) -> String {
             } else {
                 u.query_pairs_mut().clear().extend_pairs(pairs);
             }
-            let _ = u.set_password(None);
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
             u.to_string()
         }
-        Err(_) => "<unparsable url>".to_string(),
+        Err(_) => redact_params(url),
+    }
+}
+
+/// Redacts `name=value` pairs with a secret-looking name and `user:password@` in any text (an
+/// unparsable URL, a message quoting one).
+pub fn redact_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // Bounded: each turn consumes at least one character of `rest`.
+    while let Some(eq) = rest.find('=') {
+        let name_start =
+            rest[..eq].rfind(|c: char| !(c.is_ascii_alphanumeric() || "_-.".contains(c))).map_or(0, |p| p + 1);
+        let value_end = rest[eq + 1..].find(|c: char| "&;#\"' ,)\n".contains(c)).map_or(rest.len(), |p| eq + 1 + p);
+        out.push_str(&rest[..eq + 1]);
+        if secret_param(&rest[name_start..eq]) && value_end > eq + 1 {
+            out.push_str("***");
+        } else {
+            out.push_str(&rest[eq + 1..value_end]);
+        }
+        rest = &rest[value_end..];
+    }
+    out.push_str(rest);
+    // user:password@host in a URL that did not parse.
+    if let Some(scheme) = out.find("://") {
+        let after = scheme + 3;
+        if let Some(at) = out[after..].find('@').map(|p| after + p) {
+            if let Some(colon) = out[after..at].find(':').map(|p| after + p) {
+                if !out[after..at].contains('/') {
+                    out.replace_range(colon + 1..at, "***");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The secrets of one source (password, token, session cookie values): any text gn2pg stores
+/// or sends about the source goes through `scrub`, since a remote server may echo them (in an
+/// error page, a redirect URL, a JSON message).
+#[derive(Debug, Clone, Default)]
+pub struct Scrubber {
+    /// Every form a secret may take in a text, longest first.
+    forms: Vec<String>,
+}
+
+/// Secrets shorter than this are not searched for (they would mask ordinary words).
+pub const MIN_SECRET_LEN: usize = 4;
+
+impl Scrubber {
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Scrubber {
+        let mut forms: Vec<String> = Vec::new();
+        for s in secrets.into_iter().filter(|s| s.chars().count() >= MIN_SECRET_LEN) {
+            let json = serde_json::to_string(s).unwrap_or_default();
+            let encoded: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
+            let path: String =
+                url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
+            let json = &json[1..json.len() - 1];
+            for f in [s.to_string(), json.to_string(), encoded, path] {
+                if f.chars().count() >= MIN_SECRET_LEN && !forms.contains(&f) {
+                    forms.push(f);
+                }
+            }
+        }
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        Scrubber { forms }
+    }
+
+    /// `text` with every secret replaced by `***`, and secret-looking parameters redacted.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut t = text.to_string();
+        for f in &self.forms {
+            if t.contains(f.as_str()) {
+                t = t.replace(f.as_str(), "***");
+            }
+        }
+        redact_params(&t)
     }
 }
 
@@ -119,6 +207,38 @@ mod tests {
         assert!(r.contains("token=***"), "{r}");
         assert!(!r.contains("abcdef"));
         assert!(r.contains("limit=10"));
+    }
+
+    #[test]
+    fn secret_looking_parameters_are_redacted_in_urls_and_text() {
+        let r = redact_url("https://u:pw1@h/api?limit=10&api_key=k1&access_token=t1&X-Amz-Signature=s1&cd_nom=4001");
+        for secret in ["pw1", "k1", "t1", "s1"] {
+            assert!(!r.contains(secret), "{secret} in {r}");
+        }
+        assert!(r.contains("limit=10") && r.contains("cd_nom=4001"), "{r}");
+        // Not a URL any more, but still redacted.
+        let t =
+            redact_params("url \"http://a b/x?token=abc123&limit=5\" is not valid; password=hunter22, session=xyz9");
+        assert!(!t.contains("abc123") && !t.contains("hunter22") && !t.contains("xyz9"), "{t}");
+        assert!(t.contains("limit=5"), "{t}");
+        let t = redact_params("http://user:hunter22@bad host/");
+        assert!(!t.contains("hunter22"), "{t}");
+        assert_eq!(redact_params("a = b, x=1"), "a = b, x=1");
+    }
+
+    #[test]
+    fn the_scrubber_masks_every_form_of_a_secret() {
+        let s = Scrubber::new(["p@ss w\"rd", "tok", "c00kie-value"]);
+        let echoed = concat!(
+            "login p@ss w\"rd refused; ",
+            r#"{"password": "p@ss w\"rd"} "#,
+            "redirect to /login?next=p%40ss+w%22rd&x=p%40ss%20w%22rd ",
+            "cookie c00kie-value, tok stays (too short to search)"
+        );
+        let out = s.scrub(echoed);
+        assert!(!out.contains("p@ss") && !out.contains("p%40ss") && !out.contains("c00kie"), "{out}");
+        assert!(out.contains("tok stays"), "{out}");
+        assert_eq!(Scrubber::default().scrub("nothing secret"), "nothing secret");
     }
 
     #[test]
