@@ -326,13 +326,17 @@ fn check_schedule_expr(expr: &str) -> &str {
 /// current role when it can log in (the web dashboard acts with SET ROLE as the signed-in
 /// role), else the session's. Call it before switching to the extension owner.
 fn job_role() -> String {
-    Spi::get_one::<String>(
-        "SELECT CASE WHEN r.rolcanlogin THEN current_user ELSE session_user END::text
-           FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_default()
+    // Still the caller's rights, but not its search_path: a pg_temp.text domain would run a
+    // CHECK of the caller's in the middle of gn2pg_schedule.
+    access::pinned(|| {
+        Spi::get_one::<String>(
+            "SELECT CASE WHEN r.rolcanlogin THEN current_user ELSE session_user END::pg_catalog.text
+               FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+    })
 }
 
 /// Creates or replaces job `job` of this database, running `command` as `run_as`; returns
