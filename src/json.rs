@@ -140,6 +140,19 @@ pub fn parse(text: &str) -> Result<Value<'_>, JsonbError> {
     Ok(v)
 }
 
+/// Values and object keys of one document, counted without building anything (syntax and
+/// limits checked on the way).
+pub fn count_nodes(text: &str) -> Result<usize, JsonbError> {
+    let mut p = Parser::new(text);
+    p.skip_ws();
+    p.skip(0)?;
+    p.skip_ws();
+    if p.i != p.s.len() {
+        return p.syntax("unexpected data after the value");
+    }
+    Ok(p.nodes)
+}
+
 struct Parser<'a> {
     s: &'a [u8],
     src: &'a str,
