@@ -843,3 +843,54 @@ mod tests {
         assert!(parse(&ok).is_ok());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::alloc_count::peak_of;
+    use crate::testgen::{edits, mutate, value};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Any text: a value or an error, never a panic; a parsed tree takes at most 64 bytes
+        /// per byte of text (a value or key per two bytes at most, each under 128 bytes with
+        /// the parser's buffers), and counting builds nothing.
+        #[test]
+        fn parsing_never_panics_and_stays_within_its_bound(text in value(), e in edits()) {
+            let text = mutate(&text, &e);
+            let (_, peak) = peak_of(|| parse(&text).map(drop));
+            prop_assert!(peak <= 64 * text.len() + 4096, "{peak} bytes for {} bytes: {text:?}", text.len());
+            let (counted, peak) = peak_of(|| count_nodes(&text));
+            prop_assert!(peak <= 1024, "counting allocated {peak} bytes");
+            if let Ok(v) = parse(&text) {
+                prop_assert!(counted.is_ok());
+                prop_assert!(counted.unwrap_or(0) >= 1 && !matches!(v, Value::Null) || text.trim() == "null");
+            }
+        }
+
+        /// Deep, wide and long inputs stop at the limits with an error that says so.
+        #[test]
+        fn limits_are_errors_that_name_the_limit(depth in 513usize..5000, width in 100_001usize..101_000) {
+            let deep = "[".repeat(depth) + &"]".repeat(depth);
+            let e = parse(&deep).unwrap_err();
+            prop_assert!(e.limit && e.message.contains("nested deeper than 512 levels"), "{e}");
+            let wide = format!("[{}0]", "0,".repeat(width - 1));
+            let e = count_nodes(&wide).unwrap_err();
+            prop_assert!(e.limit && e.message.contains("more than 100000 elements"), "{e}");
+        }
+    }
+
+    #[test]
+    fn long_strings_are_refused_before_they_are_copied() {
+        let long = format!("\"\\n{}\"", "x".repeat(MAX_STRING));
+        let (r, peak) = peak_of(|| parse(&long).map(drop));
+        let e = r.unwrap_err();
+        assert!(e.limit && e.message.contains("string longer than 16777216 bytes"), "{e}");
+        assert!(peak < 2 * MAX_STRING, "{peak}");
+        let e = parse(&format!("\"{}\"", "x".repeat(MAX_STRING + 1))).unwrap_err();
+        assert!(e.limit, "{e}");
+        assert!(parse(&format!("\"{}\"", "x".repeat(MAX_STRING - 2))).is_ok());
+    }
+}

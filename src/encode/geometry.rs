@@ -128,6 +128,8 @@ impl Kind {
 /// The EWKB being written.
 struct Ewkb {
     buf: Vec<u8>,
+    /// The most it may grow to (see [`Ewkb::with_capacity`]).
+    cap: usize,
 }
 
 impl Ewkb {
@@ -135,18 +137,28 @@ impl Ewkb {
     /// is 16 bytes and takes 30-40 characters with the usual 15-17 significant digits); a
     /// point (25 bytes) always fits without growing. Memory is asked for fallibly: the text
     /// comes from the network, and without memory PostGIS gets the text instead.
+    ///
+    /// Real coordinates take more characters than their 16 bytes, so EWKB is shorter than its
+    /// text; text like `0 0,0 0,…` would describe five times its size. Output is therefore capped
+    /// at twice the text (plus a header's worth): beyond, PostGIS gets the text, and a page's
+    /// geometries never take more than about twice what they took as text.
     fn with_capacity(text_len: usize) -> R<Ewkb> {
         let mut buf = Vec::new();
         buf.try_reserve_exact(25 + text_len / 2).map_err(|_| Bail)?;
-        Ok(Ewkb { buf })
+        let cap = text_len.saturating_mul(2).saturating_add(64).min(super::varlena::MAX_VARLENA);
+        Ok(Ewkb { buf, cap })
     }
 
     fn put(&mut self, bytes: &[u8]) -> R<()> {
-        // Never past PostgreSQL's limit for one value, whatever the text describes.
-        if self.buf.len() + bytes.len() > super::varlena::MAX_VARLENA {
+        let need = self.buf.len() + bytes.len();
+        if need > self.cap {
             return Err(Bail);
         }
-        self.buf.try_reserve(bytes.len()).map_err(|_| Bail)?;
+        if need > self.buf.capacity() {
+            // Doubling, but never past the cap.
+            let want = (2 * self.buf.capacity()).max(need).min(self.cap);
+            self.buf.try_reserve_exact(want - self.buf.len()).map_err(|_| Bail)?;
+        }
         self.buf.extend_from_slice(bytes);
         Ok(())
     }
@@ -1877,6 +1889,36 @@ mod tests {
         }
         for bad in ["", "-", ".", "+1", "1.e5", "1e", "1e+", "1..2", "1-2", "--1", "e5", "1e5.5"] {
             assert!(!wkt_number_syntax(bad.as_bytes()), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::alloc_count::peak_of;
+    use crate::testgen::{edits, geometry, mutate};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        /// Any text: EWKB or a deferral, never a panic; EWKB at most twice the text plus a
+        /// header, and memory at most three times the text.
+        #[test]
+        fn conversion_never_panics_and_stays_within_its_bound(text in geometry(), e in edits(), repeat in 1usize..200) {
+            let mut text = mutate(&text, &e);
+            if repeat > 150 {
+                // Dense point lists: five times their size as EWKB, so deferred to PostGIS.
+                text = format!("MULTIPOINT({})", vec!["0 0"; repeat * 10].join(","));
+            }
+            for convert in [from_wkt, from_geojson] {
+                let (c, peak) = peak_of(|| convert(&text));
+                prop_assert!(peak <= 3 * text.len() + 256, "{peak} bytes for {} bytes: {text:?}", text.len());
+                if let Converted::Ewkb(b) = c {
+                    prop_assert!(b.len() <= 2 * text.len() + 64, "{} bytes of EWKB for {text:?}", b.len());
+                }
+            }
         }
     }
 }

@@ -441,3 +441,31 @@ mod tests {
         assert!(!sc.next_element().unwrap());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::alloc_count::peak_of;
+    use crate::testgen::{edits, mutate, value};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Whatever parses encodes or is refused, never panics, and the encoding takes at most
+        /// 16 bytes per byte of text (a bare `0,` becomes a 4-byte JEntry and an 8-byte
+        /// padded numeric; the output vector may double once).
+        #[test]
+        fn encoding_never_panics_and_stays_within_its_bound(text in value(), e in edits()) {
+            let text = mutate(&text, &e);
+            if let Ok(v) = parse(&text) {
+                let (out, peak) = peak_of(|| encode(&v));
+                prop_assert!(peak <= 16 * text.len() + 1024, "{peak} bytes for {} bytes: {text:?}", text.len());
+                if let Ok(out) = out {
+                    // A complete varlena: its header holds its length.
+                    prop_assert_eq!(&out[..4], &varlena_header(out.len() as u32)[..]);
+                }
+            }
+        }
+    }
+}

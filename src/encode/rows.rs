@@ -212,7 +212,10 @@ pub fn prepare(body: &str, f: &Fields, enc: Encoding, limits: &PageLimits) -> Re
 
 fn prepare_page(body: &str, f: &Fields, enc: Encoding, limits: &PageLimits) -> Result<(PageSummary, PageRows), String> {
     let mut budget = Budget { left: limits.encoded_bytes(), limits };
-    let (env, parsed) = read_page(body, limits, |item, geometry| parse_item(item, geometry, f, enc, &mut budget))?;
+    let mut scratch = Vec::new();
+    let (env, parsed) =
+        read_page(body, limits, |item, geometry| parse_item(item, geometry, f, enc, &mut budget, &mut scratch))?;
+    drop(scratch);
     let summary = summary(&env, parsed.iter().map(|p| p.id));
     let mut rows = assemble(parsed)?;
     if enc.compress {
@@ -279,6 +282,7 @@ fn parse_item(
     f: &Fields,
     enc: Encoding,
     budget: &mut Budget,
+    scratch: &mut Vec<u8>,
 ) -> Result<Parsed, String> {
     let value = match item {
         Ok(v) => v,
@@ -292,7 +296,7 @@ fn parse_item(
         }
     };
     if !matches!(value, Value::Object(_)) {
-        let item = jsonb::encode(&value).ok();
+        let item = encode_exact(&value, &[], scratch).ok();
         budget.charge(item.as_ref().map_or(0, Vec::len))?;
         return Ok(Parsed { id: None, outcome: Err(reject(None, None, item, "item is not a JSON object".into())) });
     }
@@ -319,16 +323,16 @@ fn parse_item(
     } else {
         None
     };
-    let mut item = Vec::new();
-    if let Err(e) = encode_item(&value, &mut item) {
-        if e.limit {
-            return Err(format!("the answer exceeds a limit of gn2pg: {e}"));
+    let item = match encode_exact(&value, &NESTED_METADATA, scratch) {
+        Ok(item) => item,
+        Err(e) if e.limit => return Err(format!("the answer exceeds a limit of gn2pg: {e}")),
+        Err(e) => {
+            let uuid = uuid.map(Cow::into_owned);
+            let reason = format!("item cannot be stored as jsonb: {e}");
+            budget.charge(reason.len())?;
+            return Ok(Parsed { id, outcome: Err(reject(id, uuid, None, reason)) });
         }
-        let uuid = uuid.map(Cow::into_owned);
-        let reason = format!("item cannot be stored as jsonb: {e}");
-        budget.charge(reason.len())?;
-        return Ok(Parsed { id, outcome: Err(reject(id, uuid, None, reason)) });
-    }
+    };
     budget.charge(item.len())?;
     if let Some(reason) = reason {
         let uuid = uuid.map(Cow::into_owned);
@@ -353,8 +357,8 @@ fn parse_item(
         Geom::Defer { geojson, wkt } => geojson.as_ref().or(wkt.as_ref()).map_or(0, String::len),
     })?;
     let (ca, jdd) = (ca_b.flatten(), jdd_b.flatten());
-    let described_ca = ca.map(|_| describe(&value, Level::Ca));
-    let described_jdd = jdd.map(|_| describe(&value, Level::Jdd));
+    let described_ca = ca.map(|_| describe(&value, Level::Ca, scratch));
+    let described_jdd = jdd.map(|_| describe(&value, Level::Jdd, scratch));
     for d in [&described_ca, &described_jdd].into_iter().flatten() {
         budget.charge(d.name.as_ref().map_or(0, String::len) + d.item.as_ref().map_or(0, Vec::len))?;
     }
@@ -372,16 +376,21 @@ fn parse_item(
     Ok(Parsed { id, outcome: Ok(Candidate { row, ca: described_ca, jdd: described_jdd }) })
 }
 
-/// The stored item: jsonb without the nested metadata objects (kept in gn2pg.metadata).
-fn encode_item(value: &Value, item: &mut Vec<u8>) -> Result<(), jsonb::JsonbError> {
-    if item.try_reserve(2048).is_err() {
+/// `value` as jsonb without the root members named in `skip`, in a vector of exactly its size
+/// (what the page keeps is then what the budget counts); `scratch` is reused across items.
+fn encode_exact(value: &Value, skip: &[&str], scratch: &mut Vec<u8>) -> Result<Vec<u8>, jsonb::JsonbError> {
+    scratch.clear();
+    jsonb::encode_into_without(value, skip, scratch)?;
+    let mut out = Vec::new();
+    if out.try_reserve_exact(scratch.len()).is_err() {
         return crate::json::limit_err("out of memory while encoding an item");
     }
-    jsonb::encode_into_without(value, &NESTED_METADATA, item)
+    out.extend_from_slice(scratch);
+    Ok(out)
 }
 
 /// The name and nested object a row gives its CA or JDD.
-fn describe(value: &Value, level: Level) -> Described {
+fn describe(value: &Value, level: Level, scratch: &mut Vec<u8>) -> Described {
     let (flat, object) = match level {
         Level::Ca => ("ca_nom", "ca_data"),
         Level::Jdd => ("jdd_nom", "jdd_data"),
@@ -390,7 +399,7 @@ fn describe(value: &Value, level: Level) -> Described {
     let name =
         member_text(value.get(flat)).or_else(|| member_text(nested.and_then(|o| o.get("name")))).map(Cow::into_owned);
     let item = match nested {
-        Some(o @ Value::Object(_)) => jsonb::encode(o).ok(),
+        Some(o @ Value::Object(_)) => encode_exact(o, &[], scratch).ok(),
         _ => None,
     };
     Described { name, item }
@@ -744,5 +753,70 @@ mod tests {
         assert!(matches!(p.rows[0].geom, Geom::Ewkb(_)));
         assert_eq!(p.rows[1].geom, Geom::None);
         assert_eq!(p.rows[1].id, 15);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod properties {
+    use super::*;
+    use crate::alloc_count::peak_of;
+    use crate::testgen::{edits, hostile_page, mutate, page};
+    use proptest::prelude::*;
+
+    /// The memory one page may take to prepare, in multiples of max_page_bytes (README, "Limits on
+    /// what a source may send"), plus what any page costs (error texts, empty tables).
+    pub const PAGE_BOUND: usize = 8;
+    const FIXED: usize = 64 << 10;
+
+    fn fields() -> Fields {
+        Fields {
+            key: "id_synthese".into(),
+            uuid: "id_perm_sinp".into(),
+            wkt: "wkt_4326".into(),
+            updated: "derniere_action".into(),
+        }
+    }
+
+    fn check(body: &str, max_page_bytes: usize, compress: bool) -> Result<(), TestCaseError> {
+        let limits = PageLimits::new(max_page_bytes);
+        let enc = Encoding { compress, fast_geometry: true };
+        let (result, peak) = peak_of(|| prepare(body, &fields(), enc, &limits).map(drop));
+        let bound = PAGE_BOUND * limits.max_page_bytes + FIXED;
+        prop_assert!(
+            peak <= bound,
+            "{peak} bytes for a page of {} bytes (max_page_bytes {max_page_bytes}, bound {bound}): {:?}",
+            body.len(),
+            result
+        );
+        if std::env::var_os("GN2PG_SHOW_PEAKS").is_some() {
+            eprintln!(
+                "peak {:.2} x max_page_bytes ({} bytes, {:?}) {}",
+                peak as f64 / max_page_bytes as f64,
+                body.len(),
+                result.err(),
+                &body[..body.len().min(150)]
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Generated and mutated pages: an answer or an error, never a panic, and memory within
+        /// the bound whatever max_page_bytes is (from the body's size to four times it).
+        #[test]
+        fn pages_never_panic_and_stay_within_their_bound(
+            body in page(), e in edits(), times in 2usize..8, compress in any::<bool>()
+        ) {
+            let body = mutate(&body, &e);
+            check(&body, (body.len() * times / 2).max(1024), compress)?;
+        }
+
+        /// Hostile pages exactly at max_page_bytes, where the limits bite.
+        #[test]
+        fn hostile_pages_at_the_limit_stay_within_their_bound(body in hostile_page()) {
+            check(&body, body.len().max(1024), true)?;
+        }
     }
 }

@@ -604,3 +604,59 @@ mod column_tests {
         assert!(!is_uuid("3f1c7c5e-0000-4000-8000-00000000000G"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::alloc_count::peak_of;
+    use crate::encode::rows::properties::PAGE_BOUND;
+    use crate::testgen::{edits, hostile_page, mutate, page};
+    use proptest::prelude::*;
+
+    fn check(body: &str, max_page_bytes: usize) -> Result<(), TestCaseError> {
+        let limits = PageLimits::new(max_page_bytes);
+        let (census_result, peak) = peak_of(|| census(body, &limits));
+        prop_assert!(peak <= 1024, "the census allocated {peak} bytes");
+        let (result, peak) = peak_of(|| parse_page(body, "id_synthese", &limits).map(drop));
+        prop_assert!(peak <= PAGE_BOUND * max_page_bytes + (64 << 10), "{peak} bytes for {} bytes", body.len());
+        // The census refuses exactly the pages that are refused for a limit.
+        if let Err(e) = &census_result {
+            prop_assert_eq!(result.as_ref().unwrap_err(), e);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Generated and mutated pages: never a panic; nothing built by the census, and reading
+        /// the keys within the page bound.
+        #[test]
+        fn reading_pages_never_panics_and_stays_within_its_bound(body in page(), e in edits(), times in 2usize..8) {
+            let body = mutate(&body, &e);
+            check(&body, (body.len() * times / 2).max(1024))?;
+        }
+
+        #[test]
+        fn hostile_pages_are_refused_by_the_census(body in hostile_page()) {
+            check(&body, body.len().max(1024))?;
+        }
+    }
+
+    #[test]
+    fn each_limit_is_named() {
+        let limits = PageLimits::new(64 << 10);
+        let e = census(&format!(r#"{{"items":[{}{{}}]}}"#, "{},".repeat(256)), &limits).unwrap_err();
+        assert!(e.contains("more than 256 items in one page"), "{e}");
+        let e = census(&format!(r#"{{"items":[[{}0]]}}"#, "0,".repeat(1100)), &limits).unwrap_err();
+        assert!(e.contains("item 1 holds more than 1024 JSON values"), "{e}");
+        let many = vec![format!("[{}0]", "0,".repeat(900)); 5].join(",");
+        let e = census(&format!(r#"{{"items":[{many}]}}"#), &limits).unwrap_err();
+        assert!(e.contains("the page's items hold more than 4096 JSON values"), "{e}");
+        let e = census(&format!(r#"{{"items":[{}]}}"#, "[".repeat(600)), &limits).unwrap_err();
+        assert!(e.contains("nested deeper than 512 levels"), "{e}");
+        assert!(census(r#"{"items":[{"id_synthese":1}]}"#, &limits).is_ok());
+        assert_eq!(PageLimits::new(1 << 40).max_page_bytes, MAX_PAGE_BYTES_CAP);
+        assert_eq!(PageLimits::new(64 << 20).items(), MAX_ITEMS);
+    }
+}
