@@ -4,3 +4,4 @@ pub mod canned;
 pub mod checks;
 pub mod db;
 pub mod fixture;
+pub mod hostile;

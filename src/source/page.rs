@@ -143,6 +143,10 @@ trait Items<'a> {
     fn item(&mut self, props: Self::Props, geometry: Option<&'a str>) -> Result<(), String>;
     /// A repeated `items` member: the last one counts, as in jsonb.
     fn restart(&mut self);
+    /// Refuses another item, before the array says it has one (`next` is its next byte).
+    fn room(&self, _next: Option<u8>) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 struct Build<T, F> {
@@ -191,10 +195,7 @@ impl<'a> Items<'a> for Count<'_> {
         c.items += 1;
         c.nodes += nodes;
         if c.items > l.items() {
-            return Err(l.exceeded(format!(
-                "more than {} items in one page (at most {MAX_ITEMS}, and one per {BYTES_PER_ITEM} bytes of max_page_bytes)",
-                l.items()
-            )));
+            return self.room(Some(b','));
         }
         if nodes > l.item_nodes() {
             return Err(l.exceeded(format!(
@@ -212,6 +213,16 @@ impl<'a> Items<'a> for Count<'_> {
         Ok(())
     }
     fn restart(&mut self) {}
+    fn room(&self, next: Option<u8>) -> Result<(), String> {
+        let l = self.limits;
+        if self.census.items >= l.items() && next == Some(b',') {
+            return Err(l.exceeded(format!(
+                "more than {} items in one page (at most {MAX_ITEMS}, and one per {BYTES_PER_ITEM} bytes of max_page_bytes)",
+                l.items()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The envelope of an answer (source-api.md §3.1), its items handed to `items`.
@@ -266,7 +277,7 @@ fn read_items<'a, I: Items<'a>>(
     match sc.peek() {
         Some(b'[') => {
             sc.begin_array().map_err(page_error)?;
-            while sc.next_element().map_err(page_error)? {
+            while items.room(sc.peek()).and_then(|_| sc.next_element().map_err(page_error))? {
                 let props = items.props(sc).map_err(page_error)?;
                 items.item(props, None)?;
             }
@@ -284,7 +295,7 @@ fn read_items<'a, I: Items<'a>>(
                             return Err("items is a FeatureCollection whose features are not an array".into());
                         }
                         sc.begin_array().map_err(page_error)?;
-                        while sc.next_element().map_err(page_error)? {
+                        while items.room(sc.peek()).and_then(|_| sc.next_element().map_err(page_error))? {
                             read_feature(sc, items, page_error)?;
                         }
                     }
@@ -648,6 +659,8 @@ mod properties {
         let limits = PageLimits::new(64 << 10);
         let e = census(&format!(r#"{{"items":[{}{{}}]}}"#, "{},".repeat(256)), &limits).unwrap_err();
         assert!(e.contains("more than 256 items in one page"), "{e}");
+        let e = census(&format!(r#"{{"items":[{}{{}}]}}"#, "{},".repeat(100_000)), &PageLimits::new(64 << 20));
+        assert!(e.unwrap_err().contains("more than 100000 items in one page"));
         let e = census(&format!(r#"{{"items":[[{}0]]}}"#, "0,".repeat(1100)), &limits).unwrap_err();
         assert!(e.contains("item 1 holds more than 1024 JSON values"), "{e}");
         let many = vec![format!("[{}0]", "0,".repeat(900)); 5].join(",");
