@@ -323,7 +323,9 @@ fn read_items<'a, I: Items<'a>>(
 /// Whether the text of a `type` member says FeatureCollection (read without building it).
 fn is_feature_collection(raw: &str) -> bool {
     raw == "\"FeatureCollection\""
-        || (raw.len() < 128 && raw.contains('\\') && crate::json::parse(raw).is_ok_and(|v| v == Value::String("FeatureCollection".into())))
+        || (raw.len() < 128
+            && raw.contains('\\')
+            && crate::json::parse(raw).is_ok_and(|v| v == Value::String("FeatureCollection".into())))
 }
 
 fn read_feature<'a, I: Items<'a>>(
@@ -678,7 +680,10 @@ mod properties {
             assert!(peak <= 1024, "{peak} bytes: {r:?}");
         }
         let escaped = r#"{"items":{"type":"Feature\u0043ollection","features":[]}}"#;
-        assert_eq!(parse_page(escaped, "id_synthese", &PageLimits::new(1 << 20)).unwrap().shape, Shape::FeatureCollection);
+        assert_eq!(
+            parse_page(escaped, "id_synthese", &PageLimits::new(1 << 20)).unwrap().shape,
+            Shape::FeatureCollection
+        );
     }
 
     #[test]
