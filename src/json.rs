@@ -231,7 +231,7 @@ impl<'a> Parser<'a> {
     }
 
     fn value(&mut self, depth: usize) -> Result<Value<'a>, JsonbError> {
-        if depth > MAX_DEPTH {
+        if depth >= MAX_DEPTH {
             return self.too_deep();
         }
         self.nodes += 1;
@@ -561,7 +561,7 @@ impl<'a> Parser<'a> {
     /// it accepts what only jsonb refuses (`\u0000`, lone surrogates), so that such an item can
     /// be reported on its own while the rest of the page loads.
     fn skip(&mut self, depth: usize) -> Result<(), JsonbError> {
-        if depth > MAX_DEPTH {
+        if depth >= MAX_DEPTH {
             return self.too_deep();
         }
         match self.s.get(self.i) {
@@ -837,6 +837,10 @@ mod tests {
 
     #[test]
     fn nesting_is_bounded() {
+        let at_limit = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
+        assert!(parse(&at_limit).is_ok() && count_nodes(&at_limit).is_ok(), "512 levels are accepted");
+        let over = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
+        assert!(parse(&over).unwrap_err().limit && count_nodes(&over).unwrap_err().limit, "513 are not");
         let deep = "[".repeat(MAX_DEPTH + 2) + &"]".repeat(MAX_DEPTH + 2);
         assert!(parse(&deep).is_err());
         let ok = "[".repeat(100) + &"]".repeat(100);
