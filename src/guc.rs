@@ -16,6 +16,8 @@ static HTTP_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
 static MAX_PAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 << 20);
 static INCREMENTAL_OVERLAP_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
+/// Geometries built in Rust on the versions the encoder was verified with; off: always PostGIS.
+static FAST_GEOMETRY: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Hosts that non-superusers may register (sources, webhooks). Empty: none.
 static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 /// Webhook of sources without their own (`alert_webhook` of gn2pg_add_source). Empty: none.
@@ -61,12 +63,22 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"gn2pg.max_page_bytes",
         c"Largest accepted answer of a source, in bytes.",
-        c"Protects the server's memory from a runaway answer. Per-source override: options.max_page_bytes.",
+        c"Protects the server's memory from a runaway answer: a worker spends at most a small multiple of it on a page, \
+and the counts a page may hold follow from it. At most 256MB. Per-source override: options.max_page_bytes.",
         &MAX_PAGE_BYTES,
         1024,
-        i32::MAX,
+        crate::source::page::MAX_PAGE_BYTES_CAP as i32,
         GucContext::Suset,
         GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_bool_guc(
+        c"gn2pg.fast_geometry",
+        c"Build geometries as EWKB in gn2pg rather than with PostGIS's parsers.",
+        c"Only on the PostgreSQL and PostGIS versions the encoder was verified with (PostgreSQL 15, PostGIS 3.3); \
+off: PostGIS converts every geometry. gn2pg._geometry_selftest compares both on this server.",
+        &FAST_GEOMETRY,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"gn2pg.incremental_overlap",
@@ -148,6 +160,10 @@ pub fn allowed_hosts() -> String {
 
 pub fn alert_webhook() -> Option<String> {
     Some(text(&ALERT_WEBHOOK)).filter(|s| !s.is_empty())
+}
+
+pub fn fast_geometry() -> bool {
+    FAST_GEOMETRY.get()
 }
 
 pub fn alert_webhook_timeout() -> Duration {

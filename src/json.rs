@@ -42,6 +42,9 @@ pub struct JsonbError {
     pub syntax: bool,
     /// The text ends in the middle of a value: a cut answer.
     pub truncated: bool,
+    /// Over one of gn2pg's limits ([`MAX_DEPTH`], [`MAX_CONTAINER`], [`MAX_STRING`], or memory):
+    /// about the whole document, never one item's problem.
+    pub limit: bool,
 }
 
 impl fmt::Display for JsonbError {
@@ -54,11 +57,21 @@ impl std::error::Error for JsonbError {}
 
 /// JSON that jsonb cannot hold.
 fn err<T>(msg: impl Into<String>) -> Result<T, JsonbError> {
-    Err(JsonbError { message: msg.into(), syntax: false, truncated: false })
+    Err(JsonbError { message: msg.into(), syntax: false, truncated: false, limit: false })
 }
 
 fn syntax_err<T>(msg: impl Into<String>, truncated: bool) -> Result<T, JsonbError> {
-    Err(JsonbError { message: msg.into(), syntax: true, truncated })
+    Err(JsonbError { message: msg.into(), syntax: true, truncated, limit: false })
+}
+
+/// Over a limit of gn2pg (not an error of the text itself).
+pub fn limit_err<T>(msg: impl Into<String>) -> Result<T, JsonbError> {
+    Err(JsonbError { message: msg.into(), syntax: false, truncated: false, limit: true })
+}
+
+/// Memory for a value could not be had: refused like a limit, never an abort of the process.
+fn out_of_memory<T>(what: &str) -> Result<T, JsonbError> {
+    limit_err(format!("out of memory while reading {what}"))
 }
 
 /// Bytes that end the plain run of a string: the quote, the backslash and control characters.
@@ -103,8 +116,17 @@ fn plain_run(s: &[u8]) -> usize {
 /// export all have the same columns in the same order, so the order is computed once.
 const CACHED_ORDER_MIN: usize = 16;
 
-/// Deeper documents are refused rather than risking the helper thread's stack.
-const MAX_DEPTH: usize = 512;
+/// Deeper documents are refused rather than risking the helper thread's stack. Real GeoNature
+/// items nest 3 or 4 levels (a FeatureCollection page about 8).
+pub const MAX_DEPTH: usize = 512;
+
+/// Elements of one array or members of one object. Real items have about a hundred members
+/// and a page's `items` array at most a few thousand elements.
+pub const MAX_CONTAINER: usize = 100_000;
+
+/// Bytes of one string token, as written (escapes included). Real values are at most a few KB
+/// (a detailed WKT polygon a few hundred); jsonb itself stops at 256 MB.
+pub const MAX_STRING: usize = 16 << 20;
 
 /// Parses one JSON document (RFC 8259, as strict as PostgreSQL's parser).
 pub fn parse(text: &str) -> Result<Value<'_>, JsonbError> {
@@ -116,6 +138,19 @@ pub fn parse(text: &str) -> Result<Value<'_>, JsonbError> {
         return p.syntax("unexpected data after the value");
     }
     Ok(v)
+}
+
+/// Values and object keys of one document, counted without building anything (syntax and
+/// limits checked on the way).
+pub fn count_nodes(text: &str) -> Result<usize, JsonbError> {
+    let mut p = Parser::new(text);
+    p.skip_ws();
+    p.skip(0)?;
+    p.skip_ws();
+    if p.i != p.s.len() {
+        return p.syntax("unexpected data after the value");
+    }
+    Ok(p.nodes)
 }
 
 struct Parser<'a> {
@@ -130,11 +165,13 @@ struct Parser<'a> {
     /// The keys, in received order, of the last large object, and where each goes in jsonb
     /// order (see [`CACHED_ORDER_MIN`]).
     order: Option<(Vec<&'a str>, Vec<u32>)>,
+    /// Values and object keys read so far, built or skipped: what a page's census counts.
+    nodes: usize,
 }
 
 impl<'a> Parser<'a> {
     fn new(text: &'a str) -> Parser<'a> {
-        Parser { s: text.as_bytes(), src: text, i: 0, members: Vec::new(), elems: Vec::new(), order: None }
+        Parser { s: text.as_bytes(), src: text, i: 0, members: Vec::new(), elems: Vec::new(), order: None, nodes: 0 }
     }
 
     /// The received keys of `members[base..]` when they are all borrowed from the text.
@@ -164,6 +201,26 @@ impl<'a> Parser<'a> {
         }
     }
 
+    fn too_deep<T>(&self) -> Result<T, JsonbError> {
+        limit_err(format!("JSON nested deeper than {MAX_DEPTH} levels at byte {}", self.i))
+    }
+
+    /// Refuses the `n`th element of a container that started at byte `at`.
+    fn check_container(&self, n: usize, at: usize, what: &str) -> Result<(), JsonbError> {
+        if n > MAX_CONTAINER {
+            return limit_err(format!("{what} with more than {MAX_CONTAINER} elements at byte {at}"));
+        }
+        Ok(())
+    }
+
+    /// Refuses a string token that started at byte `start` and is not finished at `self.i`.
+    fn check_string(&self, start: usize) -> Result<(), JsonbError> {
+        if self.i - start > MAX_STRING {
+            return limit_err(format!("string longer than {MAX_STRING} bytes at byte {}", start - 1));
+        }
+        Ok(())
+    }
+
     fn expect(&mut self, lit: &[u8]) -> Result<(), JsonbError> {
         if self.s[self.i..].starts_with(lit) {
             self.i += lit.len();
@@ -174,9 +231,10 @@ impl<'a> Parser<'a> {
     }
 
     fn value(&mut self, depth: usize) -> Result<Value<'a>, JsonbError> {
-        if depth > MAX_DEPTH {
-            return err(format!("JSON nested deeper than {MAX_DEPTH} levels"));
+        if depth >= MAX_DEPTH {
+            return self.too_deep();
         }
+        self.nodes += 1;
         match self.s.get(self.i) {
             Some(b'{') => self.object(depth),
             Some(b'[') => self.array(depth),
@@ -207,9 +265,13 @@ impl<'a> Parser<'a> {
                         let (_, k, v) = std::mem::replace(&mut self.members[base + p as usize], placeholder());
                         (k, v)
                     });
-                    let out: Vec<(Cow<'a, str>, Value<'a>)> = out.collect();
+                    let mut object: Vec<(Cow<'a, str>, Value<'a>)> = Vec::new();
+                    if object.try_reserve_exact(n).is_err() {
+                        return out_of_memory("an object");
+                    }
+                    object.extend(out);
                     self.members.truncate(base);
-                    return Ok(Value::Object(out));
+                    return Ok(Value::Object(object));
                 }
             }
         }
@@ -217,7 +279,11 @@ impl<'a> Parser<'a> {
         // jsonb order: by key, the last received of equal keys kept (`uniqueifyJsonbObject`).
         self.members[base..].sort_unstable_by(|a, b| key_order(&a.1, &b.1).then(a.0.cmp(&b.0)));
         let perm: Vec<u32> = self.members[base..].iter().map(|m| m.0).collect();
-        let mut out: Vec<(Cow<'a, str>, Value<'a>)> = Vec::with_capacity(n);
+        let mut out: Vec<(Cow<'a, str>, Value<'a>)> = Vec::new();
+        if out.try_reserve_exact(n).is_err() {
+            self.members.truncate(base);
+            return out_of_memory("an object");
+        }
         for (_, k, v) in self.members.drain(base..) {
             match out.last_mut() {
                 Some(last) if key_order(&last.0, &k).is_eq() => *last = (k, v),
@@ -232,6 +298,7 @@ impl<'a> Parser<'a> {
     }
 
     fn object_members(&mut self, depth: usize, base: usize) -> Result<(), JsonbError> {
+        let at = self.i;
         self.i += 1;
         self.skip_ws();
         if self.s.get(self.i) == Some(&b'}') {
@@ -244,6 +311,7 @@ impl<'a> Parser<'a> {
                 return self.syntax("expected an object key");
             }
             let k = self.string()?;
+            self.nodes += 1;
             self.skip_ws();
             if self.s.get(self.i) != Some(&b':') {
                 return self.syntax("expected \":\"");
@@ -251,8 +319,12 @@ impl<'a> Parser<'a> {
             self.i += 1;
             self.skip_ws();
             let v = self.value(depth + 1)?;
-            let ord = (self.members.len() - base) as u32;
-            self.members.push((ord, k, v));
+            let ord = self.members.len() - base;
+            self.check_container(ord + 1, at, "object")?;
+            if self.members.try_reserve(1).is_err() {
+                return out_of_memory("an object");
+            }
+            self.members.push((ord as u32, k, v));
             self.skip_ws();
             match self.s.get(self.i) {
                 Some(b',') => self.i += 1,
@@ -268,7 +340,15 @@ impl<'a> Parser<'a> {
     fn array(&mut self, depth: usize) -> Result<Value<'a>, JsonbError> {
         let base = self.elems.len();
         match self.array_elems(depth) {
-            Ok(()) => Ok(Value::Array(self.elems.drain(base..).collect())),
+            Ok(()) => {
+                let mut out = Vec::new();
+                if out.try_reserve_exact(self.elems.len() - base).is_err() {
+                    self.elems.truncate(base);
+                    return out_of_memory("an array");
+                }
+                out.extend(self.elems.drain(base..));
+                Ok(Value::Array(out))
+            }
             Err(e) => {
                 self.elems.truncate(base);
                 Err(e)
@@ -277,6 +357,7 @@ impl<'a> Parser<'a> {
     }
 
     fn array_elems(&mut self, depth: usize) -> Result<(), JsonbError> {
+        let (at, base) = (self.i, self.elems.len());
         self.i += 1;
         self.skip_ws();
         if self.s.get(self.i) == Some(&b']') {
@@ -286,6 +367,10 @@ impl<'a> Parser<'a> {
         loop {
             self.skip_ws();
             let v = self.value(depth + 1)?;
+            self.check_container(self.elems.len() - base + 1, at, "array")?;
+            if self.elems.try_reserve(1).is_err() {
+                return out_of_memory("an array");
+            }
             self.elems.push(v);
             self.skip_ws();
             match self.s.get(self.i) {
@@ -368,6 +453,7 @@ impl<'a> Parser<'a> {
         // Fast scan: most strings have no escape.
         self.i += plain_run(&self.s[self.i..]);
         loop {
+            self.check_string(start)?;
             match self.s.get(self.i) {
                 None => return self.syntax("unterminated string"),
                 Some(b'"') => {
@@ -380,7 +466,11 @@ impl<'a> Parser<'a> {
                 Some(_) => self.i += 1,
             }
         }
-        let mut out = String::with_capacity(self.i - start + 16);
+        // Never longer than the escaped text, which is at most MAX_STRING.
+        let mut out = String::new();
+        if out.try_reserve(self.i - start + 16).is_err() {
+            return out_of_memory("a string");
+        }
         out.push_str(&self.src[start..self.i]);
         let mut high: Option<u32> = None;
         let low_missing =
@@ -388,9 +478,13 @@ impl<'a> Parser<'a> {
         loop {
             let run = self.i;
             self.i += plain_run(&self.s[self.i..]);
+            self.check_string(start)?;
             if self.i > run {
                 if high.is_some() {
                     return low_missing();
+                }
+                if out.try_reserve(self.i - run).is_err() {
+                    return out_of_memory("a string");
                 }
                 out.push_str(&self.src[run..self.i]);
             }
@@ -467,12 +561,15 @@ impl<'a> Parser<'a> {
     /// it accepts what only jsonb refuses (`\u0000`, lone surrogates), so that such an item can
     /// be reported on its own while the rest of the page loads.
     fn skip(&mut self, depth: usize) -> Result<(), JsonbError> {
-        if depth > MAX_DEPTH {
-            return err(format!("JSON nested deeper than {MAX_DEPTH} levels"));
+        if depth >= MAX_DEPTH {
+            return self.too_deep();
         }
         match self.s.get(self.i) {
             Some(b'{') | Some(b'[') => {
+                self.nodes += 1;
                 let close = if self.s[self.i] == b'{' { b'}' } else { b']' };
+                let (at, what) = (self.i, if close == b'}' { "object" } else { "array" });
+                let mut n = 0;
                 self.i += 1;
                 self.skip_ws();
                 if self.s.get(self.i) == Some(&close) {
@@ -480,12 +577,15 @@ impl<'a> Parser<'a> {
                     return Ok(());
                 }
                 loop {
+                    n += 1;
+                    self.check_container(n, at, what)?;
                     self.skip_ws();
                     if close == b'}' {
                         if self.s.get(self.i) != Some(&b'"') {
                             return self.syntax("expected an object key");
                         }
                         self.skip_string()?;
+                        self.nodes += 1;
                         self.skip_ws();
                         if self.s.get(self.i) != Some(&b':') {
                             return self.syntax("expected \":\"");
@@ -505,15 +605,21 @@ impl<'a> Parser<'a> {
                     }
                 }
             }
-            Some(b'"') => self.skip_string(),
+            Some(b'"') => {
+                self.nodes += 1;
+                self.skip_string()
+            }
+            // Scalars: nothing is allocated for them.
             _ => self.value(depth).map(drop),
         }
     }
 
     fn skip_string(&mut self) -> Result<(), JsonbError> {
         self.i += 1;
+        let start = self.i;
         loop {
             self.i += plain_run(&self.s[self.i..]);
+            self.check_string(start)?;
             match self.s.get(self.i) {
                 None => return self.syntax("unterminated string"),
                 Some(b'"') => {
@@ -543,15 +649,15 @@ impl<'a> Parser<'a> {
 /// how an export page is split into items without reading it twice.
 pub struct Scanner<'a> {
     p: Parser<'a>,
-    /// One flag per open container: no member read yet.
-    first: Vec<bool>,
+    /// One entry per open container: its members read so far and where it starts.
+    open: Vec<(usize, usize)>,
 }
 
 impl<'a> Scanner<'a> {
     pub fn new(text: &'a str) -> Scanner<'a> {
         let mut p = Parser::new(text);
         p.skip_ws();
-        Scanner { p, first: Vec::new() }
+        Scanner { p, open: Vec::new() }
     }
 
     /// The first byte of the next value.
@@ -564,33 +670,36 @@ impl<'a> Scanner<'a> {
         if self.peek() != Some(open) {
             return self.p.syntax(&format!("expected {what}"));
         }
+        if self.open.len() >= MAX_DEPTH {
+            return self.p.too_deep();
+        }
+        self.open.push((0, self.p.i));
         self.p.i += 1;
-        self.first.push(true);
+        self.p.nodes += 1;
         Ok(())
     }
 
     /// Whether the open container has another member, its separator consumed.
     fn more(&mut self, close: u8) -> Result<bool, JsonbError> {
-        let first = self.first.last().copied().unwrap_or(true);
+        let (read, at) = self.open.last().copied().unwrap_or_default();
         match self.peek() {
             Some(c) if c == close => {
                 self.p.i += 1;
-                self.first.pop();
-                Ok(false)
+                self.open.pop();
+                return Ok(false);
             }
-            Some(b',') if !first => {
+            Some(b',') if read > 0 => {
                 self.p.i += 1;
                 self.p.skip_ws();
-                Ok(true)
             }
-            Some(_) if first => {
-                if let Some(f) = self.first.last_mut() {
-                    *f = false;
-                }
-                Ok(true)
-            }
-            _ => self.p.syntax("expected \",\" or the end of the container"),
+            Some(_) if read == 0 => {}
+            _ => return self.p.syntax("expected \",\" or the end of the container"),
         }
+        self.p.check_container(read + 1, at, if close == b'}' { "object" } else { "array" })?;
+        if let Some(top) = self.open.last_mut() {
+            top.0 += 1;
+        }
+        Ok(true)
     }
 
     pub fn begin_object(&mut self) -> Result<(), JsonbError> {
@@ -606,6 +715,7 @@ impl<'a> Scanner<'a> {
             return self.p.syntax("expected an object key");
         }
         let k = self.p.string()?;
+        self.p.nodes += 1;
         self.p.skip_ws();
         if self.p.s.get(self.p.i) != Some(&b':') {
             return self.p.syntax("expected \":\"");
@@ -640,13 +750,18 @@ impl<'a> Scanner<'a> {
         let start = self.p.i;
         match self.p.value(0) {
             Ok(v) => Ok(Ok(v)),
-            Err(e) if e.syntax => Err(e),
+            Err(e) if e.syntax || e.limit => Err(e),
             Err(e) => {
                 self.p.i = start;
                 let text = self.skip()?;
                 Ok(Err((e, text)))
             }
         }
+    }
+
+    /// Values and object keys read so far, built or skipped.
+    pub fn nodes(&self) -> usize {
+        self.p.nodes
     }
 
     /// Only whitespace may follow the document.
@@ -722,9 +837,64 @@ mod tests {
 
     #[test]
     fn nesting_is_bounded() {
+        let at_limit = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
+        assert!(parse(&at_limit).is_ok() && count_nodes(&at_limit).is_ok(), "512 levels are accepted");
+        let over = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
+        assert!(parse(&over).unwrap_err().limit && count_nodes(&over).unwrap_err().limit, "513 are not");
         let deep = "[".repeat(MAX_DEPTH + 2) + &"]".repeat(MAX_DEPTH + 2);
         assert!(parse(&deep).is_err());
         let ok = "[".repeat(100) + &"]".repeat(100);
         assert!(parse(&ok).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::alloc_count::peak_of;
+    use crate::testgen::{edits, mutate, value};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Any text: a value or an error, never a panic; a parsed tree takes at most 64 bytes
+        /// per byte of text (a value or key per two bytes at most, each under 128 bytes with
+        /// the parser's buffers), and counting builds nothing.
+        #[test]
+        fn parsing_never_panics_and_stays_within_its_bound(text in value(), e in edits()) {
+            let text = mutate(&text, &e);
+            let (_, peak) = peak_of(|| parse(&text).map(drop));
+            prop_assert!(peak <= 64 * text.len() + 4096, "{peak} bytes for {} bytes: {text:?}", text.len());
+            let (counted, peak) = peak_of(|| count_nodes(&text));
+            prop_assert!(peak <= 1024, "counting allocated {peak} bytes");
+            if let Ok(v) = parse(&text) {
+                prop_assert!(counted.is_ok());
+                prop_assert!(counted.unwrap_or(0) >= 1 && !matches!(v, Value::Null) || text.trim() == "null");
+            }
+        }
+
+        /// Deep, wide and long inputs stop at the limits with an error that says so.
+        #[test]
+        fn limits_are_errors_that_name_the_limit(depth in 513usize..5000, width in 100_001usize..101_000) {
+            let deep = "[".repeat(depth) + &"]".repeat(depth);
+            let e = parse(&deep).unwrap_err();
+            prop_assert!(e.limit && e.message.contains("nested deeper than 512 levels"), "{e}");
+            let wide = format!("[{}0]", "0,".repeat(width - 1));
+            let e = count_nodes(&wide).unwrap_err();
+            prop_assert!(e.limit && e.message.contains("more than 100000 elements"), "{e}");
+        }
+    }
+
+    #[test]
+    fn long_strings_are_refused_before_they_are_copied() {
+        let long = format!("\"\\n{}\"", "x".repeat(MAX_STRING));
+        let (r, peak) = peak_of(|| parse(&long).map(drop));
+        let e = r.unwrap_err();
+        assert!(e.limit && e.message.contains("string longer than 16777216 bytes"), "{e}");
+        assert!(peak < 2 * MAX_STRING, "{peak}");
+        let e = parse(&format!("\"{}\"", "x".repeat(MAX_STRING + 1))).unwrap_err();
+        assert!(e.limit, "{e}");
+        assert!(parse(&format!("\"{}\"", "x".repeat(MAX_STRING - 2))).is_ok());
     }
 }

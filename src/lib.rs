@@ -38,6 +38,14 @@ mod source;
 mod store;
 mod worker;
 
+#[cfg(test)]
+mod alloc_count;
+#[cfg(test)]
+mod testgen;
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
+
 pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);

@@ -34,7 +34,7 @@ use pgrx::prelude::*;
 use pgrx::spi::{self, quote_identifier, OwnedPreparedStatement, SpiClient};
 
 use crate::encode::array::{Aligned, ArrayBuilder};
-use crate::encode::rows::{uuid_text, Columns, Geom, PageRows, Rejected, Row};
+use crate::encode::rows::{uuid_text, Columns, Encoding, Geom, PageRows, Rejected, Row};
 use crate::source::paging::KeyRange;
 
 type SpiResult<T> = Result<T, spi::Error>;
@@ -279,14 +279,34 @@ fn oids(list: &[pg_sys::Oid]) -> Vec<PgOid> {
     list.iter().map(|o| PgOid::from(*o)).collect()
 }
 
+/// Whether this run builds geometries in Rust, said in the server log when it does not.
+fn fast_geometry(pg: &str) -> SpiResult<bool> {
+    let (server, postgis) = Spi::get_two::<i32, String>(&format!(
+        "SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4, {pg}.postgis_lib_version()"
+    ))?;
+    let (server, postgis) = (server.unwrap_or(0), postgis.unwrap_or_default());
+    let verified = crate::encode::geometry::verified_on(server, &postgis);
+    if !crate::guc::fast_geometry() {
+        pgrx::log!("gn2pg: geometries are converted by PostGIS (gn2pg.fast_geometry is off)");
+    } else if !verified {
+        pgrx::log!(
+            "gn2pg: geometries are converted by PostGIS: gn2pg builds EWKB itself only on {}, not on PostgreSQL {server} with PostGIS {postgis}",
+            crate::encode::geometry::VERIFIED_ON
+        );
+    }
+    Ok(verified && crate::guc::fast_geometry())
+}
+
 /// The page loader's statements, prepared once per run.
 pub struct Loader {
     /// gn2pg.observation.uuid is unique (deferred): a page is first written without looking its
     /// uuids up, and only if that fails is it written again with the lookups (`careful`).
     pub uuid_unique: bool,
-    /// gn2pg.observation.item compresses with lz4 (as created): items are compressed the same
-    /// way on the helper thread; with any other method they are left to PostgreSQL.
-    pub compress_items: bool,
+    /// How the run's pages are encoded: items compressed on the helper thread when
+    /// gn2pg.observation.item compresses with lz4 (as created; otherwise PostgreSQL does it), and
+    /// geometries built in Rust only on the PostgreSQL and PostGIS versions the encoder was
+    /// verified with (`encode::geometry::verified_on`).
+    pub encoding: Encoding,
     stored_in_range: OwnedPreparedStatement,
     stored_keys: OwnedPreparedStatement,
     delete_keys: OwnedPreparedStatement,
@@ -327,6 +347,7 @@ impl Loader {
                       WHERE attrelid = 'gn2pg.observation'::regclass AND attname = 'item')",
         )?;
         let (uuid_unique, compress_items) = (uuid_unique.unwrap_or(false), compress_items.unwrap_or(false));
+        let encoding = Encoding { compress: compress_items, fast_geometry: fast_geometry(&pg)? };
         Spi::connect(|c| {
             let keep = |c: &SpiClient,
                         s: &str,
@@ -339,7 +360,7 @@ impl Loader {
             };
             Ok(Loader {
                 uuid_unique,
-                compress_items,
+                encoding,
                 stored_in_range: keep(
                     c,
                     &STORED_SQL.replace("{where}", "o.id_data BETWEEN $2 AND $3"),
@@ -616,7 +637,8 @@ impl Loader {
             {
                 Some(prebuilt) => prebuilt,
                 None => {
-                    gathered = Columns::of(rows.iter().map(|w| w.row));
+                    // Fewer rows than the page whose columns were built: cannot fail but by a bug.
+                    gathered = Columns::of(rows.iter().map(|w| w.row)).unwrap_or_else(|e| pgrx::error!("gn2pg: {e}"));
                     &gathered
                 }
             };

@@ -13,7 +13,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::json;
 
-use crate::encode::rows::{self, PageRows};
+use crate::encode::rows::{self, Encoding, PageRows};
 use crate::guc;
 use crate::loader::{self, Loader, PageLoad, PageSpec};
 use crate::source::client::{CancelFlag, Host, Pipeline, SourceClient, Stats};
@@ -397,7 +397,7 @@ fn max_key(client: &mut SourceClient, key: &str, host: &WorkerHost) -> Result<Op
             ("orderby".to_string(), format!("{key}:DESC")),
         ];
         let body = c.fetch_export_page(&params, flag)?;
-        Ok(parse_page(&body, &key).ok().and_then(|p| p.max_key))
+        Ok(parse_page(&body, &key, &c.page_limits()).ok().and_then(|p| p.max_key))
     })
 }
 
@@ -406,11 +406,11 @@ fn fetch_rows(
     c: &mut SourceClient,
     params: &[(String, String)],
     fields: &Fields,
-    compress: bool,
+    encoding: Encoding,
     flag: &CancelFlag,
 ) -> Result<(PageSummary, PageRows), SourceError> {
     let body = c.fetch_export_page(params, flag)?;
-    rows::prepare(&body, fields, compress)
+    rows::prepare(&body, fields, encoding, &c.page_limits())
         .map_err(|cause| SourceError::BadAnswer { url: redact_url(c.export_url(params).as_str()), cause })
 }
 
@@ -444,7 +444,7 @@ struct StreamJob {
     pager: Pager,
     window: Vec<(String, String)>,
     fields: Fields,
-    compress: bool,
+    encoding: Encoding,
     full: bool,
 }
 
@@ -454,7 +454,7 @@ fn produce(mut job: StreamJob, flag: &CancelFlag, emit: &dyn Fn(Produced) -> boo
     for _ in 0..=MAX_PAGES {
         let mut params = job.pager.params();
         params.extend(job.window.iter().cloned());
-        let page = fetch_rows(&mut job.client, &params, &job.fields, job.compress, flag).and_then(|(summary, rows)| {
+        let page = fetch_rows(&mut job.client, &params, &job.fields, job.encoding, flag).and_then(|(summary, rows)| {
             let step = job.pager.step_for(&summary).map_err(SourceError::Paging)?;
             let sweep = if job.full { job.pager.covered_range(&summary, &step) } else { None };
             job.pager.advance(&summary);
@@ -656,7 +656,7 @@ fn load_ranges(
             pager: s.pager.clone(),
             window: window.clone(),
             fields: fields.clone(),
-            compress: loader.compress_items,
+            encoding: loader.encoding,
             full: setup.mode == Mode::Full,
         };
         pipeline.spawn(move |flag, emit| produce(job, flag, emit))?;
@@ -790,7 +790,7 @@ fn harvest_metadata(
             SourceError::Cancelled(m) => Stop::Cancelled(m),
             other => failed(other.to_string()),
         })?;
-        let summary = parse_page(&body, key).map_err(|cause| {
+        let summary = parse_page(&body, key, &client.page_limits()).map_err(|cause| {
             let url = redact_url(client.other_export_url(export_id, &params).as_str());
             failed(SourceError::BadAnswer { url, cause }.to_string())
         })?;

@@ -8,5 +8,6 @@ pub mod echo;
 pub mod fixture;
 pub mod geonature;
 pub mod hook;
+pub mod hostile;
 pub mod roles;
 pub mod tls;

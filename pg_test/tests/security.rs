@@ -335,6 +335,8 @@ const REVIEWED: &[(&str, bool, &str)] = &[
     ("gn2pg._describe(text,uuid,text,text,uuid)", true, "gn2pg_admin"),
     // Superusers only: it allocates in proportion to its input (issue 9, item 2).
     ("gn2pg._jsonb_selftest(text)", false, ""),
+    ("gn2pg._geometry_selftest(text)", false, ""),
+    ("gn2pg._selfcheck()", false, ""),
     ("gn2pg._level_arg(text,text)", false, "gn2pg_admin"),
     ("gn2pg._map(text,text,uuid,uuid)", true, "gn2pg_admin"),
     ("gn2pg._mapping_changed(text)", true, ""),

@@ -7,7 +7,7 @@
 //! MAXALIGNed, as is the datum itself once copied into palloc'd memory). An empty array is the
 //! zero-dimensional form PostgreSQL itself produces. No PostgreSQL calls here.
 
-use super::varlena::header as varlena_header;
+use super::varlena::{header as varlena_header, MAX_VARLENA};
 
 /// Element types the loader sends, with their `typlen` / `typalign`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,18 @@ impl ArrayBuilder {
 
     pub fn with_capacity(elem: Elem, elem_oid: u32, items: usize, bytes: usize) -> ArrayBuilder {
         ArrayBuilder { elem, elem_oid, data: Vec::with_capacity(bytes), not_null: Vec::with_capacity(items) }
+    }
+
+    /// As [`Self::with_capacity`] for sizes that come from the network: refused, not aborted,
+    /// when the memory cannot be had or the array could not be a datum.
+    pub fn try_with_capacity(elem: Elem, elem_oid: u32, items: usize, bytes: usize) -> Result<ArrayBuilder, String> {
+        if bytes > MAX_VARLENA {
+            return Err(too_long(bytes));
+        }
+        let mut a = ArrayBuilder::new(elem, elem_oid);
+        a.data.try_reserve_exact(bytes).map_err(|_| format!("out of memory for an array of {bytes} bytes"))?;
+        a.not_null.try_reserve_exact(items).map_err(|_| format!("out of memory for an array of {items} elements"))?;
+        Ok(a)
     }
 
     /// An `int8` or `timestamp` array (`elem_oid`) of `values`.
@@ -180,6 +192,7 @@ impl ArrayBuilder {
     /// Writes the array datum, varlena header included, into `out` of exactly [`Self::size`] bytes.
     pub fn write_to(&self, out: &mut [u8]) {
         assert_eq!(out.len(), self.size(), "array buffer of the wrong size");
+        assert!(out.len() <= MAX_VARLENA, "{}", too_long(out.len()));
         let n = self.not_null.len();
         fn words(out: &mut [u8], at: usize, vs: &[u32]) {
             for (k, v) in vs.iter().enumerate() {
@@ -210,14 +223,20 @@ impl ArrayBuilder {
     }
 
     /// The array datum in MAXALIGNed memory, as PostgreSQL expects a datum to be, so the backend
-    /// can hand it to SPI without copying it.
-    pub fn finish_aligned(&self) -> Aligned {
+    /// can hand it to SPI without copying it. Refused past PostgreSQL's 1 GB limit, or when the
+    /// memory cannot be had.
+    pub fn finish_aligned(&self) -> Result<Aligned, String> {
         let len = self.size();
-        let mut words = vec![0u64; len.div_ceil(8)];
+        if len > MAX_VARLENA {
+            return Err(too_long(len));
+        }
+        let mut words = Vec::new();
+        words.try_reserve_exact(len.div_ceil(8)).map_err(|_| format!("out of memory for an array of {len} bytes"))?;
+        words.resize(len.div_ceil(8), 0u64);
         // SAFETY: the u64 buffer holds at least `len` initialised bytes.
         let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, len) };
         self.write_to(bytes);
-        Aligned { words, len }
+        Ok(Aligned { words, len })
     }
 
     /// The array datum's bytes, varlena header included.
@@ -227,6 +246,10 @@ impl ArrayBuilder {
         self.write_to(&mut out);
         out
     }
+}
+
+fn too_long(len: usize) -> String {
+    format!("an array of {len} bytes exceeds PostgreSQL's limit of {MAX_VARLENA} bytes for one value")
 }
 
 #[cfg(test)]
@@ -268,7 +291,7 @@ mod tests {
     fn aligned_arrays_hold_the_same_bytes() {
         let mut a = ArrayBuilder::new(Elem::Varlena, 25);
         a.push_bytes(b"abc");
-        let al = a.finish_aligned();
+        let al = a.finish_aligned().unwrap();
         assert_eq!(al.as_ptr() as usize % 8, 0);
         // SAFETY: `al` holds `len` bytes.
         let bytes = unsafe { std::slice::from_raw_parts(al.as_ptr(), al.len()) };

@@ -20,6 +20,18 @@
 //! Both parsers work on the bytes of the input and write straight into the output `Vec`; the
 //! only allocation is that `Vec`.
 
+/// The versions the encoder was compared with, byte for byte, for the README and the log.
+pub const VERIFIED_ON: &str = "PostgreSQL 15 with PostGIS 3.3";
+
+/// Whether [`Converted::Ewkb`] may be used on this server: only on the PostgreSQL and PostGIS
+/// versions it was verified against (`server_version_num`, `postgis_lib_version()`). Elsewhere
+/// the loader leaves every geometry to PostGIS's own parsers; `gn2pg._geometry_selftest`
+/// compares the two on any server.
+pub fn verified_on(server_version_num: i32, postgis_lib_version: &str) -> bool {
+    let postgis_minor = postgis_lib_version.split(['.', ' ']).take(2).collect::<Vec<_>>();
+    server_version_num / 10_000 == 15 && postgis_minor == ["3", "3"]
+}
+
 /// What the loader does with one item's geometry.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Converted {
@@ -34,7 +46,7 @@ pub enum Converted {
 /// `text` is the JSON text of a GeoJSON geometry object (the `geometry` member of a Feature,
 /// never "null").
 pub fn from_geojson(text: &str) -> Converted {
-    let mut out = Ewkb::with_capacity(text.len());
+    let Ok(mut out) = Ewkb::with_capacity(text.len()) else { return Converted::Defer };
     let mut p = Json(Cursor::new(text));
     p.ws();
     if p.geometry(&mut out, true, 0).is_err() {
@@ -50,7 +62,7 @@ pub fn from_geojson(text: &str) -> Converted {
 /// `text` is WKT (GeoNature's `wkt_4326` column, e.g. `POINT(6.1 45.2)`), possibly with
 /// `SRID=n;` prefix.
 pub fn from_wkt(text: &str) -> Converted {
-    let mut out = Ewkb::with_capacity(text.len());
+    let Ok(mut out) = Ewkb::with_capacity(text.len()) else { return Converted::Defer };
     let mut p = Wkt(Cursor::new(text));
     if p.wkt(&mut out).is_err() {
         return Converted::Defer;
@@ -116,40 +128,65 @@ impl Kind {
 /// The EWKB being written.
 struct Ewkb {
     buf: Vec<u8>,
+    /// The most it may grow to (see [`Ewkb::with_capacity`]).
+    cap: usize,
 }
 
 impl Ewkb {
     /// Text of `n` bytes rarely describes more than `n / 2` bytes of EWKB (a coordinate pair
     /// is 16 bytes and takes 30-40 characters with the usual 15-17 significant digits); a
-    /// point (25 bytes) always fits without growing.
-    fn with_capacity(text_len: usize) -> Ewkb {
-        Ewkb { buf: Vec::with_capacity(25 + text_len / 2) }
+    /// point (25 bytes) always fits without growing. Memory is asked for fallibly: the text
+    /// comes from the network, and without memory PostGIS gets the text instead.
+    ///
+    /// Real coordinates take more characters than their 16 bytes, so EWKB is shorter than its
+    /// text; text like `0 0,0 0,…` would describe five times its size. Output is therefore capped
+    /// at twice the text (plus a header's worth): beyond, PostGIS gets the text, and a page's
+    /// geometries never take more than about twice what they took as text.
+    fn with_capacity(text_len: usize) -> R<Ewkb> {
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(25 + text_len / 2).map_err(|_| Bail)?;
+        let cap = text_len.saturating_mul(2).saturating_add(64).min(super::varlena::MAX_VARLENA);
+        Ok(Ewkb { buf, cap })
     }
 
-    fn header(&mut self, kind: Kind, outer: bool) {
-        self.buf.push(1);
+    fn put(&mut self, bytes: &[u8]) -> R<()> {
+        let need = self.buf.len() + bytes.len();
+        if need > self.cap {
+            return Err(Bail);
+        }
+        if need > self.buf.capacity() {
+            // Doubling, but never past the cap.
+            let want = (2 * self.buf.capacity()).max(need).min(self.cap);
+            self.buf.try_reserve_exact(want - self.buf.len()).map_err(|_| Bail)?;
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn header(&mut self, kind: Kind, outer: bool) -> R<()> {
+        self.put(&[1])?;
         if outer {
-            self.u32(kind as u32 | SRID_FLAG);
-            self.u32(SRID_4326);
+            self.u32(kind as u32 | SRID_FLAG)?;
+            self.u32(SRID_4326)
         } else {
-            self.u32(kind as u32);
+            self.u32(kind as u32)
         }
     }
 
-    fn u32(&mut self, v: u32) {
-        self.buf.extend_from_slice(&v.to_le_bytes());
+    fn u32(&mut self, v: u32) -> R<()> {
+        self.put(&v.to_le_bytes())
     }
 
-    fn point(&mut self, x: f64, y: f64) {
-        self.buf.extend_from_slice(&x.to_le_bytes());
-        self.buf.extend_from_slice(&y.to_le_bytes());
+    fn point(&mut self, x: f64, y: f64) -> R<()> {
+        self.put(&x.to_le_bytes())?;
+        self.put(&y.to_le_bytes())
     }
 
     /// Reserves a count that is only known once its elements are parsed.
-    fn count_slot(&mut self) -> usize {
+    fn count_slot(&mut self) -> R<usize> {
         let at = self.buf.len();
-        self.u32(0);
-        at
+        self.u32(0)?;
+        Ok(at)
     }
 
     fn set_count(&mut self, at: usize, n: usize) -> R<()> {
@@ -253,7 +290,7 @@ trait PointLists<'a>: std::ops::DerefMut<Target = Cursor<'a>> + Sized {
     /// rings"); its GeoJSON reader checks neither, but such geometries are invalid GeoJSON:
     /// keeping them on the PostGIS path keeps both inputs alike and leaves oddities to PostGIS.
     fn points(&mut self, out: &mut Ewkb, min: usize, ring: bool) -> R<()> {
-        let slot = out.count_slot();
+        let slot = out.count_slot()?;
         let first = out.buf.len();
         let n = self.list(|p| p.point(out))?;
         if n < min || (ring && !out.ring_closed(first)) {
@@ -263,7 +300,7 @@ trait PointLists<'a>: std::ops::DerefMut<Target = Cursor<'a>> + Sized {
     }
 
     fn rings(&mut self, out: &mut Ewkb) -> R<()> {
-        let slot = out.count_slot();
+        let slot = out.count_slot()?;
         let n = self.list(|p| p.points(out, 4, true))?;
         out.set_count(slot, n)
     }
@@ -300,8 +337,7 @@ impl<'a> PointLists<'a> for Json<'a> {
         let y = self.coordinate()?;
         self.ws();
         self.expect(b']')?;
-        out.point(x, y);
-        Ok(())
+        out.point(x, y)
     }
 }
 
@@ -441,24 +477,24 @@ impl<'a> Json<'a> {
 
     /// `[item, item, ...]` with at least one item (an empty array is an EMPTY geometry).
     fn coordinates(&mut self, kind: Kind, out: &mut Ewkb, outer: bool) -> R<()> {
-        out.header(kind, outer);
+        out.header(kind, outer)?;
         match kind {
             Kind::Point => self.point(out),
             Kind::LineString => self.points(out, 2, false),
             Kind::Polygon => self.rings(out),
             Kind::MultiPoint | Kind::MultiLineString | Kind::MultiPolygon => {
-                let slot = out.count_slot();
+                let slot = out.count_slot()?;
                 let n = self.list(|p| match kind {
                     Kind::MultiPoint => {
-                        out.header(Kind::Point, false);
+                        out.header(Kind::Point, false)?;
                         p.point(out)
                     }
                     Kind::MultiLineString => {
-                        out.header(Kind::LineString, false);
+                        out.header(Kind::LineString, false)?;
                         p.points(out, 2, false)
                     }
                     _ => {
-                        out.header(Kind::Polygon, false);
+                        out.header(Kind::Polygon, false)?;
                         p.rings(out)
                     }
                 })?;
@@ -469,8 +505,8 @@ impl<'a> Json<'a> {
     }
 
     fn collection(&mut self, out: &mut Ewkb, outer: bool, depth: usize) -> R<()> {
-        out.header(Kind::Collection, outer);
-        let slot = out.count_slot();
+        out.header(Kind::Collection, outer)?;
+        let slot = out.count_slot()?;
         let n = self.list(|p| p.geometry(out, false, depth + 2))?;
         out.set_count(slot, n)
     }
@@ -613,8 +649,7 @@ impl<'a> PointLists<'a> for Wkt<'a> {
         if !matches!(self.peek(), Some(b',' | b')')) {
             return Err(Bail);
         }
-        out.point(x, y);
-        Ok(())
+        out.point(x, y)
     }
 }
 
@@ -682,7 +717,7 @@ impl<'a> Wkt<'a> {
         if self.peek() != Some(b'(') {
             return Err(Bail);
         }
-        out.header(kind, outer);
+        out.header(kind, outer)?;
         match kind {
             Kind::Point => {
                 self.expect(b'(')?;
@@ -693,10 +728,10 @@ impl<'a> Wkt<'a> {
             Kind::LineString => self.points(out, 2, false),
             Kind::Polygon => self.rings(out),
             Kind::MultiPoint => {
-                let slot = out.count_slot();
+                let slot = out.count_slot()?;
                 // Both `MULTIPOINT(1 2,3 4)` and `MULTIPOINT((1 2),(3 4))`, mixed freely.
                 let n = self.list(|p| {
-                    out.header(Kind::Point, false);
+                    out.header(Kind::Point, false)?;
                     if p.eat(b'(') {
                         p.ws();
                         p.point(out)?;
@@ -708,23 +743,23 @@ impl<'a> Wkt<'a> {
                 out.set_count(slot, n)
             }
             Kind::MultiLineString => {
-                let slot = out.count_slot();
+                let slot = out.count_slot()?;
                 let n = self.list(|p| {
-                    out.header(Kind::LineString, false);
+                    out.header(Kind::LineString, false)?;
                     p.points(out, 2, false)
                 })?;
                 out.set_count(slot, n)
             }
             Kind::MultiPolygon => {
-                let slot = out.count_slot();
+                let slot = out.count_slot()?;
                 let n = self.list(|p| {
-                    out.header(Kind::Polygon, false);
+                    out.header(Kind::Polygon, false)?;
                     p.rings(out)
                 })?;
                 out.set_count(slot, n)
             }
             Kind::Collection => {
-                let slot = out.count_slot();
+                let slot = out.count_slot()?;
                 let n = self.list(|p| p.geometry(out, false, depth + 1))?;
                 out.set_count(slot, n)
             }
@@ -1854,6 +1889,36 @@ mod tests {
         }
         for bad in ["", "-", ".", "+1", "1.e5", "1e", "1e+", "1..2", "1-2", "--1", "e5", "1e5.5"] {
             assert!(!wkt_number_syntax(bad.as_bytes()), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::alloc_count::peak_of;
+    use crate::testgen::{edits, geometry, mutate};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        /// Any text: EWKB or a deferral, never a panic; EWKB at most twice the text plus a
+        /// header, and memory at most three times the text.
+        #[test]
+        fn conversion_never_panics_and_stays_within_its_bound(text in geometry(), e in edits(), repeat in 1usize..200) {
+            let mut text = mutate(&text, &e);
+            if repeat > 150 {
+                // Dense point lists: five times their size as EWKB, so deferred to PostGIS.
+                text = format!("MULTIPOINT({})", vec!["0 0"; repeat * 10].join(","));
+            }
+            for convert in [from_wkt, from_geojson] {
+                let (c, peak) = peak_of(|| convert(&text));
+                prop_assert!(peak <= 3 * text.len() + 256, "{peak} bytes for {} bytes: {text:?}", text.len());
+                if let Converted::Ewkb(b) = c {
+                    prop_assert!(b.len() <= 2 * text.len() + 64, "{} bytes of EWKB for {text:?}", b.len());
+                }
+            }
         }
     }
 }

@@ -16,13 +16,22 @@
 
 use std::borrow::Cow;
 
-use super::varlena::header as varlena_header;
-use crate::json::key_order;
+use super::varlena::{header as varlena_header, MAX_VARLENA};
+use crate::json::{key_order, limit_err};
 pub use crate::json::{parse, JsonbError, Value};
 
 /// JSON that jsonb cannot hold.
 fn err<T>(msg: impl Into<String>) -> Result<T, JsonbError> {
-    Err(JsonbError { message: msg.into(), syntax: false, truncated: false })
+    Err(JsonbError { message: msg.into(), syntax: false, truncated: false, limit: false })
+}
+
+/// Room for `n` more bytes, or a refusal: the sizes here come from the network, so memory is
+/// asked for fallibly, before every write (the writes below then never reallocate).
+fn reserve(buf: &mut Vec<u8>, n: usize) -> Result<(), JsonbError> {
+    if buf.len().saturating_add(n) > MAX_VARLENA {
+        return err("jsonb value too large");
+    }
+    buf.try_reserve(n).or_else(|_| limit_err("out of memory while encoding jsonb"))
 }
 
 // jsonb.h
@@ -51,6 +60,7 @@ pub fn encode_into(v: &Value, out: &mut Vec<u8>) -> Result<(), JsonbError> {
 pub fn encode_into_without(v: &Value, skip: &[&str], out: &mut Vec<u8>) -> Result<(), JsonbError> {
     debug_assert_eq!(out.len() % 4, 0, "a jsonb datum starts int-aligned");
     let start = out.len();
+    reserve(out, 4)?;
     out.extend_from_slice(&[0; 4]);
     let r = match v {
         Value::Object(members) => write_object(out, members, skip).map(|_| ()),
@@ -62,7 +72,7 @@ pub fn encode_into_without(v: &Value, skip: &[&str], out: &mut Vec<u8>) -> Resul
         return Err(e);
     }
     let len = out.len() - start;
-    if len > 0x3FFF_FFFF {
+    if len > MAX_VARLENA {
         out.truncate(start);
         return err("jsonb value too large");
     }
@@ -72,7 +82,8 @@ pub fn encode_into_without(v: &Value, skip: &[&str], out: &mut Vec<u8>) -> Resul
 
 /// A jsonb varlena of `v`.
 pub fn encode(v: &Value) -> Result<Vec<u8>, JsonbError> {
-    let mut out = Vec::with_capacity(256);
+    let mut out = Vec::new();
+    reserve(&mut out, 256)?;
     encode_into(v, &mut out)?;
     Ok(out)
 }
@@ -98,6 +109,7 @@ fn write_string(buf: &mut Vec<u8>, s: &str) -> Result<u32, JsonbError> {
     if s.len() > JENTRY_OFFLENMASK as usize {
         return err("string too long to represent as jsonb string");
     }
+    reserve(buf, s.len())?;
     buf.extend_from_slice(s.as_bytes());
     Ok(JENTRY_ISSTRING | s.len() as u32)
 }
@@ -110,6 +122,7 @@ fn write_value(buf: &mut Vec<u8>, v: &Value) -> Result<u32, JsonbError> {
         Value::Bool(false) => Ok(JENTRY_ISBOOL_FALSE),
         Value::String(s) => write_string(buf, s),
         Value::Number(t) => {
+            reserve(buf, 3)?;
             let pad = pad_to_int(buf);
             let len = write_numeric(buf, t)?;
             Ok(JENTRY_ISNUMERIC | (pad + len))
@@ -123,6 +136,7 @@ fn write_value(buf: &mut Vec<u8>, v: &Value) -> Result<u32, JsonbError> {
 /// instead of a length), then the elements' data.
 fn write_array(buf: &mut Vec<u8>, elems: &[Value], raw_scalar: bool) -> Result<u32, JsonbError> {
     let base = buf.len();
+    reserve(buf, 3 + 4 + 4 * elems.len())?;
     pad_to_int(buf);
     let mut header = elems.len() as u32 | JB_FARRAY;
     if raw_scalar {
@@ -152,6 +166,7 @@ fn write_object(buf: &mut Vec<u8>, members: &[(Cow<str>, Value)], skip: &[&str])
     let kept = || members.iter().enumerate().filter(|(i, _)| !skipped.contains(i)).map(|(_, m)| m);
     let n = kept().count();
     let base = buf.len();
+    reserve(buf, 3 + 4 + 8 * n)?;
     pad_to_int(buf);
     buf.extend_from_slice(&(n as u32 | JB_FOBJECT).to_ne_bytes());
     let entries = buf.len();
@@ -269,6 +284,7 @@ fn write_numeric(buf: &mut Vec<u8>, tok: &str) -> Result<u32, JsonbError> {
     let short =
         dscale <= NUMERIC_SHORT_DSCALE_MAX && (NUMERIC_SHORT_WEIGHT_MIN..=NUMERIC_SHORT_WEIGHT_MAX).contains(&weight);
     let len = 4 + if short { 2 } else { 4 } + 2 * count as usize;
+    reserve(buf, len)?;
     buf.extend_from_slice(&varlena_header(len as u32));
     if short {
         let mut h = NUMERIC_SHORT
@@ -423,5 +439,33 @@ mod tests {
             assert_eq!(encode(&v).unwrap(), enc(d), "{d}");
         }
         assert!(!sc.next_element().unwrap());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::alloc_count::peak_of;
+    use crate::testgen::{edits, mutate, value};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Whatever parses encodes or is refused, never panics, and the encoding takes at most
+        /// 16 bytes per byte of text (a bare `0,` becomes a 4-byte JEntry and an 8-byte
+        /// padded numeric; the output vector may double once).
+        #[test]
+        fn encoding_never_panics_and_stays_within_its_bound(text in value(), e in edits()) {
+            let text = mutate(&text, &e);
+            if let Ok(v) = parse(&text) {
+                let (out, peak) = peak_of(|| encode(&v));
+                prop_assert!(peak <= 16 * text.len() + 1024, "{peak} bytes for {} bytes: {text:?}", text.len());
+                if let Ok(out) = out {
+                    // A complete varlena: its header holds its length.
+                    prop_assert_eq!(&out[..4], &varlena_header(out.len() as u32)[..]);
+                }
+            }
+        }
     }
 }

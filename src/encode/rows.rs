@@ -11,11 +11,11 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::Hasher;
 
-use super::array::{Aligned, ArrayBuilder};
+use super::array::{Aligned, ArrayBuilder, Elem};
 use super::geometry::{self, Converted};
 use super::jsonb::{self, Value};
 use super::varlena;
-use crate::source::page::{is_uuid, item_key, key_of, read_page, summary, Fields, PageSummary, ParsedItem};
+use crate::source::page::{is_uuid, item_key, key_of, read_page, summary, Fields, PageLimits, PageSummary, ParsedItem};
 
 /// About what the other columns of a gn2pg.observation row take on disk: an item bigger than
 /// the TOAST threshold minus this makes PostgreSQL compress it.
@@ -133,35 +133,92 @@ pub struct Columns {
 }
 
 impl Columns {
-    /// The INSERT's arrays of `rows`, in order.
-    pub fn of<'r>(rows: impl Iterator<Item = &'r Row> + Clone) -> Columns {
-        let bytes: usize = rows.clone().map(|r| r.item.len() + 4).sum();
-        let ewkb = |r: &'r Row| match &r.geom {
-            Geom::Ewkb(b) => Some(&b[..]),
-            _ => None,
-        };
-        Columns {
-            id: ArrayBuilder::of_i64(oid::INT8, rows.clone().map(|r| Some(r.id))).finish_aligned(),
-            uuid: ArrayBuilder::of_uuid(rows.clone().map(|r| r.uuid.as_ref())).finish_aligned(),
-            item: ArrayBuilder::of_varlenas(oid::JSONB, bytes, rows.clone().map(|r| Some(&r.item[..])))
-                .finish_aligned(),
-            geom: ArrayBuilder::of_bytes(oid::BYTEA, rows.clone().map(ewkb)).finish_aligned(),
-            source_ca: ArrayBuilder::of_uuid(rows.clone().map(|r| r.ca.as_ref())).finish_aligned(),
-            source_jdd: ArrayBuilder::of_uuid(rows.clone().map(|r| r.jdd.as_ref())).finish_aligned(),
-            updated: ArrayBuilder::of_i64(oid::TIMESTAMP, rows.clone().map(|r| r.updated)).finish_aligned(),
-            hash: ArrayBuilder::of_i64(oid::INT8, rows.map(|r| Some(r.hash))).finish_aligned(),
+    /// The INSERT's arrays of `rows`, in order. Sizes are computed first and memory asked for
+    /// fallibly; no array may exceed PostgreSQL's 1 GB limit.
+    pub fn of<'r>(rows: impl Iterator<Item = &'r Row> + Clone) -> Result<Columns, String> {
+        let n = rows.clone().count();
+        // Elements of a varlena array start 4-aligned: at most 3 bytes of padding each.
+        let items: usize = rows.clone().map(|r| r.item.len() + 3).sum();
+        fn ewkb(r: &Row) -> Option<&[u8]> {
+            match &r.geom {
+                Geom::Ewkb(b) => Some(&b[..]),
+                _ => None,
+            }
         }
+        let geoms: usize = rows.clone().map(|r| ewkb(r).map_or(0, |b| b.len() + 4 + 3)).sum();
+        let array = |elem, oid, bytes, push: &dyn Fn(&mut ArrayBuilder, &Row)| -> Result<Aligned, String> {
+            let mut a = ArrayBuilder::try_with_capacity(elem, oid, n, bytes)?;
+            rows.clone().for_each(|r| push(&mut a, r));
+            a.finish_aligned()
+        };
+        Ok(Columns {
+            id: array(Elem::Int8, oid::INT8, 8 * n, &|a, r| a.push_i64(r.id))?,
+            uuid: array(Elem::Uuid, UUID, 16 * n, &|a, r| a.push_opt_uuid(r.uuid.as_ref()))?,
+            item: array(Elem::Varlena, oid::JSONB, items, &|a, r| a.push_varlena(&r.item))?,
+            geom: array(Elem::Varlena, oid::BYTEA, geoms, &|a, r| a.push_opt_bytes(ewkb(r)))?,
+            source_ca: array(Elem::Uuid, UUID, 16 * n, &|a, r| a.push_opt_uuid(r.ca.as_ref()))?,
+            source_jdd: array(Elem::Uuid, UUID, 16 * n, &|a, r| a.push_opt_uuid(r.jdd.as_ref()))?,
+            updated: array(Elem::Int8, oid::TIMESTAMP, 8 * n, &|a, r| a.push_opt_i64(r.updated))?,
+            hash: array(Elem::Int8, oid::INT8, 8 * n, &|a, r| a.push_i64(r.hash))?,
+        })
     }
 }
 
-/// Splits, checks and encodes a page in one pass over its text. Errors concern the page itself
-/// (not an export answer, malformed or cut JSON); item problems become [`Rejected`] entries.
-/// `compress`: compress items as PostgreSQL's TOAST would (the column uses lz4).
-pub fn prepare(body: &str, f: &Fields, compress: bool) -> Result<(PageSummary, PageRows), String> {
-    let (env, parsed) = read_page(body, |item, geometry| parse_item(item, geometry, f))?;
+/// `uuid`'s type oid (built in, pg_type.dat).
+const UUID: u32 = 2950;
+
+/// How a run encodes its pages, decided once per run by the loader's preparation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoding {
+    /// Compress items as PostgreSQL's TOAST would (the column uses lz4).
+    pub compress: bool,
+    /// Build EWKB in Rust (`encode::geometry`); otherwise every geometry goes to PostGIS.
+    pub fast_geometry: bool,
+}
+
+/// What encoding a page may still build, in bytes ([`PageLimits::encoded_bytes`]): charged as
+/// items are encoded, so a page that would build too much is refused while memory is still
+/// about its size.
+struct Budget<'l> {
+    left: usize,
+    limits: &'l PageLimits,
+}
+
+impl Budget<'_> {
+    fn charge(&mut self, bytes: usize) -> Result<(), String> {
+        self.left = self.left.checked_sub(bytes).ok_or_else(|| {
+            format!(
+                "the answer exceeds a limit of gn2pg: its items take more than {} bytes once encoded \
+                 (twice max_page_bytes = {})",
+                self.limits.encoded_bytes(),
+                self.limits.max_page_bytes
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// Splits, checks and encodes a page in one pass over its text (after a census that builds
+/// nothing, see `read_page`). Errors concern the page itself (not an export answer, malformed or
+/// cut JSON, over a limit); item problems become [`Rejected`] entries. Memory stays within a
+/// small multiple of `limits.max_page_bytes` (README, "Limits on what a source may send").
+pub fn prepare(body: &str, f: &Fields, enc: Encoding, limits: &PageLimits) -> Result<(PageSummary, PageRows), String> {
+    // A bug must fail the page, not end the helper thread without a word.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepare_page(body, f, enc, limits))).unwrap_or_else(|p| {
+        let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+        Err(format!("internal error while preparing the page: {}", why.unwrap_or_else(|| "panic".into())))
+    })
+}
+
+fn prepare_page(body: &str, f: &Fields, enc: Encoding, limits: &PageLimits) -> Result<(PageSummary, PageRows), String> {
+    let mut budget = Budget { left: limits.encoded_bytes(), limits };
+    let mut scratch = Vec::new();
+    let (env, parsed) =
+        read_page(body, limits, |item, geometry| parse_item(item, geometry, f, enc, &mut budget, &mut scratch))?;
+    drop(scratch);
     let summary = summary(&env, parsed.iter().map(|p| p.id));
-    let mut rows = assemble(parsed);
-    if compress {
+    let mut rows = assemble(parsed)?;
+    if enc.compress {
         let mut scratch = Vec::new();
         for r in rows.rows.iter_mut() {
             if r.item.len() + ROW_WITHOUT_ITEM > varlena::TOAST_TUPLE_THRESHOLD {
@@ -171,20 +228,30 @@ pub fn prepare(body: &str, f: &Fields, compress: bool) -> Result<(PageSummary, P
             }
         }
     }
-    rows.columns = Some(Columns::of(rows.rows.iter()));
+    rows.columns = Some(Columns::of(rows.rows.iter())?);
     Ok((summary, rows))
 }
 
 /// One item after parsing: either a row candidate or a rejection.
-struct Parsed<'a> {
+struct Parsed {
     id: Option<i64>,
-    outcome: Result<Candidate<'a>, Rejected>,
+    outcome: Result<Candidate, Rejected>,
 }
 
-struct Candidate<'a> {
+struct Candidate {
     row: Row,
-    /// Kept for the metadata of the rows that win.
-    value: Value<'a>,
+    /// What the row says of its CA and JDD, for the metadata of the rows that win (the item's
+    /// parsed value is dropped as soon as it is encoded).
+    ca: Option<Described>,
+    jdd: Option<Described>,
+}
+
+/// A CA or JDD as one row describes it.
+#[derive(Default)]
+struct Described {
+    name: Option<String>,
+    /// The nested `ca_data` / `jdd_data` object, as jsonb.
+    item: Option<Vec<u8>>,
 }
 
 fn reject(id: Option<i64>, uuid: Option<String>, item: Option<Vec<u8>>, reason: String) -> Rejected {
@@ -209,19 +276,29 @@ fn short(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
-fn parse_item<'a>(item: ParsedItem<'a>, geojson: Option<&'a str>, f: &Fields) -> Parsed<'a> {
+fn parse_item(
+    item: ParsedItem,
+    geojson: Option<&str>,
+    f: &Fields,
+    enc: Encoding,
+    budget: &mut Budget,
+    scratch: &mut Vec<u8>,
+) -> Result<Parsed, String> {
     let value = match item {
         Ok(v) => v,
         Err((e, text)) => {
             // Valid JSON that jsonb refuses (\u0000, lone surrogates): the key can still be read
             // for the report.
             let id = item_key(text, &[&f.key]);
-            return Parsed { id, outcome: Err(reject(id, None, None, format!("item cannot be stored as jsonb: {e}"))) };
+            let reason = format!("item cannot be stored as jsonb: {e}");
+            budget.charge(reason.len())?;
+            return Ok(Parsed { id, outcome: Err(reject(id, None, None, reason)) });
         }
     };
     if !matches!(value, Value::Object(_)) {
-        let item = jsonb::encode(&value).ok();
-        return Parsed { id: None, outcome: Err(reject(None, None, item, "item is not a JSON object".into())) };
+        let item = encode_exact(&value, &[], scratch).ok();
+        budget.charge(item.as_ref().map_or(0, Vec::len))?;
+        return Ok(Parsed { id: None, outcome: Err(reject(None, None, item, "item is not a JSON object".into())) });
     }
     let id = key_of(value.get(&f.key));
     let text = |name: &str| member_text(value.get(name));
@@ -246,27 +323,45 @@ fn parse_item<'a>(item: ParsedItem<'a>, geojson: Option<&'a str>, f: &Fields) ->
     } else {
         None
     };
-    let mut item = Vec::with_capacity(2048);
-    if let Err(e) = jsonb::encode_into_without(&value, &NESTED_METADATA, &mut item) {
-        let uuid = uuid.map(Cow::into_owned);
-        return Parsed { id, outcome: Err(reject(id, uuid, None, format!("item cannot be stored as jsonb: {e}"))) };
-    }
+    let item = match encode_exact(&value, &NESTED_METADATA, scratch) {
+        Ok(item) => item,
+        Err(e) if e.limit => return Err(format!("the answer exceeds a limit of gn2pg: {e}")),
+        Err(e) => {
+            let uuid = uuid.map(Cow::into_owned);
+            let reason = format!("item cannot be stored as jsonb: {e}");
+            budget.charge(reason.len())?;
+            return Ok(Parsed { id, outcome: Err(reject(id, uuid, None, reason)) });
+        }
+    };
+    budget.charge(item.len())?;
     if let Some(reason) = reason {
         let uuid = uuid.map(Cow::into_owned);
-        return Parsed { id, outcome: Err(reject(id, uuid, Some(item), reason)) };
+        budget.charge(reason.len())?;
+        return Ok(Parsed { id, outcome: Err(reject(id, uuid, Some(item), reason)) });
     }
-    let geom = match (geojson, text(&f.wkt).filter(|w| !w.trim().is_empty())) {
-        (Some(g), _) => match geometry::from_geojson(g) {
-            Converted::Ewkb(b) => Geom::Ewkb(b),
-            Converted::Defer => Geom::Defer { geojson: Some(g.to_string()), wkt: None },
+    let wkt = text(&f.wkt).filter(|w| !w.trim().is_empty());
+    let geom = match (geojson, wkt) {
+        (Some(g), _) => match enc.fast_geometry.then(|| geometry::from_geojson(g)) {
+            Some(Converted::Ewkb(b)) => Geom::Ewkb(b),
+            _ => Geom::Defer { geojson: Some(g.to_string()), wkt: None },
         },
-        (None, Some(w)) => match geometry::from_wkt(&w) {
-            Converted::Ewkb(b) => Geom::Ewkb(b),
-            Converted::Defer => Geom::Defer { geojson: None, wkt: Some(w.into_owned()) },
+        (None, Some(w)) => match enc.fast_geometry.then(|| geometry::from_wkt(&w)) {
+            Some(Converted::Ewkb(b)) => Geom::Ewkb(b),
+            _ => Geom::Defer { geojson: None, wkt: Some(w.into_owned()) },
         },
         (None, None) => Geom::None,
     };
+    budget.charge(match &geom {
+        Geom::None => 0,
+        Geom::Ewkb(b) => b.len(),
+        Geom::Defer { geojson, wkt } => geojson.as_ref().or(wkt.as_ref()).map_or(0, String::len),
+    })?;
     let (ca, jdd) = (ca_b.flatten(), jdd_b.flatten());
+    let described_ca = ca.map(|_| describe(&value, Level::Ca, scratch));
+    let described_jdd = jdd.map(|_| describe(&value, Level::Jdd, scratch));
+    for d in [&described_ca, &described_jdd].into_iter().flatten() {
+        budget.charge(d.name.as_ref().map_or(0, String::len) + d.item.as_ref().map_or(0, Vec::len))?;
+    }
     let hash = content_hash(&item, &geom, ca.as_ref(), jdd.as_ref());
     let row = Row {
         id: id.unwrap_or_default(),
@@ -278,11 +373,24 @@ fn parse_item<'a>(item: ParsedItem<'a>, geojson: Option<&'a str>, f: &Fields) ->
         jdd,
         hash,
     };
-    Parsed { id, outcome: Ok(Candidate { row, value }) }
+    Ok(Parsed { id, outcome: Ok(Candidate { row, ca: described_ca, jdd: described_jdd }) })
 }
 
-/// The name and nested object a row gives a CA or JDD.
-fn describe(value: &Value, level: Level, uuid: [u8; 16], parent: Option<[u8; 16]>) -> Meta {
+/// `value` as jsonb without the root members named in `skip`, in a vector of exactly its size
+/// (what the page keeps is then what the budget counts); `scratch` is reused across items.
+fn encode_exact(value: &Value, skip: &[&str], scratch: &mut Vec<u8>) -> Result<Vec<u8>, jsonb::JsonbError> {
+    scratch.clear();
+    jsonb::encode_into_without(value, skip, scratch)?;
+    let mut out = Vec::new();
+    if out.try_reserve_exact(scratch.len()).is_err() {
+        return crate::json::limit_err("out of memory while encoding an item");
+    }
+    out.extend_from_slice(scratch);
+    Ok(out)
+}
+
+/// The name and nested object a row gives its CA or JDD.
+fn describe(value: &Value, level: Level, scratch: &mut Vec<u8>) -> Described {
     let (flat, object) = match level {
         Level::Ca => ("ca_nom", "ca_data"),
         Level::Jdd => ("jdd_nom", "jdd_data"),
@@ -291,24 +399,31 @@ fn describe(value: &Value, level: Level, uuid: [u8; 16], parent: Option<[u8; 16]
     let name =
         member_text(value.get(flat)).or_else(|| member_text(nested.and_then(|o| o.get("name")))).map(Cow::into_owned);
     let item = match nested {
-        Some(o @ Value::Object(_)) => jsonb::encode(o).ok(),
+        Some(o @ Value::Object(_)) => encode_exact(o, &[], scratch).ok(),
         _ => None,
     };
-    Meta { level, uuid, name, parent, item }
+    Described { name, item }
 }
 
 /// De-duplication (views joining several protocols repeat a row, source-api.md §3.4: the last
-/// copy of a key wins), one uuid per key within the page, and the page's CA/JDD.
-fn assemble(parsed: Vec<Parsed>) -> PageRows {
-    let mut out = PageRows { received: parsed.len(), ..Default::default() };
-    let mut last_of: HashMap<i64, usize> = HashMap::with_capacity(parsed.len());
+/// copy of a key wins), one uuid per key within the page, and the page's CA/JDD. Every
+/// collection holds at most one entry per item, reserved fallibly.
+fn assemble(parsed: Vec<Parsed>) -> Result<PageRows, String> {
+    let n = parsed.len();
+    let oom = |_| format!("out of memory while assembling a page of {n} items");
+    let mut out = PageRows { received: n, ..Default::default() };
+    out.keys.try_reserve_exact(n).map_err(oom)?;
+    out.rejected.try_reserve(n).map_err(oom)?;
+    let mut last_of: HashMap<i64, usize> = HashMap::new();
+    last_of.try_reserve(n).map_err(oom)?;
     for (i, p) in parsed.iter().enumerate() {
         if let Some(id) = p.id {
             out.keys.push(id);
             last_of.insert(id, i);
         }
     }
-    let mut winners: Vec<Candidate> = Vec::with_capacity(parsed.len());
+    let mut winners: Vec<Candidate> = Vec::new();
+    winners.try_reserve_exact(n).map_err(oom)?;
     for (i, p) in parsed.into_iter().enumerate() {
         if p.id.is_some_and(|id| last_of.get(&id) != Some(&i)) {
             continue;
@@ -318,15 +433,18 @@ fn assemble(parsed: Vec<Parsed>) -> PageRows {
             Err(r) => out.rejected.push(r),
         }
     }
+    drop(last_of);
     // Two keys with one uuid: the smaller key keeps it, the others are reported.
-    let mut owner: HashMap<[u8; 16], i64> = HashMap::with_capacity(winners.len());
+    let mut owner: HashMap<[u8; 16], i64> = HashMap::new();
+    owner.try_reserve(winners.len()).map_err(oom)?;
     for c in &winners {
         if let Some(u) = c.row.uuid {
             let e = owner.entry(u).or_insert(c.row.id);
             *e = (*e).min(c.row.id);
         }
     }
-    let mut accepted: Vec<Candidate> = Vec::with_capacity(winners.len());
+    let mut accepted: Vec<Candidate> = Vec::new();
+    accepted.try_reserve_exact(winners.len()).map_err(oom)?;
     for c in winners {
         match c.row.uuid {
             Some(u) if owner.get(&u) != Some(&c.row.id) => {
@@ -341,30 +459,36 @@ fn assemble(parsed: Vec<Parsed>) -> PageRows {
             _ => accepted.push(c),
         }
     }
+    drop(owner);
     // Each CA and JDD of the page once, described by the last accepted row carrying it.
     let mut last_carrier: HashMap<(Level, [u8; 16]), usize> = HashMap::new();
     let mut order: Vec<(Level, [u8; 16])> = Vec::new();
     for (i, c) in accepted.iter().enumerate() {
         for key in [c.row.ca.map(|u| (Level::Ca, u)), c.row.jdd.map(|u| (Level::Jdd, u))].into_iter().flatten() {
             if last_carrier.insert(key, i).is_none() {
+                order.try_reserve(1).map_err(oom)?;
                 order.push(key);
             }
         }
     }
-    out.meta = order
-        .into_iter()
-        .map(|key @ (level, uuid)| {
-            let c = &accepted[last_carrier[&key]];
-            describe(&c.value, level, uuid, if level == Level::Jdd { c.row.ca } else { None })
-        })
-        .collect();
+    out.meta.try_reserve_exact(order.len()).map_err(oom)?;
+    for key @ (level, uuid) in order {
+        let c = &mut accepted[last_carrier[&key]];
+        let (described, parent) = match level {
+            Level::Ca => (c.ca.take(), None),
+            Level::Jdd => (c.jdd.take(), c.row.ca),
+        };
+        let Described { name, item } = described.unwrap_or_default();
+        out.meta.push(Meta { level, uuid, name, parent, item });
+    }
+    out.rows.try_reserve_exact(accepted.len()).map_err(oom)?;
     for c in accepted {
         if let Some(t) = c.row.updated {
             out.max_updated = Some(out.max_updated.map_or(t, |m| m.max(t)));
         }
         out.rows.push(c.row);
     }
-    out
+    Ok(out)
 }
 
 fn content_hash(item: &[u8], geom: &Geom, ca: Option<&[u8; 16]>, jdd: Option<&[u8; 16]>) -> i64 {
@@ -490,6 +614,9 @@ mod tests {
     use super::*;
     use crate::source::page::Shape;
 
+    const PLAIN: Encoding = Encoding { compress: false, fast_geometry: true };
+    const LIMITS: PageLimits = PageLimits { max_page_bytes: 64 << 20 };
+
     fn fields() -> Fields {
         Fields {
             key: "id_synthese".into(),
@@ -538,7 +665,7 @@ mod tests {
             {"id_synthese":8,"v":1},
             {"id_synthese":8,"v":2}
         ],"limit":1000}"#;
-        let (summary, p) = prepare(body, &fields(), false).unwrap();
+        let (summary, p) = prepare(body, &fields(), PLAIN, &LIMITS).unwrap();
         assert_eq!(summary.len, 10);
         assert_eq!((summary.min_key, summary.max_key, summary.missing_keys), (Some(1), Some(8), 2));
         assert_eq!(p.received, 10);
@@ -577,7 +704,7 @@ mod tests {
     #[test]
     fn hash_follows_content() {
         let body = |v: &str| format!(r#"{{"items":[{{"id_synthese":1,"v":{v}}}],"limit":1000}}"#);
-        let h = |v: &str| prepare(&body(v), &fields(), false).unwrap().1.rows[0].hash;
+        let h = |v: &str| prepare(&body(v), &fields(), PLAIN, &LIMITS).unwrap().1.rows[0].hash;
         assert_eq!(h("1"), h("1"));
         assert_eq!(h("1"), h(" 1 "), "same jsonb, same hash");
         assert_ne!(h("1"), h("2"));
@@ -585,7 +712,7 @@ mod tests {
 
     #[test]
     fn page_errors_name_the_cause() {
-        let e = |body: &str| prepare(body, &fields(), false).unwrap_err();
+        let e = |body: &str| prepare(body, &fields(), PLAIN, &LIMITS).unwrap_err();
         assert!(
             e(r#"{"items":[{"id_synthese":1},{"id_sy"#).contains("truncated JSON (35 bytes received)"),
             "{}",
@@ -597,7 +724,8 @@ mod tests {
         assert!(e(r#"{"items":"x"}"#).contains("must be an array or a FeatureCollection"));
         assert!(e(r#"{"items":[1,]}"#).contains("malformed JSON"));
         assert!(e(r#"{"items":[]} trailing"#).contains("malformed JSON"));
-        let (s, p) = prepare(r#"{"items":[],"limit":1000,"total":0,"total_filtered":0}"#, &fields(), false).unwrap();
+        let (s, p) =
+            prepare(r#"{"items":[],"limit":1000,"total":0,"total_filtered":0}"#, &fields(), PLAIN, &LIMITS).unwrap();
         assert_eq!((s.len, s.limit, s.total, s.total_filtered), (0, Some(1000), Some(0), Some(0)));
         assert!(p.rows.is_empty());
     }
@@ -607,7 +735,7 @@ mod tests {
         let body = r#"{"items":{"type":"FeatureCollection","features":[
             {"type":"Feature","properties":{"id_synthese":1,"t":"a\u0000b"},"geometry":null},
             {"type":"Feature","properties":{"id_synthese":2},"geometry":{"type":"Point","coordinates":[1,2]}}]},"limit":1000}"#;
-        let (summary, p) = prepare(body, &fields(), false).unwrap();
+        let (summary, p) = prepare(body, &fields(), PLAIN, &LIMITS).unwrap();
         assert_eq!((summary.len, summary.max_key), (2, Some(2)));
         assert_eq!(p.rows.len(), 1);
         assert_eq!(p.rejected[0].id, Some(1));
@@ -619,11 +747,76 @@ mod tests {
         let body = r#"{"items":{"type":"FeatureCollection","features":[
             {"type":"Feature","geometry":{"type":"Point","coordinates":[4.8,45.7]},"properties":{"id_synthese":12}},
             {"type":"Feature","geometry":null,"properties":{"id_synthese":"15"}}]}}"#;
-        let (summary, p) = prepare(body, &fields(), false).unwrap();
+        let (summary, p) = prepare(body, &fields(), PLAIN, &LIMITS).unwrap();
         assert_eq!(summary.shape, Shape::FeatureCollection);
         assert_eq!(p.rows.len(), 2);
         assert!(matches!(p.rows[0].geom, Geom::Ewkb(_)));
         assert_eq!(p.rows[1].geom, Geom::None);
         assert_eq!(p.rows[1].id, 15);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod properties {
+    use super::*;
+    use crate::alloc_count::peak_of;
+    use crate::testgen::{edits, hostile_page, mutate, page};
+    use proptest::prelude::*;
+
+    /// The memory one page may take to prepare, in multiples of max_page_bytes (README, "Limits on
+    /// what a source may send"), plus what any page costs (error texts, empty tables).
+    pub const PAGE_BOUND: usize = 8;
+    const FIXED: usize = 64 << 10;
+
+    fn fields() -> Fields {
+        Fields {
+            key: "id_synthese".into(),
+            uuid: "id_perm_sinp".into(),
+            wkt: "wkt_4326".into(),
+            updated: "derniere_action".into(),
+        }
+    }
+
+    fn check(body: &str, max_page_bytes: usize, compress: bool) -> Result<(), TestCaseError> {
+        let limits = PageLimits::new(max_page_bytes);
+        let enc = Encoding { compress, fast_geometry: true };
+        let (result, peak) = peak_of(|| prepare(body, &fields(), enc, &limits).map(drop));
+        let bound = PAGE_BOUND * limits.max_page_bytes + FIXED;
+        prop_assert!(
+            peak <= bound,
+            "{peak} bytes for a page of {} bytes (max_page_bytes {max_page_bytes}, bound {bound}): {:?}",
+            body.len(),
+            result
+        );
+        if std::env::var_os("GN2PG_SHOW_PEAKS").is_some() {
+            eprintln!(
+                "peak {:.2} x max_page_bytes ({} bytes, {:?}) {}",
+                peak as f64 / max_page_bytes as f64,
+                body.len(),
+                result.err(),
+                &body[..body.len().min(150)]
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Generated and mutated pages: an answer or an error, never a panic, and memory within
+        /// the bound whatever max_page_bytes is (from the body's size to four times it).
+        #[test]
+        fn pages_never_panic_and_stay_within_their_bound(
+            body in page(), e in edits(), times in 2usize..8, compress in any::<bool>()
+        ) {
+            let body = mutate(&body, &e);
+            check(&body, (body.len() * times / 2).max(1024), compress)?;
+        }
+
+        /// Hostile pages exactly at max_page_bytes, where the limits bite.
+        #[test]
+        fn hostile_pages_at_the_limit_stay_within_their_bound(body in hostile_page()) {
+            check(&body, body.len().max(1024), true)?;
+        }
     }
 }

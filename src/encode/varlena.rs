@@ -7,8 +7,14 @@
 //! another table, so the helper thread compresses instead. Reading it back is PostgreSQL's own
 //! `lz4_decompress_datum`. No PostgreSQL calls here.
 
-/// `SET_VARSIZE` of a 4-byte varlena header.
+/// The longest datum PostgreSQL takes (`MaxAllocSize`, 1 GB - 1): every value built here is
+/// checked against it before it is built, and [`header`] refuses anything longer.
+pub const MAX_VARLENA: usize = 0x3FFF_FFFF;
+
+/// `SET_VARSIZE` of a 4-byte varlena header. Panics past [`MAX_VARLENA`]: callers check first,
+/// so this only stops a bug from writing a header PostgreSQL would misread.
 pub fn header(len: u32) -> [u8; 4] {
+    assert!(len as usize <= MAX_VARLENA, "varlena of {len} bytes exceeds PostgreSQL's 1 GB limit");
     #[cfg(target_endian = "little")]
     {
         (len << 2).to_le_bytes()
@@ -21,6 +27,7 @@ pub fn header(len: u32) -> [u8; 4] {
 
 /// `SET_VARSIZE_COMPRESSED`: a 4-byte header flagged "compressed inline".
 fn compressed_header(len: u32) -> [u8; 4] {
+    assert!(len as usize <= MAX_VARLENA, "varlena of {len} bytes exceeds PostgreSQL's 1 GB limit");
     #[cfg(target_endian = "little")]
     {
         ((len << 2) | 0x02).to_le_bytes()
@@ -42,7 +49,8 @@ pub const TOAST_TUPLE_THRESHOLD: usize = 2032;
 
 /// The lz4-compressed inline form of the 4-byte-header varlena `datum`, when PostgreSQL would
 /// keep it: `toast_compress_datum` keeps a compressed value only if it saves more than 2 bytes.
-/// `scratch` is reused between calls (a page compresses a thousand items).
+/// `scratch` is reused between calls (a page compresses a thousand items). Without memory for
+/// it, the datum stays uncompressed (PostgreSQL then compresses it).
 pub fn lz4_compressed(datum: &[u8], scratch: &mut Vec<u8>) -> Option<Vec<u8>> {
     let payload = datum.get(4..)?;
     if payload.len() >= 1 << 30 {
@@ -50,6 +58,7 @@ pub fn lz4_compressed(datum: &[u8], scratch: &mut Vec<u8>) -> Option<Vec<u8>> {
     }
     let bound = lz4_flex::block::get_maximum_output_size(payload.len());
     if scratch.len() < bound {
+        scratch.try_reserve_exact(bound - scratch.len()).ok()?;
         scratch.resize(bound, 0);
     }
     let n = lz4_flex::block::compress_into(payload, &mut scratch[..bound]).ok()?;
@@ -57,7 +66,8 @@ pub fn lz4_compressed(datum: &[u8], scratch: &mut Vec<u8>) -> Option<Vec<u8>> {
         return None;
     }
     let total = COMPRESSED_HEADER + n;
-    let mut out = Vec::with_capacity(total);
+    let mut out = Vec::new();
+    out.try_reserve_exact(total).ok()?;
     out.extend_from_slice(&compressed_header(total as u32));
     out.extend_from_slice(&(payload.len() as u32 | LZ4_METHOD).to_ne_bytes());
     out.extend_from_slice(&scratch[..n]);

@@ -21,6 +21,18 @@ use url::Url;
 
 use super::config::{Auth, SourceConfig};
 use super::error::{redact_url, Scrubber, SourceError};
+use super::page::{item_keys, PageLimits};
+
+/// Answers that are not pages (login, module list) are far smaller than this.
+const CONTROL_ANSWER_BYTES: usize = 1 << 20;
+/// Error bodies are parsed for their message only up to this size; beyond, an excerpt is shown.
+const ERROR_BODY_BYTES: usize = 64 << 10;
+/// One answer must have ended within this many times the timeout of one wait (`timeout_ms`), so
+/// that a source trickling bytes forever cannot hold a worker.
+const ANSWER_TIMEOUTS: u32 = 10;
+/// Deleted keys one incremental run takes from `/synthese/log` (80 MB of keys): more in one
+/// window is a configuration problem, and a full run reconciles deletions anyway.
+const MAX_DELETIONS: usize = 10_000_000;
 
 /// What only the caller (a backend or a test) can do.
 pub trait Host {
@@ -96,16 +108,6 @@ struct ModuleRow {
     module_path: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct LogPage {
-    items: Vec<LogItem>,
-}
-
-#[derive(Deserialize)]
-struct LogItem {
-    id_synthese: Option<i64>,
-}
-
 impl SourceClient {
     pub fn new(cfg: SourceConfig, limits: Limits) -> Result<SourceClient, SourceError> {
         let jar = Arc::new(Jar::default());
@@ -160,6 +162,11 @@ impl SourceClient {
         Scrubber::new(secrets.iter().map(String::as_str))
     }
 
+    /// What a page of this source may hold (from `max_page_bytes`).
+    pub fn page_limits(&self) -> PageLimits {
+        PageLimits::new(self.limits.max_page_bytes)
+    }
+
     /// Logs in (login sources) and finds the Export module prefix.
     pub fn prepare(&mut self, host: &dyn Host) -> Result<(), SourceError> {
         if matches!(self.cfg.auth, Auth::Login { .. }) {
@@ -194,7 +201,7 @@ impl SourceClient {
                 .map_err(|e| transport_error(&url, e))?;
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
-            let text = c.read_body(&url, resp, host)?;
+            let text = c.read_body(&url, resp, host, c.control_bytes())?;
             match status {
                 200 => Ok(()),
                 429 | 500..=599 => Err(SourceError::Http {
@@ -221,7 +228,8 @@ impl SourceClient {
     fn discover_module_path(&mut self, host: &dyn Host) -> Result<String, SourceError> {
         if self.logged_in {
             let url = self.cfg.endpoint("gn_commons/modules");
-            let text = self.get_json(&url, host)?;
+            let cap = self.control_bytes();
+            let text = self.with_retries(host, |c| c.attempt_get(&url, host, cap))?;
             let rows: Vec<ModuleRow> = serde_json::from_str(&text).map_err(|e| SourceError::BadAnswer {
                 url: redact_url(url.as_str()),
                 cause: format!("module list is not a JSON array of modules: {e}"),
@@ -237,7 +245,8 @@ impl SourceClient {
         // Token and public exports cannot list modules; the module row is public, and every
         // GeoNature since 2.11 mounts the module at /exports anyway.
         let url = self.cfg.endpoint("gn_commons/module/EXPORTS");
-        match self.get_json(&url, host) {
+        let cap = self.control_bytes();
+        match self.with_retries(host, |c| c.attempt_get(&url, host, cap)) {
             Ok(text) => Ok(serde_json::from_str::<ModuleRow>(&text)
                 .ok()
                 .and_then(|m| m.module_path)
@@ -347,12 +356,18 @@ impl SourceClient {
                 }
                 other => other?,
             };
-            let log: LogPage = serde_json::from_str(&text).map_err(|e| SourceError::BadAnswer {
-                url: redact_url(url.as_str()),
-                cause: format!("deletion log: {e}"),
+            // Read like an export page: counted and bounded before anything is built.
+            let (_, keys) = item_keys(&text, "id_synthese", &self.page_limits()).map_err(|cause| {
+                SourceError::BadAnswer { url: redact_url(url.as_str()), cause: format!("deletion log: {cause}") }
             })?;
-            let n = log.items.len();
-            ids.extend(log.items.into_iter().filter_map(|i| i.id_synthese));
+            let n = keys.len();
+            if ids.len() + n > MAX_DELETIONS {
+                return Err(SourceError::Paging(format!(
+                    "the deletion log lists more than {MAX_DELETIONS} deletions since {since}: run a full harvest"
+                )));
+            }
+            ids.try_reserve(n).map_err(|_| SourceError::Paging("out of memory for the deletion log".into()))?;
+            ids.extend(keys.into_iter().flatten());
             if n < LIMIT {
                 return Ok(ids);
             }
@@ -362,10 +377,16 @@ impl SourceClient {
 
     /// GET with retries; returns a body known to be JSON-typed (parsing is the caller's job).
     fn get_json(&mut self, url: &Url, host: &dyn Host) -> Result<String, SourceError> {
-        self.with_retries(host, |c| c.attempt_get(url, host))
+        let max = self.limits.max_page_bytes;
+        self.with_retries(host, |c| c.attempt_get(url, host, max))
     }
 
-    fn attempt_get(&mut self, url: &Url, host: &dyn Host) -> Result<String, SourceError> {
+    /// The most a login or module list answer may hold.
+    fn control_bytes(&self) -> usize {
+        CONTROL_ANSWER_BYTES.min(self.limits.max_page_bytes)
+    }
+
+    fn attempt_get(&mut self, url: &Url, host: &dyn Host, max: usize) -> Result<String, SourceError> {
         host.check_interrupts()?;
         self.stats.requests += 1;
         let shown = redact_url(url.as_str());
@@ -378,7 +399,7 @@ impl SourceClient {
         host.check_interrupts()?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let text = self.read_body(url, resp, host)?;
+        let text = self.read_body(url, resp, host, max)?;
         match status {
             200..=299 => {
                 let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
@@ -414,10 +435,32 @@ impl SourceClient {
         }
     }
 
-    fn read_body(&mut self, url: &Url, mut resp: Response, host: &dyn Host) -> Result<String, SourceError> {
-        let max = self.limits.max_page_bytes;
-        let hint = resp.content_length().unwrap_or(0).min(max as u64) as usize;
-        let mut buf = Vec::with_capacity(hint);
+    /// The body, at most `max` bytes, in memory asked for fallibly and never more than `max`:
+    /// a source announcing or sending more is refused at once. The whole answer must arrive
+    /// within [`ANSWER_TIMEOUTS`] times the timeout of one wait.
+    fn read_body(&mut self, url: &Url, mut resp: Response, host: &dyn Host, max: usize) -> Result<String, SourceError> {
+        let too_large = |url: &Url| {
+            if max == self.limits.max_page_bytes {
+                SourceError::TooLarge { url: redact_url(url.as_str()), max }
+            } else {
+                SourceError::BadAnswer {
+                    url: redact_url(url.as_str()),
+                    cause: format!("the answer exceeds {max} bytes, far more than a login or module list answer"),
+                }
+            }
+        };
+        let out_of_memory = |url: &Url, n: usize| SourceError::BadAnswer {
+            url: redact_url(url.as_str()),
+            cause: format!("out of memory for an answer of {n} bytes"),
+        };
+        let announced = resp.content_length().unwrap_or(0);
+        if announced > max as u64 {
+            return Err(too_large(url));
+        }
+        let wait = self.limits.timeout;
+        let deadline = std::time::Instant::now() + wait.saturating_mul(ANSWER_TIMEOUTS);
+        let mut buf: Vec<u8> = Vec::new();
+        buf.try_reserve_exact(announced as usize).map_err(|_| out_of_memory(url, announced as usize))?;
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
             let n = match resp.read(&mut chunk) {
@@ -439,15 +482,32 @@ impl SourceClient {
                 break;
             }
             if buf.len() + n > max {
-                return Err(SourceError::TooLarge { url: redact_url(url.as_str()), max });
+                self.stats.bytes += buf.len() as u64;
+                return Err(too_large(url));
+            }
+            if buf.capacity() - buf.len() < n {
+                // Doubling, but never past `max`.
+                let want = (2 * buf.capacity()).max(buf.len() + n).min(max);
+                buf.try_reserve_exact(want - buf.len()).map_err(|_| out_of_memory(url, want))?;
             }
             buf.extend_from_slice(&chunk[..n]);
             host.check_interrupts()?;
+            if std::time::Instant::now() > deadline {
+                self.stats.bytes += buf.len() as u64;
+                return Err(SourceError::Timeout {
+                    url: redact_url(url.as_str()),
+                    cause: format!(
+                        "the answer did not end within {} s ({ANSWER_TIMEOUTS} times the timeout), {} bytes received",
+                        wait.saturating_mul(ANSWER_TIMEOUTS).as_secs(),
+                        buf.len()
+                    ),
+                });
+            }
         }
         self.stats.bytes += buf.len() as u64;
         String::from_utf8(buf).map_err(|e| SourceError::BadAnswer {
             url: redact_url(url.as_str()),
-            cause: format!("body is not UTF-8: {e}"),
+            cause: format!("body is not UTF-8: {}", e.utf8_error()),
         })
     }
 
@@ -644,7 +704,9 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 /// GeoNature error bodies: werkzeug `{code,name,description}`, pypnusershub `{type,msg}`,
 /// old export module `{message}`; anything else is shown as a short text excerpt.
 fn error_detail(h: &HeaderMap, body: &str) -> String {
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
+    // A serde_json::Value takes many times its text: only small bodies are parsed.
+    let parsed = (body.len() <= ERROR_BODY_BYTES).then(|| serde_json::from_str::<serde_json::Value>(body).ok());
+    if let Some(v) = parsed.flatten() {
         for k in ["description", "msg", "message", "name"] {
             if let Some(s) = v.get(k).and_then(|x| x.as_str()) {
                 return s.to_string();
@@ -663,10 +725,12 @@ fn error_detail(h: &HeaderMap, body: &str) -> String {
 
 /// A readable excerpt: the <title> of an HTML page, else the first 200 characters.
 fn text_snippet(body: &str) -> String {
-    let lower = body.to_ascii_lowercase();
-    if let (Some(a), Some(b)) = (lower.find("<title>"), lower.find("</title>")) {
+    let head = &body.as_bytes()[..body.len().min(ERROR_BODY_BYTES)];
+    let lower = head.to_ascii_lowercase();
+    let find = |pat: &[u8]| lower.windows(pat.len()).position(|w| w == pat);
+    if let (Some(a), Some(b)) = (find(b"<title>"), find(b"</title>")) {
         if b > a + 7 {
-            return body[a + 7..b].trim().to_string();
+            return String::from_utf8_lossy(&head[a + 7..b]).trim().to_string();
         }
     }
     let t: String = body.chars().filter(|c| !c.is_control() || *c == ' ').take(200).collect();

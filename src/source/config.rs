@@ -287,7 +287,9 @@ impl SourceOptions {
                         SourceError::Config("option max_retries must be an integer between 0 and 100".into())
                     })? as u32)
                 }
-                "max_page_bytes" => o.max_page_bytes = Some(positive(k, val, 1 << 31)? as usize),
+                "max_page_bytes" => {
+                    o.max_page_bytes = Some(positive(k, val, super::page::MAX_PAGE_BYTES_CAP as u64)? as usize)
+                }
                 "overlap_seconds" => {
                     o.overlap = Some(Duration::from_secs(val.as_u64().ok_or_else(|| {
                         SourceError::Config("option overlap_seconds must be a non-negative integer".into())

@@ -209,7 +209,7 @@ pub fn probe(client: &mut SourceClient, cfg: &SourceConfig, host: &dyn Host) -> 
         }
     };
     let url = super::error::redact_url(client.export_url(&params).as_str());
-    let read = read_page(&body, |item, geometry| (item.is_ok(), geometry.is_some()));
+    let read = read_page(&body, &client.page_limits(), |item, geometry| Ok((item.is_ok(), geometry.is_some())));
     let (env, items) = match read {
         Ok(x) => x,
         Err(cause) => {
@@ -272,7 +272,7 @@ pub fn probe(client: &mut SourceClient, cfg: &SourceConfig, host: &dyn Host) -> 
             ("orderby".to_string(), cfg.options.metadata_key_column.clone()),
         ];
         match client.fetch_other_export_page(meta, &params, host) {
-            Ok(body) => match read_page(&body, |_, _| ()) {
+            Ok(body) => match read_page(&body, &client.page_limits(), |_, _| Ok(())) {
                 Ok((env, _)) => {
                     r.metadata_export_found = Some(true);
                     let n = env.total.map_or("unknown".to_string(), |n| n.to_string());
