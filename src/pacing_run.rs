@@ -3,8 +3,9 @@
 //!
 //! `streams => 'auto'` (the default) paces the run to the source (`source::pacing`) within a
 //! per-host budget, `gn2pg.max_streams_per_host`, shared by the runs of this database:
-//! - the budget is a set of slots, session advisory locks `(hashtext('gn2pg.host <host:port>'),
-//!   slot)`: a run holds one slot per request it may have in flight, so the runs of one host
+//! - the budget is a set of slots, session advisory locks `(hashtext('gn2pg.host <host>'), slot)`
+//!   (the host name of the source URL, without its port): a run holds one slot per request it may
+//!   have in flight, so the runs of one host
 //!   never hold more than the maximum together, and a worker that dies frees its slots with its
 //!   session. A run takes its first slot before its first request, waiting if other runs hold
 //!   them all (they give way, below), and keeps at least one to its end;
@@ -56,8 +57,10 @@ struct Auto {
     started: Instant,
 }
 
-/// The host's part of a source URL, as the budget groups runs (`host[:port]`).
-const HOST_OF_URL_SQL: &str = "pg_catalog.lower(pg_catalog.substring(s.url from '^[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]+)'))";
+/// The host of a source URL, as the budget groups runs: the machine, whatever the port (two
+/// GeoNature instances of one server share its cores).
+const HOST_OF_URL_SQL: &str =
+    "pg_catalog.lower(pg_catalog.substring(s.url, '^[a-zA-Z][a-zA-Z0-9+.-]*://(\\[[^]]*\\]|[^/?#:]+)'))";
 
 impl Pace {
     /// A fixed number of streams, outside the budget.
@@ -188,7 +191,7 @@ fn spi_err(e: pgrx::spi::Error) -> String {
     format!("internal SPI error: {e}")
 }
 
-/// The host a source's URL names (`host[:port]`, lower case).
+/// The host a source's URL names (lower case, without the port).
 fn host_of(source: &str) -> SpiResult<Option<String>> {
     Spi::get_one_with_args::<String>(
         &format!("SELECT {HOST_OF_URL_SQL} FROM gn2pg.source s WHERE s.name = $1"),
