@@ -534,7 +534,9 @@ fn harvest(
     let ranges: Vec<(i64, Option<i64>)> = match &setup.start {
         Start::Page(_) => vec![],
         Start::Ranges(r) if !r.is_empty() => r.clone(),
-        Start::Ranges(_) if setup.mode == Mode::Full => split_full_run(client, &setup.cfg, host, pace)?,
+        Start::Ranges(_) if setup.mode == Mode::Full && role == Role::Lead => {
+            split_full_run(run_id, setup, client, host, pace)?
+        }
         Start::Ranges(_) => vec![(0, None)],
     };
     // Several workers: this one keeps range 0 and supervises one part worker per other range.
@@ -592,28 +594,72 @@ fn harvest(
 /// source, pieces of about this many pages, which the streams take in turn.
 const PIECE_PAGES: u64 = 16;
 
+/// The key ranges of a fresh keyset full run. With streams paced to the source, its first page
+/// is loaded first: it tells how large the export is, and only a large one is split (which
+/// costs one more request, for its largest key).
 fn split_full_run(
+    run_id: i64,
+    setup: &Setup,
     client: &mut SourceClient,
-    cfg: &SourceConfig,
     host: &WorkerHost,
     pace: &Pace,
 ) -> Result<Vec<(i64, Option<i64>)>, Stop> {
-    let o = &cfg.options;
-    let fixed = match (o.workers, o.streams) {
-        (w, _) if w > 1 => Some(w),
-        (_, Streams::Fixed(n)) => Some(n),
-        (_, Streams::Auto) if pace.max() > 1 => None,
-        _ => Some(1),
+    let o = &setup.cfg.options;
+    let split = |client: &mut SourceClient, from: i64, n: u32| -> Result<Vec<(i64, Option<i64>)>, Stop> {
+        Ok(match max_key(client, &o.key_column, host)? {
+            Some((max, _)) if n > 1 && max >= from => split_key_space(from, max, n),
+            _ => vec![(from, None)],
+        })
     };
-    if fixed == Some(1) {
-        return Ok(vec![(0, None)]);
+    match (o.workers, o.streams) {
+        (w, _) if w > 1 => split(client, 0, w),
+        (_, Streams::Fixed(n)) if n > 1 => split(client, 0, n),
+        (_, Streams::Auto) if pace.max() > 1 && o.paging == PagingMode::Keyset => {
+            let Some((next, rows)) = first_page(run_id, setup, client, host, pace)? else { return Ok(vec![]) };
+            let pages = rows.unwrap_or(0) / u64::from(o.page_size.max(1));
+            let pieces = (pages / PIECE_PAGES).clamp(1, 4 * u64::from(pace.max())) as u32;
+            if pieces > 1 {
+                split(client, next, pieces)
+            } else {
+                Ok(vec![(next, None)])
+            }
+        }
+        _ => Ok(vec![(0, None)]),
     }
-    let Some((max, rows)) = max_key(client, &o.key_column, host)? else { return Ok(vec![(0, None)]) };
-    let pieces = fixed.unwrap_or_else(|| {
-        let pages = rows.unwrap_or(0) / u64::from(o.page_size.max(1));
-        (pages / PIECE_PAGES).clamp(1, 4 * u64::from(pace.max())) as u32
-    });
-    Ok(split_key_space(0, max, pieces))
+}
+
+/// The first page of a fresh keyset full run, fetched and loaded on its own. Returns where the
+/// rest starts and the export's size, or None when this page was all of it.
+fn first_page(
+    run_id: i64,
+    setup: &Setup,
+    client: &mut SourceClient,
+    host: &WorkerHost,
+    pace: &Pace,
+) -> Result<Option<(i64, Option<u64>)>, Stop> {
+    let o = &setup.cfg.options;
+    let loader = tx(|| Loader::prepare(&setup.postgis).map_err(spi_err)).map_err(Stop::Failed)?;
+    let mut pager = Pager::new(PagingMode::Keyset, &o.key_column, o.page_size, 0, 0);
+    let (params, lanes, compress) = (pager.params(), pace.lanes.clone(), loader.compress_items);
+    let fields = Fields {
+        key: o.key_column.clone(),
+        uuid: o.uuid_column.clone(),
+        wkt: o.wkt_column.clone(),
+        updated: o.updated_column.clone(),
+    };
+    let waited = Instant::now();
+    let (summary, rows) =
+        on_helper(client, host, move |c, flag| fetch_rows(c, &lanes, &params, &fields, compress, flag))?;
+    let source_wait_ms = waited.elapsed().as_millis() as i64;
+    let step = pager.step_for(&summary).map_err(|e| Stop::Failed(SourceError::Paging(e).to_string()))?;
+    let sweep = pager.covered_range(&summary, &step);
+    pager.advance(&summary);
+    let done = step == Step::Done;
+    let rest = if done { json!({ "ranges": [] }) } else { json!({ "ranges": [[pager.next_key(), null]] }) };
+    let spec = PageSpec { source: &setup.cfg.name, run_id, key_column: &o.key_column, sweep };
+    load_page(&loader, &spec, &rows, &client.stats, source_wait_ms, rest, None)
+        .map_err(|e| Stop::Failed(format!("page 1 could not be loaded: {e}")))?;
+    Ok((!done).then(|| (pager.next_key(), summary.total_filtered.or(summary.total))))
 }
 
 /// The source's clock at the start of the run (its first answer's `Date`), recorded at once as
