@@ -209,8 +209,10 @@ fn take_slot(key: i32, max: u32, held: &[i32]) -> SpiResult<Option<i32>> {
         if held.contains(&slot) {
             continue;
         }
-        let got =
-            Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_try_advisory_lock($1, $2)", &[key.into(), slot.into()])?;
+        let got = Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
+            &[key.into(), slot.into()],
+        )?;
         if got == Some(true) {
             return Ok(Some(slot));
         }

@@ -25,8 +25,8 @@ use crate::run::Stop;
 use crate::source::client::{CancelFlag, Host, Pipeline, SourceClient, Stats};
 use crate::source::config::{Auth, PagingMode, SourceConfig};
 use crate::source::error::redact_url;
-use crate::source::page::{parse_page, Fields};
 use crate::source::pacing::Sample;
+use crate::source::page::{parse_page, Fields};
 use crate::source::reconcile::{counting, join_adjacent, one_page_ranges, CountAnswer, Counting, Planner, Range, Task};
 use crate::source::SourceError;
 use crate::worker::tx;
@@ -94,8 +94,12 @@ fn gated(
 /// then shows nothing of the source's clock.
 pub fn probe(cfg: &SourceConfig, c: &mut SourceClient, lanes: &Lanes, flag: &CancelFlag) -> Result<Probe, SourceError> {
     let o = &cfg.options;
-    let fields =
-        Fields { key: o.key_column.clone(), uuid: o.uuid_column.clone(), wkt: o.wkt_column.clone(), updated: o.updated_column.clone() };
+    let fields = Fields {
+        key: o.key_column.clone(),
+        uuid: o.uuid_column.clone(),
+        wkt: o.wkt_column.clone(),
+        updated: o.updated_column.clone(),
+    };
     let keyset = o.paging == PagingMode::Keyset;
     let params = |order: String| {
         let mut p = count_params(&o.key_column, Range::ALL, order);
@@ -249,25 +253,25 @@ fn count_all(
         let (queue, lanes, key) = (queue.clone(), pace.lanes.clone(), cfg.options.key_column.clone());
         let mut c = client.clone();
         c.stats = Stats::default();
-        pipeline
-            .spawn(move |flag, emit| {
-                // Bounded by the queue, which only shrinks.
-                loop {
-                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                    let Some((node, range)) = next else { break };
-                    let params = count_params(&key, range, key.clone());
-                    let answer = gated(&mut c, &lanes, &params, flag).and_then(|body| {
-                        parse_page(&body, &key)
-                            .map(|s| answer_of(&s))
-                            .map_err(|cause| SourceError::BadAnswer { url: redact_url(c.export_url(&params).as_str()), cause })
-                    });
-                    let failed = answer.is_err();
-                    if !emit(Counted::Answer(node, answer)) || failed {
-                        return;
-                    }
+        pipeline.spawn(move |flag, emit| {
+            // Bounded by the queue, which only shrinks.
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                let Some((node, range)) = next else { break };
+                let params = count_params(&key, range, key.clone());
+                let answer = gated(&mut c, &lanes, &params, flag).and_then(|body| {
+                    parse_page(&body, &key).map(|s| answer_of(&s)).map_err(|cause| SourceError::BadAnswer {
+                        url: redact_url(c.export_url(&params).as_str()),
+                        cause,
+                    })
+                });
+                let failed = answer.is_err();
+                if !emit(Counted::Answer(node, answer)) || failed {
+                    return;
                 }
-                emit(Counted::Done(c.stats.clone()));
-            })?;
+            }
+            emit(Counted::Done(c.stats.clone()));
+        })?;
     }
     let mut out = Vec::with_capacity(wanted);
     while let Some(msg) = pipeline.next(host)? {

@@ -18,16 +18,16 @@ use serde_json::json;
 use crate::encode::rows::{self, PageRows};
 use crate::guc;
 use crate::loader::{self, Loader, PageLoad, PageSpec};
+use crate::pacing_run::{Lanes, Pace};
+use crate::reconcile_run;
 use crate::source::client::{CancelFlag, Host, Pipeline, SourceClient, Stats};
 use crate::source::clock;
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions, Streams};
 use crate::source::error::redact_url;
+use crate::source::pacing::Sample;
 use crate::source::page::{parse_page, Fields, PageSummary, Shape};
 use crate::source::paging::{split_key_space, KeyRange, Pager, SeenKeys, Step};
 use crate::source::SourceError;
-use crate::pacing_run::{Lanes, Pace};
-use crate::reconcile_run;
-use crate::source::pacing::Sample;
 use crate::store::{self, Progress, RunStart};
 use crate::window::{self, RunClock};
 use crate::worker::{self, tx};
@@ -274,17 +274,17 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
             return;
         }
     };
-    let mut pace = match Pace::start(&setup.cfg, &host) {
+    let pace = match Pace::start(&setup.cfg, &host) {
         Ok(p) => p,
         Err(m) => {
             finish(run_id, name, Err(Stop::Failed(m)), Stats::default());
             return;
         }
     };
-    let mut totals = Totals::default();
-    let result = harvest(run_id, &setup, &mut client, &host, &mut totals, &mut pace, Role::Lead);
-    pace.record(run_id);
-    finish(run_id, name, result, totals.sum(&client.stats));
+    let mut flow = Flow { pace, totals: Totals::default() };
+    let result = harvest(run_id, &setup, &mut client, &host, &mut flow, Role::Lead);
+    flow.pace.record(run_id);
+    finish(run_id, name, result, flow.totals.sum(&client.stats));
 }
 
 /// Entry point of a part worker of a parallel run: loads its key range, records its end.
@@ -303,15 +303,10 @@ pub fn execute_part(run_id: i64, part: i32, name: &str) {
         Err(m) => Err(Stop::Failed(m)),
         Ok(setup) => match SourceClient::new(setup.cfg.clone(), guc::limits(&setup.cfg.options)) {
             Err(e) => Err(Stop::from(e)),
-            Ok(mut client) => harvest(
-                run_id,
-                &setup,
-                &mut client,
-                &WorkerHost,
-                &mut Totals::default(),
-                &mut Pace::fixed(1),
-                Role::Part(part),
-            ),
+            Ok(mut client) => {
+                let mut flow = Flow { pace: Pace::fixed(1), totals: Totals::default() };
+                harvest(run_id, &setup, &mut client, &WorkerHost, &mut flow, Role::Part(part))
+            }
         },
     };
     let (status, error) = match result {
@@ -340,6 +335,12 @@ fn finish(run_id: i64, name: &str, result: Result<(), Stop>, stats: Stats) {
     }
     // Alerts were recorded with the status (trigger on run_log); their webhooks go out now.
     crate::alert::after_run();
+}
+
+/// A run's streams: how many requests they may have in flight, and their transport counters.
+struct Flow {
+    pace: Pace,
+    totals: Totals,
 }
 
 /// Transport counters of the stream clients, summed for the run log.
@@ -518,8 +519,7 @@ fn harvest(
     setup: &Setup,
     client: &mut SourceClient,
     host: &WorkerHost,
-    totals: &mut Totals,
-    pace: &mut Pace,
+    flow: &mut Flow,
     role: Role,
 ) -> Result<(), Stop> {
     on_helper(client, host, |c, flag| c.prepare(flag))?;
@@ -535,7 +535,7 @@ fn harvest(
         Start::Page(_) => vec![],
         Start::Ranges(r) if !r.is_empty() => r.clone(),
         Start::Ranges(_) if setup.mode == Mode::Full && role == Role::Lead => {
-            split_full_run(run_id, setup, client, host, pace)?
+            split_full_run(run_id, setup, client, host, &flow.pace)?
         }
         Start::Ranges(_) => vec![(0, None)],
     };
@@ -565,7 +565,7 @@ fn harvest(
             Role::Lead => (ranges, None),
         }
     };
-    let result = load_ranges(run_id, setup, client, host, totals, pace, &ranges, part);
+    let result = load_ranges(run_id, setup, client, host, flow, &ranges, part);
     if parallel {
         let result = match result {
             Ok(()) => wait_parts(run_id, parts, host),
@@ -586,7 +586,7 @@ fn harvest(
     }
     let Some(clock) = clock else { return Ok(()) };
     deletions(run_id, setup, client, host)?;
-    after_pages(run_id, setup, client, host, totals, pace, clock)
+    after_pages(run_id, setup, client, host, flow, clock)
 }
 
 /// Pages of a keyset full run fetched as one piece per key range: how many ranges a fresh run
@@ -684,12 +684,11 @@ fn after_pages(
     setup: &Setup,
     client: &mut SourceClient,
     host: &WorkerHost,
-    totals: &mut Totals,
-    pace: &mut Pace,
+    flow: &mut Flow,
     mut clock: RunClock,
 ) -> Result<(), Stop> {
-    let before = totals.sum(&client.stats).requests;
-    let (cfg, lanes) = (setup.cfg.clone(), pace.lanes.clone());
+    let before = flow.totals.sum(&client.stats).requests;
+    let (cfg, lanes) = (setup.cfg.clone(), flow.pace.lanes.clone());
     let probe = on_helper(client, host, move |c, flag| reconcile_run::probe(&cfg, c, &lanes, flag))?;
     let offset = match (&probe.newest, &probe.date) {
         (Some(newest), Some(date)) => clock::offset_evidence(newest, date),
@@ -700,7 +699,7 @@ fn after_pages(
     if setup.mode != Mode::Incremental || !reconcile_run::reconciles(&setup.cfg) {
         return Ok(());
     }
-    let plan = reconcile_run::plan(run_id, &setup.cfg, client, host, pace, &probe)?;
+    let plan = reconcile_run::plan(run_id, &setup.cfg, client, host, &mut flow.pace, &probe)?;
     if !plan.pages.is_empty() {
         let walk = Setup {
             cfg: setup.cfg.clone(),
@@ -709,9 +708,9 @@ fn after_pages(
             postgis: setup.postgis.clone(),
             start: Start::Ranges(plan.pages.clone()),
         };
-        load_ranges(run_id, &walk, client, host, totals, pace, &plan.pages, None)?;
+        load_ranges(run_id, &walk, client, host, flow, &plan.pages, None)?;
     }
-    let spent = totals.sum(&client.stats).requests.saturating_sub(before);
+    let spent = flow.totals.sum(&client.stats).requests.saturating_sub(before);
     reconcile_run::record(run_id, &plan.label, spent as i64).map_err(Stop::Failed)
 }
 
@@ -764,11 +763,11 @@ fn load_ranges(
     setup: &Setup,
     client: &mut SourceClient,
     host: &WorkerHost,
-    totals: &mut Totals,
-    pace: &mut Pace,
+    flow: &mut Flow,
     ranges: &[(i64, Option<i64>)],
     part: Option<i32>,
 ) -> Result<(), Stop> {
+    let Flow { pace, totals } = flow;
     let o = &setup.cfg.options;
     let offset = o.paging == PagingMode::Offset;
     let mut streams: Vec<Stream> = match setup.start {

@@ -244,7 +244,7 @@ fn auto_streams_back_off_on_503_and_429() {
     let overloaded = fx.stats().overloaded;
     assert!(n(&run, "streams") >= 3, "it tried more than two: {run}");
     // 121 pages: a source saturated all along would have answered 503 to about a third.
-    assert!(overloaded >= 1 && overloaded <= 12, "{overloaded} answers 503 in {:?}: {run}", t.elapsed());
+    assert!((1..=12).contains(&overloaded), "{overloaded} answers 503 in {:?}: {run}", t.elapsed());
     assert_eq!(n(&run, "http_retries") as u64, overloaded, "{run}");
     assert_equal_to_source(&mut db.client, "busy", &fx, 3);
 

@@ -80,7 +80,7 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     let (date, time) = s.split_once([' ', 'T']).unwrap_or((s, "00:00:00"));
     let mut d = date.split('-');
     let (y, m, day) = (number(d.next()?)?, number(d.next()?)?, number(d.next()?)?);
-    if d.next().is_some() || y < 1 || y > 9999 {
+    if d.next().is_some() || !(1..=9999).contains(&y) {
         return None;
     }
     let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
@@ -99,13 +99,7 @@ pub fn format_timestamp(us: i64) -> String {
     let (y, m, d) = civil_from_days(us.div_euclid(US_PER_DAY));
     let rem = us.rem_euclid(US_PER_DAY);
     let secs = rem / US_PER_SEC;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60,
-        rem % US_PER_SEC
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}", secs / 3600, (secs / 60) % 60, secs % 60, rem % US_PER_SEC)
 }
 
 /// An HTTP `Date` (RFC 9110 IMF-fixdate, `Mon, 07 Dec 2026 16:15:25 GMT`), as UTC.

@@ -119,7 +119,8 @@ impl Pacer {
         let end = epoch.iter().map(|s| s.finished).max().unwrap_or(now);
         let span = end.saturating_duration_since(self.level_start).as_secs_f64().max(1e-3);
         let rate = epoch.iter().map(|s| s.rows).sum::<u64>() as f64 / span;
-        let mut latencies: Vec<Duration> = epoch.iter().map(|s| s.finished.saturating_duration_since(s.started)).collect();
+        let mut latencies: Vec<Duration> =
+            epoch.iter().map(|s| s.finished.saturating_duration_since(s.started)).collect();
         latencies.sort_unstable();
         let median = latencies[latencies.len() / 2];
         let level = self.target as usize;
@@ -307,7 +308,12 @@ mod tests {
                 } else {
                     done += 1;
                 }
-                samples.push(Sample { started, finished: end, rows: if overloaded { 0 } else { 1000 }, trouble: overloaded });
+                samples.push(Sample {
+                    started,
+                    finished: end,
+                    rows: if overloaded { 0 } else { 1000 },
+                    trouble: overloaded,
+                });
                 pacer.decide(now, &samples, allowed(now - t0));
                 targets.push(pacer.target);
             }

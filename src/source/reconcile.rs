@@ -72,7 +72,9 @@ pub enum Counting {
 pub fn counting(root: &CountAnswer) -> Counting {
     match root.total_filtered {
         None => Counting::Unusable("the source does not report total_filtered".into()),
-        Some(_) if root.items > 1 => Counting::Unusable("the source ignores limit (Utils-Flask-SQLAlchemy 0.3.4)".into()),
+        Some(_) if root.items > 1 => {
+            Counting::Unusable("the source ignores limit (Utils-Flask-SQLAlchemy 0.3.4)".into())
+        }
         // A count capped at limit=1 reads 1 for any non-empty range; an export of one row in a
         // larger view reads the same, and paging it costs one request anyway.
         Some(1) if root.items == 1 && root.total.is_some_and(|t| t > 1) => Counting::Capped,

@@ -55,8 +55,13 @@ fn main() {
     let mut db = TestDb::new("bench_source");
 
     // (a) Deletions without re-downloading.
-    let fx = FixtureServer::start(FixtureConfig { rows: rows_a, cost_us_per_row: cost_a, max_concurrent: 4, ..Default::default() })
-        .unwrap();
+    let fx = FixtureServer::start(FixtureConfig {
+        rows: rows_a,
+        cost_us_per_row: cost_a,
+        max_concurrent: 4,
+        ..Default::default()
+    })
+    .unwrap();
     out(format!(
         "(a) {rows_a} rows, each request costs {:.2} s ({cost_a} us per row of the view), 4 requests served at once",
         rows_a as f64 * cost_a / 1e6

@@ -51,8 +51,11 @@ fn parse_args() -> Result<Args, String> {
             }
             "--cost-us-per-row" => {
                 let v = value("--cost-us-per-row")?;
-                a.cost_us_per_row =
-                    v.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0).ok_or(format!("--cost-us-per-row: not a number: {v}"))?
+                a.cost_us_per_row = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite() && *x >= 0.0)
+                    .ok_or(format!("--cost-us-per-row: not a number: {v}"))?
             }
             "--cost-cpu" => a.cost_cpu = true,
             "--max-concurrent" => {
