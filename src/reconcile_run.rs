@@ -26,7 +26,7 @@ use crate::source::client::{CancelFlag, Host, Pipeline, SourceClient, Stats};
 use crate::source::config::{Auth, PagingMode, SourceConfig};
 use crate::source::error::redact_url;
 use crate::source::pacing::Sample;
-use crate::source::page::{parse_page, Fields};
+use crate::source::page::parse_page;
 use crate::source::reconcile::{counting, join_adjacent, one_page_ranges, CountAnswer, Counting, Planner, Range, Task};
 use crate::source::SourceError;
 use crate::worker::tx;
@@ -94,12 +94,7 @@ fn gated(
 /// then shows nothing of the source's clock.
 pub fn probe(cfg: &SourceConfig, c: &mut SourceClient, lanes: &Lanes, flag: &CancelFlag) -> Result<Probe, SourceError> {
     let o = &cfg.options;
-    let fields = Fields {
-        key: o.key_column.clone(),
-        uuid: o.uuid_column.clone(),
-        wkt: o.wkt_column.clone(),
-        updated: o.updated_column.clone(),
-    };
+    let fields = crate::run::fields_of(o);
     let keyset = o.paging == PagingMode::Keyset;
     let params = |order: String| {
         let mut p = count_params(&o.key_column, Range::ALL, order);

@@ -379,9 +379,8 @@ fn checkpoint_json(streams: &[Stream], offset: bool) -> serde_json::Value {
     json!({ "ranges": ranges })
 }
 
-/// Largest key of the export and its row count, for splitting it into parallel streams
-/// (`orderby=<key>:DESC`).
-fn max_key(client: &mut SourceClient, key: &str, host: &WorkerHost) -> Result<Option<(i64, Option<u64>)>, SourceError> {
+/// Largest key of the export, for splitting it into parallel streams (`orderby=<key>:DESC`).
+fn max_key(client: &mut SourceClient, key: &str, host: &WorkerHost) -> Result<Option<i64>, SourceError> {
     let key = key.to_string();
     on_helper(client, host, move |c, flag| {
         let params = vec![
@@ -390,7 +389,7 @@ fn max_key(client: &mut SourceClient, key: &str, host: &WorkerHost) -> Result<Op
             ("orderby".to_string(), format!("{key}:DESC")),
         ];
         let body = c.fetch_export_page(&params, flag)?;
-        Ok(parse_page(&body, &key).ok().and_then(|p| Some((p.max_key?, p.total_filtered.or(p.total)))))
+        Ok(parse_page(&body, &key).ok().and_then(|p| p.max_key))
     })
 }
 
@@ -607,7 +606,7 @@ fn split_full_run(
     let o = &setup.cfg.options;
     let split = |client: &mut SourceClient, from: i64, n: u32| -> Result<Vec<(i64, Option<i64>)>, Stop> {
         Ok(match max_key(client, &o.key_column, host)? {
-            Some((max, _)) if n > 1 && max >= from => split_key_space(from, max, n),
+            Some(max) if n > 1 && max >= from => split_key_space(from, max, n),
             _ => vec![(from, None)],
         })
     };
@@ -628,6 +627,16 @@ fn split_full_run(
     }
 }
 
+/// The columns of an item the engine reads, from the source's options.
+pub(crate) fn fields_of(o: &SourceOptions) -> Fields {
+    Fields {
+        key: o.key_column.clone(),
+        uuid: o.uuid_column.clone(),
+        wkt: o.wkt_column.clone(),
+        updated: o.updated_column.clone(),
+    }
+}
+
 /// The first page of a fresh keyset full run, fetched and loaded on its own. Returns where the
 /// rest starts and the export's size, or None when this page was all of it.
 fn first_page(
@@ -641,12 +650,7 @@ fn first_page(
     let loader = tx(|| Loader::prepare(&setup.postgis).map_err(spi_err)).map_err(Stop::Failed)?;
     let mut pager = Pager::new(PagingMode::Keyset, &o.key_column, o.page_size, 0, 0);
     let (params, lanes, compress) = (pager.params(), pace.lanes.clone(), loader.compress_items);
-    let fields = Fields {
-        key: o.key_column.clone(),
-        uuid: o.uuid_column.clone(),
-        wkt: o.wkt_column.clone(),
-        updated: o.updated_column.clone(),
-    };
+    let fields = fields_of(o);
     let waited = Instant::now();
     let (summary, rows) =
         on_helper(client, host, move |c, flag| fetch_rows(c, &lanes, &params, &fields, compress, flag))?;
@@ -787,12 +791,7 @@ fn load_ranges(
         Some(since) => vec![(format!("filter_d_up_{}", o.updated_column), since.clone())],
         None => vec![],
     };
-    let fields = Fields {
-        key: o.key_column.clone(),
-        uuid: o.uuid_column.clone(),
-        wkt: o.wkt_column.clone(),
-        updated: o.updated_column.clone(),
-    };
+    let fields = fields_of(o);
     // Producers take the ranges in turn, fetch and prepare ahead, as many requests in flight
     // as the gate lets through; PostgreSQL work stays on this thread.
     let queue: VecDeque<(usize, Pager)> = streams.iter().enumerate().map(|(i, s)| (i, s.pager.clone())).collect();
