@@ -165,9 +165,9 @@ impl Pace {
         Ok(())
     }
 
-    /// Streams used at most, and the source's latency, into the run log.
+    /// Requests in flight at once at most, and the source's latency, into the run log.
     pub fn record(&self, run_id: i64) {
-        let peak = self.auto.as_ref().map_or(self.fixed, |a| a.pacer.peak());
+        let peak = self.lanes.gate.most().max(1);
         let (p50, p95) = self.lanes.recorder.percentiles().map_or((None, None), |(a, b)| (Some(a), Some(b)));
         let recorded = tx(|| {
             Spi::run_with_args(

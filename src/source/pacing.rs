@@ -54,7 +54,6 @@ pub struct Pacer {
     baseline: Option<Duration>,
     stable: u32,
     reprobe_after: u32,
-    peak: u32,
 }
 
 impl Pacer {
@@ -69,18 +68,11 @@ impl Pacer {
             baseline: None,
             stable: 0,
             reprobe_after: REPROBE_AFTER,
-            peak: 1,
         }
-    }
-
-    /// The most streams used at once.
-    pub fn peak(&self) -> u32 {
-        self.peak
     }
 
     fn set(&mut self, n: u32, now: Instant) -> u32 {
         self.target = n.clamp(1, self.max);
-        self.peak = self.peak.max(self.target);
         self.level_start = now;
         self.stable = 0;
         self.target
@@ -96,7 +88,7 @@ impl Pacer {
     /// The controller for another kind of request (counts, then pages), whose rates do not
     /// compare with the previous ones: it starts again from one stream, below the same ceiling.
     pub fn restarted(&self, now: Instant) -> Pacer {
-        Pacer { ceiling: self.ceiling, peak: self.peak, ..Pacer::new(self.max, now) }
+        Pacer { ceiling: self.ceiling, ..Pacer::new(self.max, now) }
     }
 
     /// Streams to use from now on. `samples` may hold older requests: only those started at the
@@ -152,7 +144,8 @@ impl Pacer {
 
 /// Holds producer threads to a number of requests in flight that the backend changes at will.
 pub struct Gate {
-    state: Mutex<(u32, u32)>,
+    /// (target, in flight, most in flight at once)
+    state: Mutex<(u32, u32, u32)>,
     changed: Condvar,
 }
 
@@ -169,7 +162,7 @@ impl Drop for Permit<'_> {
 
 impl Gate {
     pub fn new(target: u32) -> Gate {
-        Gate { state: Mutex::new((target.max(1), 0)), changed: Condvar::new() }
+        Gate { state: Mutex::new((target.max(1), 0, 0)), changed: Condvar::new() }
     }
 
     pub fn set_target(&self, n: u32) {
@@ -180,6 +173,11 @@ impl Gate {
     /// Requests in flight now.
     pub fn in_flight(&self) -> u32 {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    /// The most requests that were in flight at once.
+    pub fn most(&self) -> u32 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).2
     }
 
     /// Waits until fewer requests than the target are in flight; stops waiting on cancel.
@@ -196,6 +194,7 @@ impl Gate {
             s = self.changed.wait_timeout(s, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
         }
         s.1 += 1;
+        s.2 = s.2.max(s.1);
         Ok(Permit(self))
     }
 }
@@ -396,7 +395,7 @@ mod tests {
             t.join().unwrap();
         }
         assert!(most.load(Ordering::SeqCst) <= 3);
-        assert_eq!(gate.in_flight(), 0);
+        assert_eq!((gate.in_flight(), gate.most()), (0, most.load(Ordering::SeqCst)));
 
         struct Stop;
         impl Host for Stop {
