@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use pgrx::prelude::*;
 
 use crate::guc;
+use crate::run::Stop;
 use crate::source::client::Host;
 use crate::source::config::{SourceConfig, Streams};
 use crate::source::pacing::{Gate, Pacer, Recorder};
@@ -74,7 +75,7 @@ impl Pace {
     }
 
     /// Before the run's first request: fixed streams, or the first slot of the host's budget.
-    pub fn start(cfg: &SourceConfig, host: &dyn Host) -> Result<Pace, String> {
+    pub fn start(cfg: &SourceConfig, host: &dyn Host) -> Result<Pace, Stop> {
         if cfg.options.workers > 1 {
             return Ok(Pace::fixed(1));
         }
@@ -82,21 +83,21 @@ impl Pace {
             return Ok(Pace::fixed(n));
         }
         let max = guc::max_streams_per_host();
-        let host_name = tx(|| host_of(&cfg.name).map_err(spi_err))?.unwrap_or_default();
-        let key = tx(|| slot_key(&host_name).map_err(spi_err))?;
+        let host_name = tx(|| host_of(&cfg.name).map_err(spi_err)).map_err(Stop::Failed)?.unwrap_or_default();
+        let key = tx(|| slot_key(&host_name).map_err(spi_err)).map_err(Stop::Failed)?;
         let waited = Instant::now();
         let first = loop {
-            if let Some(slot) = tx(|| take_slot(key, max, &[]).map_err(spi_err))? {
+            if let Some(slot) = tx(|| take_slot(key, max, &[]).map_err(spi_err)).map_err(Stop::Failed)? {
                 break slot;
             }
             if waited.elapsed() > FIRST_SLOT_WAIT {
-                return Err(format!(
+                return Err(Stop::Failed(format!(
                     "the {max} streams allowed against host {host_name} (gn2pg.max_streams_per_host) have been in use by \
                      other runs for {} minutes",
                     FIRST_SLOT_WAIT.as_secs() / 60
-                ));
+                )));
             }
-            host.sleep(Duration::from_millis(500)).map_err(|e| e.to_string())?;
+            host.sleep(Duration::from_millis(500))?;
         };
         let now = Instant::now();
         Ok(Pace {

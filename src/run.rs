@@ -276,8 +276,8 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
     };
     let pace = match Pace::start(&setup.cfg, &host) {
         Ok(p) => p,
-        Err(m) => {
-            finish(run_id, name, Err(Stop::Failed(m)), Stats::default());
+        Err(stop) => {
+            finish(run_id, name, Err(stop), Stats::default());
             return;
         }
     };
