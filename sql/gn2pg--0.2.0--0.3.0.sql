@@ -247,7 +247,13 @@ SELECT s.id AS source_id,
                     THEN make_interval(hours => (s.options ->> 'stale_after_hours')::integer)
                     ELSE make_interval(mins => gn2pg._stale_after_minutes()) END AS stale_after) lim
   LEFT JOIN LATERAL (
-        SELECT r.* FROM gn2pg.run_log r
+        -- The columns of run_log in 0.2.0, spelled out: `r.*` would be frozen at creation, and a
+        -- column added later would make an updated database differ from a fresh install.
+        SELECT r.id, r.source, r.source_id, r.mode, r.status, r.started_at, r.finished_at, r.pages_done,
+               r.rows_received, r.rows_upserted, r.rows_unchanged, r.rows_deleted, r.rows_failed, r.http_requests,
+               r.http_retries, r.bytes_received, r.source_wait_ms, r.load_ms, r.error, r.worker_pid, r.paging,
+               r.since, r.max_source_action, r.checkpoint, r.resumed_from
+          FROM gn2pg.run_log r
          WHERE r.source = s.name AND r.status NOT IN ('pending', 'running') AND NOT gn2pg._busy_refusal(r.error)
          ORDER BY r.id DESC LIMIT 1) lr ON true
   LEFT JOIN LATERAL (
@@ -387,6 +393,27 @@ COMMENT ON COLUMN gn2pg.source.restricted IS
 UPDATE gn2pg.source SET restricted = true
  WHERE coalesce(pg_catalog.btrim(pg_catalog.current_setting('gn2pg.allowed_hosts', true)), '') <> '';
 
+
+-- Issue 12 (large sources): incremental windows on the source's clock, reconciliation by range
+-- counts, streams paced to the source. New run_log columns, in the order of sql/schema.sql.
+ALTER TABLE gn2pg.run_log
+    ADD COLUMN window_end text,
+    ADD COLUMN clock_offset interval,
+    ADD COLUMN streams integer,
+    ADD COLUMN latency_p50_ms integer,
+    ADD COLUMN latency_p95_ms integer,
+    ADD COLUMN reconcile text,
+    ADD COLUMN reconcile_requests integer;
+COMMENT ON COLUMN gn2pg.run_log.window_end IS
+    'The source''s clock when the run started (source timestamps): the next incremental window starts there minus the overlap.';
+COMMENT ON COLUMN gn2pg.run_log.clock_offset IS
+    'What this run showed of the source''s clock: its newest action minus the HTTP Date of that answer (a lower bound of the offset between its timestamps and UTC).';
+COMMENT ON COLUMN gn2pg.run_log.streams IS 'Most requests the run had in flight at once (parallel streams).';
+COMMENT ON COLUMN gn2pg.run_log.latency_p50_ms IS 'Median time the source took to answer a data request.';
+COMMENT ON COLUMN gn2pg.run_log.latency_p95_ms IS '95th percentile of the time the source took to answer a data request.';
+COMMENT ON COLUMN gn2pg.run_log.reconcile IS
+    'How deletions were looked for without a deletion log: counts (bisection by range counts), pages (capped counts: ranges of one page), sweep (every page), with the reason.';
+COMMENT ON COLUMN gn2pg.run_log.reconcile_requests IS 'Requests spent looking for deletions (counts and pages).';
 
 -- ---- issue 11: GeoNature destination (begin) ----
 -- The GeoNature destination: sql/destination.sql as installed (tables, run_log counters,
@@ -2525,7 +2552,13 @@ SELECT s.id AS source_id,
                     THEN make_interval(hours => (s.options ->> 'stale_after_hours')::integer)
                     ELSE make_interval(mins => gn2pg._stale_after_minutes()) END AS stale_after) lim
   LEFT JOIN LATERAL (
-        SELECT r.* FROM gn2pg.run_log r
+        -- The columns of run_log in 0.2.0, spelled out: `r.*` would be frozen at creation, and a
+        -- column added later would make an updated database differ from a fresh install.
+        SELECT r.id, r.source, r.source_id, r.mode, r.status, r.started_at, r.finished_at, r.pages_done,
+               r.rows_received, r.rows_upserted, r.rows_unchanged, r.rows_deleted, r.rows_failed, r.http_requests,
+               r.http_retries, r.bytes_received, r.source_wait_ms, r.load_ms, r.error, r.worker_pid, r.paging,
+               r.since, r.max_source_action, r.checkpoint, r.resumed_from
+          FROM gn2pg.run_log r
          WHERE r.source = s.name AND r.status NOT IN ('pending', 'running') AND NOT gn2pg._busy_refusal(r.error)
          ORDER BY r.id DESC LIMIT 1) lr ON true
   LEFT JOIN LATERAL (

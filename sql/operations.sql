@@ -337,7 +337,13 @@ SELECT s.id AS source_id,
                     THEN make_interval(hours => (s.options ->> 'stale_after_hours')::integer)
                     ELSE make_interval(mins => gn2pg._stale_after_minutes()) END AS stale_after) lim
   LEFT JOIN LATERAL (
-        SELECT r.* FROM gn2pg.run_log r
+        -- The columns of run_log in 0.2.0, spelled out: `r.*` would be frozen at creation, and a
+        -- column added later would make an updated database differ from a fresh install.
+        SELECT r.id, r.source, r.source_id, r.mode, r.status, r.started_at, r.finished_at, r.pages_done,
+               r.rows_received, r.rows_upserted, r.rows_unchanged, r.rows_deleted, r.rows_failed, r.http_requests,
+               r.http_retries, r.bytes_received, r.source_wait_ms, r.load_ms, r.error, r.worker_pid, r.paging,
+               r.since, r.max_source_action, r.checkpoint, r.resumed_from
+          FROM gn2pg.run_log r
          WHERE r.source = s.name AND r.status NOT IN ('pending', 'running') AND NOT gn2pg._busy_refusal(r.error)
          ORDER BY r.id DESC LIMIT 1) lr ON true
   LEFT JOIN LATERAL (

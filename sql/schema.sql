@@ -68,7 +68,14 @@ CREATE TABLE gn2pg.run_log (
     since           text,                 -- incremental window start, source clock
     max_source_action text,               -- latest derniere_action seen, source clock
     checkpoint      jsonb,                -- key ranges still to fetch; a resumed run starts there
-    resumed_from    bigint                -- the interrupted run this one continues
+    resumed_from    bigint,               -- the interrupted run this one continues
+    window_end      text,
+    clock_offset    interval,
+    streams         integer,
+    latency_p50_ms  integer,
+    latency_p95_ms  integer,
+    reconcile       text,
+    reconcile_requests integer
 );
 CREATE SEQUENCE gn2pg.run_log_id_seq OWNED BY gn2pg.run_log.id;
 ALTER TABLE gn2pg.run_log ALTER COLUMN id SET DEFAULT nextval('gn2pg.run_log_id_seq');
@@ -163,6 +170,16 @@ END
 $$;
 COMMENT ON FUNCTION gn2pg._claim_source(text) IS
     'Locks the registry row of an idle source for this transaction (source_id), or says what keeps it busy.';
+COMMENT ON COLUMN gn2pg.run_log.window_end IS
+    'The source''s clock when the run started (source timestamps): the next incremental window starts there minus the overlap.';
+COMMENT ON COLUMN gn2pg.run_log.clock_offset IS
+    'What this run showed of the source''s clock: its newest action minus the HTTP Date of that answer (a lower bound of the offset between its timestamps and UTC).';
+COMMENT ON COLUMN gn2pg.run_log.streams IS 'Most requests the run had in flight at once (parallel streams).';
+COMMENT ON COLUMN gn2pg.run_log.latency_p50_ms IS 'Median time the source took to answer a data request.';
+COMMENT ON COLUMN gn2pg.run_log.latency_p95_ms IS '95th percentile of the time the source took to answer a data request.';
+COMMENT ON COLUMN gn2pg.run_log.reconcile IS
+    'How deletions were looked for without a deletion log: counts (bisection by range counts), pages (capped counts: ranges of one page), sweep (every page), with the reason.';
+COMMENT ON COLUMN gn2pg.run_log.reconcile_requests IS 'Requests spent looking for deletions (counts and pages).';
 
 -- Key ranges of a run loaded by several background workers (option workers > 1): one row per
 -- range, with its position; the run's checkpoint is derived from these rows.

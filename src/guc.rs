@@ -18,6 +18,8 @@ static MAX_PAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 << 20);
 static INCREMENTAL_OVERLAP_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
 /// Geometries built in Rust on the versions the encoder was verified with; off: always PostGIS.
 static FAST_GEOMETRY: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Requests in flight at once against one host by the runs with `streams => 'auto'`.
+static MAX_STREAMS_PER_HOST: GucSetting<i32> = GucSetting::<i32>::new(4);
 /// Hosts that non-superusers may register (sources, webhooks). Empty: none.
 static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 /// Webhook of sources without their own (`alert_webhook` of gn2pg_add_source). Empty: none.
@@ -89,6 +91,16 @@ off: PostGIS converts every geometry. gn2pg._geometry_selftest compares both on 
         30 * 86_400,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"gn2pg.max_streams_per_host",
+        c"Most requests in flight at once against one source host, over every run of this database with streams 'auto'.",
+        c"Runs pace their streams to the source within this budget and share it (see the README).",
+        &MAX_STREAMS_PER_HOST,
+        1,
+        64,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"gn2pg.allowed_hosts",
@@ -200,4 +212,8 @@ pub fn limits(o: &SourceOptions) -> Limits {
 
 pub fn incremental_overlap(o: &SourceOptions) -> Duration {
     o.overlap.unwrap_or(Duration::from_secs(INCREMENTAL_OVERLAP_S.get().max(0) as u64))
+}
+
+pub fn max_streams_per_host() -> u32 {
+    MAX_STREAMS_PER_HOST.get().clamp(1, 64) as u32
 }

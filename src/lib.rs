@@ -7,6 +7,9 @@
 //! - `loader`: every statement that writes harvested rows, metadata and rejections.
 //! - `store`: the engine's bookkeeping statements (registry, run log, parts).
 //! - `run`: the harvest engine executed by a background worker.
+//! - `window`, `reconcile_run`, `pacing_run`: the engine's side of incremental windows on the
+//!   source's clock, reconciliation by range counts and streams paced to the source (their
+//!   decisions are in `source::clock`, `source::reconcile`, `source::pacing`).
 //! - `worker`: launching, waiting for and entering background workers.
 //! - `api`: the SQL functions users call.
 //! - `guc`: `gn2pg.*` settings.
@@ -32,10 +35,13 @@ mod encode;
 mod guc;
 mod json;
 mod loader;
+mod pacing_run;
+mod reconcile_run;
 mod run;
 mod schedule;
 mod source;
 mod store;
+mod window;
 mod worker;
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! create the run_log row); *pages* are then loaded one transaction each; *finish* records the
 //! final status.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::BackgroundWorker;
@@ -16,13 +18,18 @@ use serde_json::json;
 use crate::encode::rows::{self, Encoding, PageRows};
 use crate::guc;
 use crate::loader::{self, Loader, PageLoad, PageSpec};
+use crate::pacing_run::{Lanes, Pace};
+use crate::reconcile_run;
 use crate::source::client::{CancelFlag, Host, Pipeline, SourceClient, Stats};
-use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
+use crate::source::clock;
+use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions, Streams};
 use crate::source::error::{redact_url, Scrubber};
+use crate::source::pacing::Sample;
 use crate::source::page::{parse_page, Fields, PageSummary, Shape};
 use crate::source::paging::{split_key_space, KeyRange, Pager, SeenKeys, Step};
 use crate::source::SourceError;
 use crate::store::{self, Progress, RunStart};
+use crate::window::{self, RunClock};
 use crate::worker::{self, tx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +63,7 @@ enum Mode {
 }
 
 /// Why a run stopped early.
-enum Stop {
+pub(crate) enum Stop {
     Cancelled(String),
     Failed(String),
 }
@@ -128,12 +135,14 @@ struct Setup {
     start: Start,
 }
 
-/// Auto mode runs a reconciling full harvest this often by default: sources without a
-/// deletion log (token, public) daily, login sources weekly (rows can leave an export without
-/// being deleted: permissions, sensitivity, a filter change).
+/// Auto mode runs a reconciling full harvest this often by default: login sources weekly
+/// (rows can leave an export without being deleted: permissions, sensitivity, a filter change);
+/// sources whose incremental runs reconcile by counts every 30 days, as a safety net; other
+/// sources without a deletion log daily.
 fn full_every_hours(cfg: &SourceConfig) -> u64 {
     cfg.options.full_every_hours.unwrap_or(match cfg.auth {
         Auth::Login { .. } => 24 * 7,
+        _ if reconcile_run::reconciles(cfg) => 24 * 30,
         _ => 24,
     })
 }
@@ -218,12 +227,12 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Option<Setup>,
         Requested::Auto if incremental_possible && hist.last_full_ok && !reconcile_due => Mode::Incremental,
         _ => Mode::Full,
     };
-    let since = match (mode, hist.max_source_action.as_deref()) {
-        (Mode::Incremental, Some(max)) => {
+    let since = match mode {
+        Mode::Incremental => {
             let overlap = guc::incremental_overlap(&cfg.options).as_secs() as i64;
-            store::window_start(max, overlap).map_err(spi_err)?
+            window::since(name, run_id, overlap).map_err(spi_err)?
         }
-        _ => None,
+        Mode::Full => None,
     };
     // An interrupted full run is continued from its last committed page, not started over.
     let resume = match (mode, &hist.resumable) {
@@ -281,15 +290,23 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
             return;
         }
     };
-    let mut totals = Totals::default();
-    let result = harvest(run_id, &setup, &mut client, &host, &mut totals, Role::Lead);
+    let pace = match Pace::start(&setup.cfg, &host) {
+        Ok(p) => p,
+        Err(stop) => {
+            finish(run_id, name, Err(stop), Stats::default(), &client.scrubber());
+            return;
+        }
+    };
+    let mut flow = Flow { pace, totals: Totals::default() };
+    let result = harvest(run_id, &setup, &mut client, &host, &mut flow, Role::Lead);
+    flow.pace.record(run_id);
     // The GeoNature destination: CA/JDD refreshed, rows pending since earlier runs retried.
     let result = result.and_then(|()| match setup.cfg.options.destination {
         Some(_) => tx(|| loader::finish_destination(name, run_id).map_err(spi_err))
             .map_err(|e| Stop::Failed(format!("GeoNature destination: {e}"))),
         None => Ok(()),
     });
-    finish(run_id, name, result, totals.sum(&client.stats), &client.scrubber());
+    finish(run_id, name, result, flow.totals.sum(&client.stats), &client.scrubber());
 }
 
 /// Entry point of a part worker of a parallel run: loads its key range, records its end.
@@ -310,7 +327,8 @@ pub fn execute_part(run_id: i64, part: i32, name: &str) {
         Ok(setup) => match SourceClient::new(setup.cfg.clone(), guc::limits(&setup.cfg.options)) {
             Err(e) => Err(Stop::from(e)),
             Ok(mut client) => {
-                let r = harvest(run_id, &setup, &mut client, &WorkerHost, &mut Totals::default(), Role::Part(part));
+                let mut flow = Flow { pace: Pace::fixed(1), totals: Totals::default() };
+                let r = harvest(run_id, &setup, &mut client, &WorkerHost, &mut flow, Role::Part(part));
                 scrubber = client.scrubber();
                 r
             }
@@ -349,6 +367,12 @@ fn finish(run_id: i64, name: &str, result: Result<(), Stop>, stats: Stats, scrub
     }
     // Alerts were recorded with the status (trigger on run_log); their webhooks go out now.
     crate::alert::after_run();
+}
+
+/// A run's streams: how many requests they may have in flight, and their transport counters.
+struct Flow {
+    pace: Pace,
+    totals: Totals,
 }
 
 /// Transport counters of the stream clients, summed for the run log.
@@ -401,27 +425,41 @@ fn max_key(client: &mut SourceClient, key: &str, host: &WorkerHost) -> Result<Op
     })
 }
 
-/// Fetches a page and prepares its rows (checked, encoded, hashed), all on the helper thread.
+/// Fetches a page through the run's gate, records what it took, and prepares its rows
+/// (checked, encoded, hashed) after leaving the gate, all on the helper thread.
 fn fetch_rows(
     c: &mut SourceClient,
+    lanes: &Lanes,
     params: &[(String, String)],
     fields: &Fields,
     encoding: Encoding,
     flag: &CancelFlag,
 ) -> Result<(PageSummary, PageRows), SourceError> {
-    let body = c.fetch_export_page(params, flag)?;
-    rows::prepare(&body, fields, encoding, &c.page_limits())
-        .map_err(|cause| SourceError::BadAnswer { url: redact_url(c.export_url(params).as_str()), cause })
+    let permit = lanes.gate.enter(flag)?;
+    let (started, retries) = (Instant::now(), c.stats.retries);
+    let body = c.fetch_export_page(params, flag);
+    let finished = Instant::now();
+    drop(permit);
+    let trouble = c.stats.retries > retries || body.is_err();
+    let prepared = body.and_then(|body| {
+        rows::prepare(&body, fields, encoding, &c.page_limits())
+            .map_err(|cause| SourceError::BadAnswer { url: redact_url(c.export_url(params).as_str()), cause })
+    });
+    let rows = prepared.as_ref().map_or(0, |(s, _)| s.len as u64);
+    lanes.recorder.record(Sample { started, finished, rows, trouble });
+    prepared
 }
 
 /// Pages a stream's producer may have ready before the backend takes them: enough to keep both
 /// sides busy, few enough to keep memory flat (a 1000-row page is a few MB).
 const PAGES_AHEAD: usize = 2;
 
-/// A page of one stream, fetched and prepared by the stream's producer thread.
+/// A page of one key range, fetched and prepared by a producer thread.
 struct Produced {
+    /// The key range (index in the run's list).
     stream: usize,
-    /// The stream client's transport counters after this page.
+    /// The producer that fetched it, and its client's transport counters after this page.
+    producer: usize,
     stats: Stats,
     page: Result<Ready, SourceError>,
 }
@@ -437,32 +475,45 @@ struct Ready {
     done: bool,
 }
 
-/// What a stream's producer needs; it never touches PostgreSQL.
+/// What a producer needs; it never touches PostgreSQL. Producers take key ranges from a shared
+/// queue, one at a time, and page through each; the gate bounds their requests in flight.
 struct StreamJob {
-    stream: usize,
+    producer: usize,
+    queue: Arc<Mutex<VecDeque<(usize, Pager)>>>,
     client: SourceClient,
-    pager: Pager,
+    lanes: Lanes,
     window: Vec<(String, String)>,
     fields: Fields,
     encoding: Encoding,
     full: bool,
 }
 
-/// The producer of one stream: pages in order, each request built from the previous answer,
-/// until the stream ends, fails, or the backend goes away.
+/// A producer: the pages of each range it takes in order, each request built from the previous
+/// answer, until the queue is empty, a page fails, or the backend goes away.
 fn produce(mut job: StreamJob, flag: &CancelFlag, emit: &dyn Fn(Produced) -> bool) {
-    for _ in 0..=MAX_PAGES {
-        let mut params = job.pager.params();
-        params.extend(job.window.iter().cloned());
-        let page = fetch_rows(&mut job.client, &params, &job.fields, job.encoding, flag).and_then(|(summary, rows)| {
-            let step = job.pager.step_for(&summary).map_err(SourceError::Paging)?;
-            let sweep = if job.full { job.pager.covered_range(&summary, &step) } else { None };
-            job.pager.advance(&summary);
-            Ok(Ready { rows, total: summary.total, sweep, pager: job.pager.clone(), done: step == Step::Done })
-        });
-        let last = page.as_ref().map_or(true, |r| r.done);
-        if !emit(Produced { stream: job.stream, stats: job.client.stats.clone(), page }) || last {
-            return;
+    // Bounded: the queue only shrinks, and each range ends within MAX_PAGES pages.
+    loop {
+        let next = job.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        let Some((stream, mut pager)) = next else { return };
+        for _ in 0..=MAX_PAGES {
+            let mut params = pager.params();
+            params.extend(job.window.iter().cloned());
+            let page = fetch_rows(&mut job.client, &job.lanes, &params, &job.fields, job.encoding, flag).and_then(
+                |(summary, rows)| {
+                    let step = pager.step_for(&summary).map_err(SourceError::Paging)?;
+                    let sweep = if job.full { pager.covered_range(&summary, &step) } else { None };
+                    pager.advance(&summary);
+                    Ok(Ready { rows, total: summary.total, sweep, pager: pager.clone(), done: step == Step::Done })
+                },
+            );
+            let (failed, done) = (page.is_err(), page.as_ref().is_ok_and(|r| r.done));
+            let produced = Produced { stream, producer: job.producer, stats: job.client.stats.clone(), page };
+            if !emit(produced) || failed {
+                return;
+            }
+            if done {
+                break;
+            }
         }
     }
 }
@@ -499,10 +550,11 @@ fn harvest(
     setup: &Setup,
     client: &mut SourceClient,
     host: &WorkerHost,
-    totals: &mut Totals,
+    flow: &mut Flow,
     role: Role,
 ) -> Result<(), Stop> {
     on_helper(client, host, |c, flag| c.prepare(flag))?;
+    let clock = if role == Role::Lead { Some(start_clock(run_id, setup, client, host)?) } else { None };
     let o = &setup.cfg.options;
     if role == Role::Lead {
         if let Some(export_id) = o.metadata_export_id {
@@ -510,14 +562,12 @@ fn harvest(
         }
     }
     let offset = o.paging == PagingMode::Offset;
-    let split = if o.workers > 1 { o.workers } else { o.streams };
     let ranges: Vec<(i64, Option<i64>)> = match &setup.start {
         Start::Page(_) => vec![],
         Start::Ranges(r) if !r.is_empty() => r.clone(),
-        Start::Ranges(_) if setup.mode == Mode::Full && split > 1 => match max_key(client, &o.key_column, host)? {
-            Some(max) => split_key_space(0, max, split),
-            None => vec![(0, None)],
-        },
+        Start::Ranges(_) if setup.mode == Mode::Full && role == Role::Lead => {
+            split_full_run(run_id, setup, client, host, &flow.pace)?
+        }
         Start::Ranges(_) => vec![(0, None)],
     };
     // Several workers: this one keeps range 0 and supervises one part worker per other range.
@@ -548,24 +598,158 @@ fn harvest(
             Role::Lead => (ranges, None),
         }
     };
-    let result = load_ranges(run_id, setup, client, host, totals, &ranges, part);
-    if !parallel {
-        return result.and_then(|()| if role == Role::Lead { deletions(run_id, setup, client, host) } else { Ok(()) });
+    let result = load_ranges(run_id, setup, client, host, flow, &ranges, part);
+    if parallel {
+        let result = match result {
+            Ok(()) => wait_parts(run_id, parts, host),
+            Err(e) => {
+                stop_parts(parts);
+                Err(e)
+            }
+        };
+        let (status, error) = match &result {
+            Ok(()) => ("success", None),
+            Err(Stop::Cancelled(m)) => ("cancelled", Some(client.scrubber().scrub(m))),
+            Err(Stop::Failed(m)) => ("failed", Some(client.scrubber().scrub(m))),
+        };
+        let _ = tx(|| store::finish_part(run_id, 0, status, error.as_deref()).map_err(spi_err));
+        result?;
+    } else {
+        result?;
     }
-    let result = match result {
-        Ok(()) => wait_parts(run_id, parts, host),
-        Err(e) => {
-            stop_parts(parts);
-            Err(e)
+    let Some(clock) = clock else { return Ok(()) };
+    deletions(run_id, setup, client, host)?;
+    after_pages(run_id, setup, client, host, flow, clock)
+}
+
+/// Pages of a keyset full run fetched as one piece per key range: how many ranges a fresh run
+/// splits the key space into. One per worker or per fixed stream; with streams paced to the
+/// source, pieces of about this many pages, which the streams take in turn.
+const PIECE_PAGES: u64 = 16;
+
+/// The key ranges of a fresh keyset full run. With streams paced to the source, its first page
+/// is loaded first: it tells how large the export is, and only a large one is split (which
+/// costs one more request, for its largest key).
+fn split_full_run(
+    run_id: i64,
+    setup: &Setup,
+    client: &mut SourceClient,
+    host: &WorkerHost,
+    pace: &Pace,
+) -> Result<Vec<(i64, Option<i64>)>, Stop> {
+    let o = &setup.cfg.options;
+    let split = |client: &mut SourceClient, from: i64, n: u32| -> Result<Vec<(i64, Option<i64>)>, Stop> {
+        Ok(match max_key(client, &o.key_column, host)? {
+            Some(max) if n > 1 && max >= from => split_key_space(from, max, n),
+            _ => vec![(from, None)],
+        })
+    };
+    match (o.workers, o.streams) {
+        (w, _) if w > 1 => split(client, 0, w),
+        (_, Streams::Fixed(n)) if n > 1 => split(client, 0, n),
+        (_, Streams::Auto) if pace.max() > 1 && o.paging == PagingMode::Keyset => {
+            let Some((next, rows)) = first_page(run_id, setup, client, host, pace)? else { return Ok(vec![]) };
+            let pages = rows.unwrap_or(0) / u64::from(o.page_size.max(1));
+            let pieces = (pages / PIECE_PAGES).clamp(1, 4 * u64::from(pace.max())) as u32;
+            if pieces > 1 {
+                split(client, next, pieces)
+            } else {
+                Ok(vec![(next, None)])
+            }
         }
+        _ => Ok(vec![(0, None)]),
+    }
+}
+
+/// The columns of an item the engine reads, from the source's options.
+pub(crate) fn fields_of(o: &SourceOptions) -> Fields {
+    Fields {
+        key: o.key_column.clone(),
+        uuid: o.uuid_column.clone(),
+        wkt: o.wkt_column.clone(),
+        updated: o.updated_column.clone(),
+    }
+}
+
+/// The first page of a fresh keyset full run, fetched and loaded on its own. Returns where the
+/// rest starts and the export's size, or None when this page was all of it.
+fn first_page(
+    run_id: i64,
+    setup: &Setup,
+    client: &mut SourceClient,
+    host: &WorkerHost,
+    pace: &Pace,
+) -> Result<Option<(i64, Option<u64>)>, Stop> {
+    let o = &setup.cfg.options;
+    let loader = tx(|| Loader::prepare(&setup.postgis).map_err(spi_err)).map_err(Stop::Failed)?;
+    let mut pager = Pager::new(PagingMode::Keyset, &o.key_column, o.page_size, 0, 0);
+    let (params, lanes, encoding) = (pager.params(), pace.lanes.clone(), loader.encoding);
+    let fields = fields_of(o);
+    let waited = Instant::now();
+    let (summary, rows) =
+        on_helper(client, host, move |c, flag| fetch_rows(c, &lanes, &params, &fields, encoding, flag))?;
+    let source_wait_ms = waited.elapsed().as_millis() as i64;
+    let step = pager.step_for(&summary).map_err(|e| Stop::Failed(SourceError::Paging(e).to_string()))?;
+    let sweep = pager.covered_range(&summary, &step);
+    pager.advance(&summary);
+    let done = step == Step::Done;
+    let rest = if done { json!({ "ranges": [] }) } else { json!({ "ranges": [[pager.next_key(), null]] }) };
+    let spec = PageSpec { source: &setup.cfg.name, run_id, key_column: &o.key_column, sweep };
+    load_page(&loader, &spec, &rows, &client.stats, source_wait_ms, rest, None)
+        .map_err(|e| Stop::Failed(format!("page 1 could not be loaded: {e}")))?;
+    Ok((!done).then(|| (pager.next_key(), summary.total_filtered.or(summary.total))))
+}
+
+/// The source's clock at the start of the run (its first answer's `Date`), recorded at once as
+/// this run's window end from the evidence of recent runs: an interrupted run keeps it.
+fn start_clock(run_id: i64, setup: &Setup, client: &mut SourceClient, host: &WorkerHost) -> Result<RunClock, Stop> {
+    let date = match client.last_date.clone() {
+        Some(d) => Some(d),
+        None => on_helper(client, host, |c, flag| c.server_date(flag))?,
     };
-    let (status, error) = match &result {
-        Ok(()) => ("success", None),
-        Err(Stop::Cancelled(m)) => ("cancelled", Some(client.scrubber().scrub(m))),
-        Err(Stop::Failed(m)) => ("failed", Some(client.scrubber().scrub(m))),
+    let started = date.as_deref().and_then(clock::parse_http_date);
+    let offsets = tx(|| window::recent_offsets(&setup.cfg.name, run_id).map_err(spi_err)).map_err(Stop::Failed)?;
+    let clock = RunClock { started, offsets };
+    tx(|| window::record(run_id, clock.window_end(), None).map_err(spi_err)).map_err(Stop::Failed)?;
+    Ok(clock)
+}
+
+/// After the pages: one request for the newest action of the export and its count. It shows
+/// the source's clock (this run's window end, for the next window), and an incremental run of a
+/// source without a deletion log then looks for deletions by range counts.
+fn after_pages(
+    run_id: i64,
+    setup: &Setup,
+    client: &mut SourceClient,
+    host: &WorkerHost,
+    flow: &mut Flow,
+    mut clock: RunClock,
+) -> Result<(), Stop> {
+    let before = flow.totals.sum(&client.stats).requests;
+    let (cfg, lanes) = (setup.cfg.clone(), flow.pace.lanes.clone());
+    let probe = on_helper(client, host, move |c, flag| reconcile_run::probe(&cfg, c, &lanes, flag))?;
+    let offset = match (&probe.newest, &probe.date) {
+        (Some(newest), Some(date)) => clock::offset_evidence(newest, date),
+        _ => None,
     };
-    let _ = tx(|| store::finish_part(run_id, 0, status, error.as_deref()).map_err(spi_err));
-    result
+    clock.offsets.extend(offset);
+    tx(|| window::record(run_id, clock.window_end(), offset).map_err(spi_err)).map_err(Stop::Failed)?;
+    if setup.mode != Mode::Incremental || !reconcile_run::reconciles(&setup.cfg) {
+        return Ok(());
+    }
+    let plan = reconcile_run::plan(run_id, &setup.cfg, client, host, &mut flow.pace, &probe)?;
+    if !plan.pages.is_empty() {
+        let walk = Setup {
+            cfg: setup.cfg.clone(),
+            mode: Mode::Full,
+            since: None,
+            postgis: setup.postgis.clone(),
+            start: Start::Ranges(plan.pages.clone()),
+        };
+        load_ranges(run_id, &walk, client, host, flow, &plan.pages, None)?;
+    }
+    let spent = flow.totals.sum(&client.stats).requests.saturating_sub(before);
+    reconcile_run::record(run_id, &plan.label, spent as i64).map_err(Stop::Failed)
 }
 
 fn stop_parts(parts: Vec<pgrx::bgworkers::DynamicBackgroundWorker>) {
@@ -617,10 +801,11 @@ fn load_ranges(
     setup: &Setup,
     client: &mut SourceClient,
     host: &WorkerHost,
-    totals: &mut Totals,
+    flow: &mut Flow,
     ranges: &[(i64, Option<i64>)],
     part: Option<i32>,
 ) -> Result<(), Stop> {
+    let Flow { pace, totals } = flow;
     let o = &setup.cfg.options;
     let offset = o.paging == PagingMode::Offset;
     let mut streams: Vec<Stream> = match setup.start {
@@ -633,27 +818,27 @@ fn load_ranges(
             })
             .collect(),
     };
-    totals.streams = vec![Stats::default(); streams.len()];
+    let producers = pace.producers(streams.len());
+    totals.streams = vec![Stats::default(); producers];
     let loader = tx(|| Loader::prepare(&setup.postgis).map_err(spi_err)).map_err(Stop::Failed)?;
     let window: Vec<(String, String)> = match &setup.since {
         Some(since) => vec![(format!("filter_d_up_{}", o.updated_column), since.clone())],
         None => vec![],
     };
-    let fields = Fields {
-        key: o.key_column.clone(),
-        uuid: o.uuid_column.clone(),
-        wkt: o.wkt_column.clone(),
-        updated: o.updated_column.clone(),
-    };
-    // One producer per stream fetches and prepares ahead; PostgreSQL work stays on this thread.
-    let mut pipeline: Pipeline<Produced> = Pipeline::new(PAGES_AHEAD * streams.len());
-    for (i, s) in streams.iter().enumerate() {
+    let fields = fields_of(o);
+    // Producers take the ranges in turn, fetch and prepare ahead, as many requests in flight
+    // as the gate lets through; PostgreSQL work stays on this thread.
+    let queue: VecDeque<(usize, Pager)> = streams.iter().enumerate().map(|(i, s)| (i, s.pager.clone())).collect();
+    let queue = Arc::new(Mutex::new(queue));
+    let mut pipeline: Pipeline<Produced> = Pipeline::new(PAGES_AHEAD * producers);
+    for producer in 0..producers {
         let mut c = client.clone();
         c.stats = Stats::default();
         let job = StreamJob {
-            stream: i,
+            producer,
+            queue: queue.clone(),
             client: c,
-            pager: s.pager.clone(),
+            lanes: pace.lanes.clone(),
             window: window.clone(),
             fields: fields.clone(),
             encoding: loader.encoding,
@@ -673,7 +858,7 @@ fn load_ranges(
         let Some(produced) = pipeline.next(host)? else { break };
         let source_wait_ms = waited.elapsed().as_millis() as i64;
         let i = produced.stream;
-        totals.streams[i] = produced.stats;
+        totals.streams[produced.producer] = produced.stats;
         let ready = produced.page?;
         streams[i].pager = ready.pager;
         streams[i].done = ready.done;
@@ -694,7 +879,11 @@ fn load_ranges(
                 view_totals.push(ready.total);
             }
         }
+        pace.tick(run_id).map_err(Stop::Failed)?;
     }
+    // The producers are done: their counters join the run's, for the passes that follow.
+    client.stats = totals.sum(&client.stats);
+    totals.streams.clear();
     if let Some(i) = streams.iter().position(|s| !s.done) {
         return Err(Stop::Failed(format!("stream {i} stopped before the end of its key range")));
     }

@@ -203,14 +203,6 @@ pub fn history(source: &str, current_run: i64) -> SpiResult<History> {
     })
 }
 
-/// Subtracts the overlap from a source timestamp, in the source's own clock and format.
-pub fn window_start(max_source_action: &str, overlap_secs: i64) -> SpiResult<Option<String>> {
-    Spi::get_one_with_args::<String>(
-        "SELECT to_char($1::timestamp - make_interval(secs => $2), 'YYYY-MM-DD HH24:MI:SS.US')",
-        &[max_source_action.into(), (overlap_secs as f64).into()],
-    )
-}
-
 pub struct RunStart<'a> {
     pub run_id: i64,
     pub resumed_from: Option<i64>,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
 use reqwest::cookie::{CookieStore, Jar};
-use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, DATE, LOCATION, RETRY_AFTER};
 use serde::Deserialize;
 use url::Url;
 
@@ -99,6 +99,8 @@ pub struct SourceClient {
     module_path: Option<String>,
     logged_in: bool,
     pub stats: Stats,
+    /// HTTP `Date` of the latest answer (the source's clock, UTC; `source::clock`).
+    pub last_date: Option<String>,
     jitter_state: u64,
 }
 
@@ -143,6 +145,7 @@ impl SourceClient {
             jar,
             logged_in: false,
             stats: Stats::default(),
+            last_date: None,
             jitter_state: seed | 1,
         })
     }
@@ -201,6 +204,7 @@ impl SourceClient {
                 .map_err(|e| transport_error(&url, e))?;
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
+            c.note_date(&headers);
             let text = c.read_body(&url, resp, host, c.control_bytes())?;
             match status {
                 200 => Ok(()),
@@ -268,6 +272,22 @@ impl SourceClient {
     /// The Export module prefix, once `prepare` found it.
     pub fn module_path(&self) -> Option<&str> {
         self.module_path.as_deref()
+    }
+
+    fn note_date(&mut self, headers: &HeaderMap) {
+        self.last_date = headers.get(DATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    }
+
+    /// The source's clock (its HTTP `Date`), from the module row: a request that costs the
+    /// source nothing, for runs whose setup made none. None when the server sends no `Date`.
+    pub fn server_date(&mut self, host: &dyn Host) -> Result<Option<String>, SourceError> {
+        let url = self.cfg.endpoint("gn_commons/module/EXPORTS");
+        match self.get_json(&url, host) {
+            Ok(_) => Ok(self.last_date.clone()),
+            Err(e @ (SourceError::Connect { .. } | SourceError::Timeout { .. } | SourceError::Cancelled(_))) => Err(e),
+            // Any answer is dated, even an error page.
+            Err(_) => Ok(self.last_date.clone()),
+        }
     }
 
     /// URL of the data API with `params` (credentials included, so never log it unredacted).
@@ -399,6 +419,7 @@ impl SourceClient {
         host.check_interrupts()?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
+        self.note_date(&headers);
         let text = self.read_body(url, resp, host, max)?;
         match status {
             200..=299 => {

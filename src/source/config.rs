@@ -47,6 +47,15 @@ pub enum PagingMode {
     Offset,
 }
 
+/// Requests of a keyset full run (or of a reconciliation) in flight at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streams {
+    /// Exactly this many key ranges fetched concurrently, as the operator chose.
+    Fixed(u32),
+    /// Paced to the source (`source::pacing`), within `gn2pg.max_streams_per_host`.
+    Auto,
+}
+
 /// Per-source options. Every field has a default; GUCs fill the transport defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceOptions {
@@ -72,15 +81,17 @@ pub struct SourceOptions {
     pub overlap: Option<Duration>,
     /// `id_application` sent at login (required by GeoNature <= 2.9 only).
     pub id_application: Option<i64>,
-    /// Parallel key-range streams of a keyset full run (1 = sequential), fetched concurrently
-    /// by one worker.
-    pub streams: u32,
+    /// Parallel key-range streams of a keyset full run, fetched concurrently by one worker.
+    pub streams: Streams,
     /// Background workers loading a keyset full run in parallel, one key range each: uses
     /// several CPU cores of the database server.
     pub workers: u32,
     /// `mode => 'auto'` runs a full (reconciling) harvest when the last successful full one is
     /// older than this; None = the default for the access mode, Some(0) = never.
     pub full_every_hours: Option<u64>,
+    /// Incremental runs look for deletions by range counts (`source::reconcile`); None = the
+    /// default for the access mode (token and public sources, which have no deletion log).
+    pub reconcile: Option<bool>,
     /// Name of the organisation that publishes the export (shown by `gn2pg.flow_status`).
     pub organism: Option<String>,
     /// Its id in the national organisms referential (free text: a number or a uuid).
@@ -123,9 +134,10 @@ impl Default for SourceOptions {
             max_page_bytes: None,
             overlap: None,
             id_application: None,
-            streams: 1,
+            streams: Streams::Auto,
             workers: 1,
             full_every_hours: None,
+            reconcile: None,
             organism: None,
             organism_id: None,
             stale_after: None,
@@ -159,6 +171,7 @@ const KNOWN_OPTIONS: &[&str] = &[
     "streams",
     "workers",
     "full_every_hours",
+    "reconcile",
     "organism",
     "organism_id",
     "stale_after_hours",
@@ -301,7 +314,20 @@ impl SourceOptions {
                             .ok_or_else(|| SourceError::Config("option id_application must be an integer".into()))?,
                     )
                 }
-                "streams" => o.streams = positive(k, val, 16)? as u32,
+                "streams" => {
+                    o.streams = match val.as_str() {
+                        Some("auto") => Streams::Auto,
+                        _ => Streams::Fixed(positive(k, val, 16).map_err(|_| {
+                            SourceError::Config("option streams must be 'auto' or an integer between 1 and 16".into())
+                        })? as u32),
+                    }
+                }
+                "reconcile" => {
+                    o.reconcile = Some(
+                        val.as_bool()
+                            .ok_or_else(|| SourceError::Config("option reconcile must be true or false".into()))?,
+                    )
+                }
                 "workers" => o.workers = positive(k, val, 8)? as u32,
                 "full_every_hours" => {
                     o.full_every_hours = Some(val.as_u64().ok_or_else(|| {
@@ -519,8 +545,13 @@ mod tests {
         assert!(SourceOptions::from_json(&json!({"key_column": "id; drop"})).is_err());
         assert!(SourceOptions::from_json(&json!({"query": {"limit": 5}})).is_err());
         let o = SourceOptions::from_json(&json!({"streams": 4, "full_every_hours": 0})).unwrap();
-        assert_eq!((o.streams, o.full_every_hours), (4, Some(0)));
+        assert_eq!((o.streams, o.full_every_hours), (Streams::Fixed(4), Some(0)));
         assert!(SourceOptions::from_json(&json!({"streams": 0})).is_err());
+        let o = SourceOptions::from_json(&json!({"streams": "auto", "reconcile": false})).unwrap();
+        assert_eq!((o.streams, o.reconcile), (Streams::Auto, Some(false)));
+        assert_eq!(SourceOptions::default().streams, Streams::Auto);
+        assert!(SourceOptions::from_json(&json!({"streams": "many"})).unwrap_err().to_string().contains("'auto'"));
+        assert!(SourceOptions::from_json(&json!({"reconcile": "yes"})).is_err());
     }
 
     #[test]

@@ -8,18 +8,36 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "usage: gn2pg-fixture-source [--listen 127.0.0.1:8765] [--rows 100000] [--seed 42] \
-[--null-geometry-every N] [--bench]";
+[--null-geometry-every N] [--cost-us-per-row US] [--cost-cpu] [--max-concurrent N] [--queue-timeout-ms MS] \
+[--overload-status 503] [--bench]";
 
 struct Args {
     listen: String,
     rows: Option<u64>,
     seed: u64,
     null_geometry_every: u64,
+    cost_us_per_row: f64,
+    cost_cpu: bool,
+    max_concurrent: u32,
+    queue_timeout_ms: u64,
+    overload_status: u16,
     bench: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { listen: "127.0.0.1:8765".into(), rows: None, seed: 42, null_geometry_every: 0, bench: false };
+    let d = FixtureConfig::default();
+    let mut a = Args {
+        listen: "127.0.0.1:8765".into(),
+        rows: None,
+        seed: 42,
+        null_geometry_every: 0,
+        cost_us_per_row: d.cost_us_per_row,
+        cost_cpu: d.cost_cpu,
+        max_concurrent: d.max_concurrent,
+        queue_timeout_ms: d.queue_timeout_ms,
+        overload_status: d.overload_status,
+        bench: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -30,6 +48,22 @@ fn parse_args() -> Result<Args, String> {
             "--seed" => a.seed = number("--seed", value("--seed")?)?,
             "--null-geometry-every" => {
                 a.null_geometry_every = number("--null-geometry-every", value("--null-geometry-every")?)?
+            }
+            "--cost-us-per-row" => {
+                let v = value("--cost-us-per-row")?;
+                a.cost_us_per_row = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite() && *x >= 0.0)
+                    .ok_or(format!("--cost-us-per-row: not a number: {v}"))?
+            }
+            "--cost-cpu" => a.cost_cpu = true,
+            "--max-concurrent" => {
+                a.max_concurrent = number("--max-concurrent", value("--max-concurrent")?)?.min(u32::MAX as u64) as u32
+            }
+            "--queue-timeout-ms" => a.queue_timeout_ms = number("--queue-timeout-ms", value("--queue-timeout-ms")?)?,
+            "--overload-status" => {
+                a.overload_status = number("--overload-status", value("--overload-status")?)?.min(599) as u16
             }
             "--bench" => a.bench = true,
             "-h" | "--help" => return Err(String::new()),
@@ -54,6 +88,11 @@ fn main() -> ExitCode {
         rows: args.rows.unwrap_or(if args.bench { 1_000_000 } else { 100_000 }),
         seed: args.seed,
         null_geometry_every: args.null_geometry_every,
+        cost_us_per_row: args.cost_us_per_row,
+        cost_cpu: args.cost_cpu,
+        max_concurrent: args.max_concurrent,
+        queue_timeout_ms: args.queue_timeout_ms,
+        overload_status: args.overload_status,
         ..Default::default()
     };
     let rows = cfg.rows;
