@@ -13,6 +13,7 @@
 //! - `access`: roles, running as the extension owner, `gn2pg.allowed_hosts`.
 //! - `cron`: cron expressions (validation, next run time); no PostgreSQL calls.
 //! - `schedule`: pg_cron jobs, created through a worker connected to the cron database.
+//! - `cron_cleanup`: pg_cron jobs of databases without gn2pg (drop, housekeeping).
 //! - `alert`: alert webhooks, delivered by a worker after commit.
 //! - `diagnostics`: self-checks callable from SQL (`gn2pg._jsonb_selftest`).
 
@@ -22,6 +23,7 @@ mod access;
 mod alert;
 mod api;
 mod cron;
+mod cron_cleanup;
 mod diagnostics;
 mod encode;
 mod guc;
@@ -58,6 +60,12 @@ extension_sql_file!(
         schedule::cron_next,
         alert::stale_after_minutes,
     ]
+);
+
+extension_sql_file!(
+    "../sql/lifecycle.sql",
+    name = "lifecycle",
+    requires = ["operations", cron_cleanup::cron_cleanup_after_drop]
 );
 
 #[pg_guard]

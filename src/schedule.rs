@@ -174,6 +174,8 @@ fn cron_op(req: &Value) -> Result<Value, String> {
     // One gn2pg schedule change at a time, whatever the database: keeps one job per name.
     Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('gn2pg:cron'))")
         .map_err(|e| e.to_string())?;
+    // Jobs of databases without gn2pg go first: they must not block a name (cron_cleanup.rs).
+    crate::cron_cleanup::remove_orphan_jobs()?;
     // Jobs of this name for this database, or for a database that was dropped since.
     let remove = "SELECT count(cron.unschedule(j.jobid))::bigint FROM cron.job j
                    WHERE j.jobname = $1::name
@@ -220,6 +222,7 @@ fn cron_op(req: &Value) -> Result<Value, String> {
                 )
                 .map_err(|e| e.to_string())?;
             }
+            crate::cron_cleanup::ensure_housekeeping_job()?;
             Ok(json!({"ok": true, "jobid": jobid}))
         }
         "unschedule" => {
@@ -313,6 +316,7 @@ fn schedule_job(job: &str, expr: &str, command: &str) -> (i64, String, String) {
     let run_as = Spi::get_one::<String>("SELECT session_user::text").ok().flatten().unwrap_or_default();
     let (cron_db, cron_oid) = cron_database();
     let db = current_database();
+    crate::cron_cleanup::claim_database();
     let answer = call_cron_worker(
         cron_oid,
         &json!({"op": "schedule", "job": job, "schedule": expr, "command": command, "database": db, "username": run_as}),

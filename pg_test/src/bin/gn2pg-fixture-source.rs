@@ -1,25 +1,34 @@
 //! `gn2pg-fixture-source`: runs the fixture GeoNature source for pg_regress, scripts and manual
 //! tests, or (`--bench`) measures how many pages per second it serves over HTTP.
 
-use gn2pg_pg_test::fixture::{FixtureConfig, FixtureServer};
+use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "usage: gn2pg-fixture-source [--listen 127.0.0.1:8765] [--rows 100000] [--seed 42] \
-[--null-geometry-every N] [--bench]";
+[--null-geometry-every N] [--slow-ms N] [--bench]";
 
 struct Args {
     listen: String,
     rows: Option<u64>,
     seed: u64,
     null_geometry_every: u64,
+    /// Delay before each data page (a source slow enough to replace the library mid-run).
+    slow_ms: u64,
     bench: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { listen: "127.0.0.1:8765".into(), rows: None, seed: 42, null_geometry_every: 0, bench: false };
+    let mut a = Args {
+        listen: "127.0.0.1:8765".into(),
+        rows: None,
+        seed: 42,
+        null_geometry_every: 0,
+        slow_ms: 0,
+        bench: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -31,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
             "--null-geometry-every" => {
                 a.null_geometry_every = number("--null-geometry-every", value("--null-geometry-every")?)?
             }
+            "--slow-ms" => a.slow_ms = number("--slow-ms", value("--slow-ms")?)?,
             "--bench" => a.bench = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument: {other}")),
@@ -65,6 +75,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.slow_ms > 0 {
+        server.faults(Faults { slow_ms: args.slow_ms, ..Default::default() });
+    }
     if args.bench {
         return match bench(&server) {
             Ok(()) => ExitCode::SUCCESS,
