@@ -157,10 +157,13 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # 2. Install 0.2.0, harvest, upgrade in place while a harvest runs.
+# The gn2pg files of the system PostgreSQL with their checksums.
+system_files() { md5sum "$SYS_LIB"/gn2pg.so "$SYS_EXT"/gn2pg.control "$SYS_EXT"/gn2pg--*.sql 2>/dev/null | sort; }
 mkdir -p "$SAVED/lib" "$SAVED/ext"
 if dpkg-query -W -f='${Status}' "$PKG" 2>/dev/null | grep -q installed; then
     dpkg --purge "$PKG" >/dev/null   # left by an interrupted run of this test
 fi
+BEFORE="$(system_files)"
 cp -a "$SYS_LIB"/gn2pg.so "$SAVED/lib/" 2>/dev/null
 cp -a "$SYS_EXT"/gn2pg.control "$SYS_EXT"/gn2pg--*.sql "$SAVED/ext/" 2>/dev/null
 log "saved $(find "$SAVED" -type f | wc -l) gn2pg files of a development install, put back at the end"
@@ -173,19 +176,24 @@ expect "its control file says 0.2.0" "$(grep -o "default_version = '[^']*'" "$SY
 cargo build --release -q -p gn2pg-pg-test --bin gn2pg-fixture-source >/dev/null 2>&1
 FIXTURE="$ROOT/target/release/gn2pg-fixture-source"
 [ -x "$FIXTURE" ] || fatal "the fixture source is built"
-# start_fixture <args>: starts the fixture on a free port and prints its base URL.
+# start_fixture <args>: starts the fixture on a free port; its base URL in $FIXTURE_URL. (Not in
+# a subshell, so that cleanup knows its pid; without the lock's descriptor, so that it cannot
+# hold the lock if it outlives the test.)
 start_fixture() {
-    local out="$TMP/fixture-$RANDOM.log"
-    "$FIXTURE" --listen 127.0.0.1:0 "$@" > "$out" 2>&1 &
+    local out="$TMP/fixture-${#FIXTURE_PIDS[@]}.log"
+    "$FIXTURE" --listen 127.0.0.1:0 "$@" > "$out" 2>&1 9>&- &
     FIXTURE_PIDS+=($!)
     for _ in $(seq 1 100); do
         grep -qo 'http://[^ ]*' "$out" && break
         sleep 0.1
     done
-    grep -o 'http://[^ ]*' "$out" | head -n 1
+    FIXTURE_URL="$(grep -o 'http://[^ ]*' "$out" | head -n 1)"
 }
-FAST_URL="$(start_fixture --rows "$ROWS")"
-SLOW_URL="$(start_fixture --rows "$ROWS" --slow-ms 250)"
+start_fixture --rows "$ROWS"
+FAST_URL="$FIXTURE_URL"
+# Another seed: a uuid is stored once across sources.
+start_fixture --rows "$ROWS" --seed 7 --slow-ms 250
+SLOW_URL="$FIXTURE_URL"
 [ -n "$FAST_URL" ] && [ -n "$SLOW_URL" ] || fatal "the fixture sources start"
 
 mkdir -p "$TMP/cluster"
@@ -200,7 +208,7 @@ max_worker_processes = 16
 fsync = off
 log_min_messages = warning
 CONF
-sudo -u postgres "$SYS_BIN/pg_ctl" -D "$TMP/cluster/data" -l "$TMP/cluster/server.log" -w -t 60 start >/dev/null \
+sudo -u postgres "$SYS_BIN/pg_ctl" -D "$TMP/cluster/data" -l "$TMP/cluster/server.log" -w -t 60 start >/dev/null 9>&- \
     || fatal "the throw-away cluster starts on 127.0.0.1:$PORT" "$(tail -n 5 "$TMP/cluster/server.log")"
 # sql <db> <statement>: one value, errors on stderr.
 sql() { "$SYS_BIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d "$1" -XAtq -v ON_ERROR_STOP=1 -c "$2"; }
@@ -232,6 +240,12 @@ if grep -q "this database has gn2pg 0.2.0: run ALTER EXTENSION gn2pg UPDATE" <<<
     ok "a new session says the database must be updated"
 else
     not_ok "a new session says the database must be updated" "$err"
+fi
+err="$(sql_err upgraded "ALTER EXTENSION gn2pg UPDATE")"
+if grep -q "cannot update while harvests run in this database" <<< "$err"; then
+    ok "ALTER EXTENSION gn2pg UPDATE waits until no harvest runs"
+else
+    not_ok "ALTER EXTENSION gn2pg UPDATE waits until no harvest runs" "$err"
 fi
 for _ in $(seq 1 600); do
     [ "$(sql upgraded "SELECT status FROM gn2pg.run_log WHERE id = $RUN")" != running ] && break
@@ -274,7 +288,5 @@ else
 fi
 
 cleanup
-expect "the development install of the system PostgreSQL is back as it was" \
-    "$(cd "$SAVED" 2>/dev/null; ls "$SYS_LIB"/gn2pg.so "$SYS_EXT"/gn2pg* 2>/dev/null | wc -l)" \
-    "$(ls "$SAVED" >/dev/null 2>&1 && echo x)"
+expect "the gn2pg files of the system PostgreSQL are back as they were before the test" "$(system_files)" "$BEFORE"
 finish

@@ -56,7 +56,11 @@ MAINTAINER="${GN2PG_DEB_MAINTAINER:-$(git -C "$HERE" log -1 --format='%an <%ae>'
 # Reproducible: every date in the package is the commit's (or, outside git, Cargo.toml's).
 EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$SRC" log -1 --format=%ct 2>/dev/null || stat -c %Y "$SRC/Cargo.toml")}"
 export SOURCE_DATE_EPOCH="$EPOCH"
-COMMIT="$(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || cat "$SRC/.git-commit" 2>/dev/null || echo unknown)"
+COMMIT="$(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || cut -c1-7 "$SRC/.git-commit" 2>/dev/null || echo unknown)"
+FIRST_YEAR="$(git -C "$HERE" log --reverse --format=%ad --date=format:%Y 2>/dev/null | head -n 1)"
+LAST_YEAR="$(date -u -d "@$EPOCH" +%Y)"
+COPYRIGHT_YEARS="${FIRST_YEAR:-$LAST_YEAR}"
+[ "$COPYRIGHT_YEARS" = "$LAST_YEAR" ] || COPYRIGHT_YEARS="$COPYRIGHT_YEARS-$LAST_YEAR"
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -90,7 +94,7 @@ Upstream-Name: gn2pg
 Upstream-Contact: $MAINTAINER
 
 Files: *
-Copyright: gn2pg contributors
+Copyright: $COPYRIGHT_YEARS gn2pg contributors
 License: AGPL-3.0-or-later
  This program is free software: you can redistribute it and/or modify it under the terms of
  the GNU Affero General Public License as published by the Free Software Foundation, either
@@ -103,14 +107,19 @@ License: AGPL-3.0-or-later
  You should have received a copy of the GNU Affero General Public License along with this
  program. If not, see <https://www.gnu.org/licenses/>.
 EOF
-        echo
-        echo "Comment: The binary also contains these Rust crates, each under its own license"
-        echo " (SPDX expression), as published on crates.io:"
         # The crates compiled into the binary: normal dependencies, for this target, deduplicated.
-        (cd "$(dirname "$manifest")" && cargo tree --manifest-path "$manifest" -p "$package" -e normal --prefix none \
-            --target x86_64-unknown-linux-gnu -f '{p} {l}' 2>/dev/null) \
+        local crates
+        crates="$(cd "$(dirname "$manifest")" && cargo tree --manifest-path "$manifest" -p "$package" -e normal \
+            --prefix none --target x86_64-unknown-linux-gnu -f '{p} {l}' 2>/dev/null \
             | sed -e 's/ (\*)$//' -e 's/ (proc-macro)//' | grep -v "^$package v" | grep -v '(/' | sort -u \
-            | sed -e 's/^\([^ ]*\) v\([^ ]*\) \(.*\)$/ \1 \2: \3/' -e 's/^\([^ ]*\) v\([^ ]*\)$/ \1 \2: see the crate/'
+            | sed -e 's/^\([^ ]*\) v\([^ ]*\) \(.*\)$/ \1 \2: \3/' -e 's/^\([^ ]*\) v\([^ ]*\)$/ \1 \2: see the crate/')" \
+            || crates=""
+        if [ -n "$crates" ]; then
+            echo
+            echo "Comment: The binary also contains these Rust crates, each under its own license"
+            echo " (SPDX expression), as published on crates.io:"
+            printf '%s\n' "$crates"
+        fi
     } > "$file"
 }
 
@@ -123,6 +132,16 @@ write_changelog() {
         printf '    Built from commit %s.\n\n' "$COMMIT"
         printf ' -- %s  %s\n' "$MAINTAINER" "$(LC_ALL=C date -u -R -d "@$EPOCH")"
     } | gzip -9n > "$file"
+}
+
+# What lintian reports that does not apply to a package built outside Debian's archive.
+write_lintian_overrides() {
+    local root="$1" package="$2"
+    mkdir -p "$root/usr/share/lintian/overrides"
+    cat > "$root/usr/share/lintian/overrides/$package" <<EOF
+# Built by the gn2pg project, not uploaded to Debian: there is no ITP bug to close.
+$package: initial-upload-closes-no-bugs
+EOF
 }
 
 build_extension_deb() {
@@ -149,13 +168,7 @@ build_extension_deb() {
     gzip -9n < "$SRC/README.md" > "$root/usr/share/doc/$NAME/README.md.gz"
     write_copyright "$root/usr/share/doc/$NAME/copyright" gn2pg "$SRC/Cargo.toml"
     write_changelog "$root/usr/share/doc/$NAME/changelog.Debian.gz" "$NAME" "gn2pg $VERSION for PostgreSQL $PG_MAJOR."
-# PostgreSQL loads extension modules by path (module_pathname): they have no SONAME and no
-# shlibs file, like every postgresql-$PG_MAJOR-* extension package.
-$NAME: shared-library-lacks-prerequisites *
-# Rust compiles its own bounds checks; the C library functions that _FORTIFY_SOURCE would
-# replace are not called with fixed-size buffers.
-$NAME: hardening-no-fortify-functions [$LIBDIR/gn2pg.so]
-EOF
+    write_lintian_overrides "$root" "$NAME"
 
     local shlibs installed_size
     shlibs="$(shlib_depends "$root/$LIBDIR/gn2pg.so")"
@@ -245,8 +258,12 @@ if [ "$1" = configure ]; then
     if ! getent passwd gn2pg-dashboard >/dev/null; then
         adduser --system --group --no-create-home --home /nonexistent --quiet gn2pg-dashboard
     fi
-    chown root:gn2pg-dashboard /etc/gn2pg/dashboard.conf
-    chmod 0640 /etc/gn2pg/dashboard.conf
+    # The configuration may hold a database password: readable by the service only, unless the
+    # administrator chose otherwise (dpkg-statoverride).
+    if ! dpkg-statoverride --list /etc/gn2pg/dashboard.conf >/dev/null; then
+        chown root:gn2pg-dashboard /etc/gn2pg/dashboard.conf
+        chmod 0640 /etc/gn2pg/dashboard.conf
+    fi
 fi
 if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ] || [ "$1" = abort-remove ]; then
     if deb-systemd-helper debian-installed gn2pg-dashboard.service >/dev/null 2>&1 \
@@ -274,10 +291,10 @@ set -e
 if [ -d /run/systemd/system ]; then
     systemctl --system daemon-reload >/dev/null || true
 fi
-if [ "$1" = remove ] && [ -x /usr/bin/deb-systemd-helper ]; then
+if [ "$1" = remove ] && command -v deb-systemd-helper >/dev/null; then
     deb-systemd-helper mask gn2pg-dashboard.service >/dev/null || true
 fi
-if [ "$1" = purge ] && [ -x /usr/bin/deb-systemd-helper ]; then
+if [ "$1" = purge ] && command -v deb-systemd-helper >/dev/null; then
     deb-systemd-helper purge gn2pg-dashboard.service >/dev/null || true
     deb-systemd-helper unmask gn2pg-dashboard.service >/dev/null || true
 fi
@@ -305,6 +322,7 @@ EOF
     gzip -9n < "$SRC/README.md" > "$root/usr/share/doc/$pkg/README.md.gz"
     write_copyright "$root/usr/share/doc/$pkg/copyright" gn2pg-dashboard "$SRC/Cargo.toml"
     write_changelog "$root/usr/share/doc/$pkg/changelog.Debian.gz" "$pkg" "gn2pg-dashboard $VERSION."
+    write_lintian_overrides "$root" "$pkg"
     local shlibs installed_size
     shlibs="$(shlib_depends "$root/usr/bin/gn2pg-dashboard")"
     installed_size="$(du -sk --exclude=DEBIAN "$root" | cut -f1)"
@@ -326,7 +344,6 @@ Description: web dashboard of gn2pg harvest flows
 EOF
     finish_tree "$root"
     chmod 0755 "$root/usr/bin/gn2pg-dashboard"
-    chmod 0640 "$root/etc/gn2pg/dashboard.conf"
     local deb="$OUT/${pkg}_${DEB_VERSION}_amd64.deb"
     dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
     log "built $deb"

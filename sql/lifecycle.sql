@@ -15,7 +15,7 @@ BEGIN
     IF NOT pg_has_role(current_user, (SELECT extowner FROM pg_extension WHERE extname = 'gn2pg'), 'USAGE') THEN
         RETURN;
     END IF;
-    PERFORM gn2pg._cron_cleanup_after_drop();
+    PERFORM gn2pg._cron_cleanup_after_commit();
 EXCEPTION WHEN OTHERS THEN
     RAISE WARNING 'gn2pg: could not ask for the removal of the pg_cron jobs of this database: %', SQLERRM
           USING HINT = 'With pg_cron, the job gn2pg:housekeeping of the cron database removes them within 10 minutes.';
@@ -23,7 +23,7 @@ END
 $$;
 COMMENT ON FUNCTION gn2pg._drop_cleanup() IS
     'Event trigger: after a drop of gn2pg commits, removes the pg_cron jobs of databases without gn2pg.';
-COMMENT ON FUNCTION gn2pg._cron_cleanup_after_drop() IS
+COMMENT ON FUNCTION gn2pg._cron_cleanup_after_commit() IS
     'Starts a worker that removes the pg_cron jobs of databases without gn2pg once this transaction commits.';
 
 CREATE EVENT TRIGGER gn2pg_drop_cleanup ON ddl_command_start
@@ -35,4 +35,4 @@ COMMENT ON EVENT TRIGGER gn2pg_drop_cleanup IS
 -- Event triggers call their function without checking EXECUTE; the extension owner (and
 -- superusers) call the worker launcher through it.
 REVOKE ALL ON FUNCTION gn2pg._drop_cleanup() FROM PUBLIC;
-REVOKE ALL ON FUNCTION gn2pg._cron_cleanup_after_drop() FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._cron_cleanup_after_commit() FROM PUBLIC;

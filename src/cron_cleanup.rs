@@ -23,11 +23,13 @@
 //! - by the job `gn2pg:housekeeping` of the cron database, for `DROP DATABASE` (no trigger fires
 //!   for it) and for drops that happened while pg_cron could not be reached.
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::bgworkers::BackgroundWorkerBuilder;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::schedule::{PURGE_COMMAND, PURGE_JOB, PURGE_SCHEDULE};
 
 pub const HOUSEKEEPING_JOB: &str = "gn2pg:housekeeping";
 pub const HOUSEKEEPING_SCHEDULE: &str = "*/10 * * * *";
@@ -81,21 +83,26 @@ pub fn remove_orphan_jobs() -> Result<i64, String> {
     Spi::get_one::<i64>(REMOVE_ORPHANS).map(|n| n.unwrap_or(0)).map_err(|e| e.to_string())
 }
 
-/// Creates `gn2pg:housekeeping` when missing (next to `gn2pg:purge-cron-log`, when gn2pg
-/// schedules something). In a transaction of the cron database.
-pub fn ensure_housekeeping_job() -> Result<(), String> {
-    let missing = Spi::get_one_with_args::<bool>(
-        "SELECT NOT EXISTS (SELECT 1 FROM cron.job WHERE jobname = $1)",
-        &[HOUSEKEEPING_JOB.into()],
-    )
-    .map_err(|e| e.to_string())?
-    .unwrap_or(false);
-    if missing {
-        Spi::run_with_args(
-            "SELECT cron.schedule_in_database($1, $2, $3, current_database(), NULL, true)",
-            &[HOUSEKEEPING_JOB.into(), HOUSEKEEPING_SCHEDULE.into(), HOUSEKEEPING_COMMAND.into()],
+/// Creates the maintenance jobs that are missing (when gn2pg schedules something); an
+/// administrator may change them, so existing ones are left as they are. In a transaction of the
+/// cron database.
+pub fn ensure_maintenance_jobs() -> Result<(), String> {
+    for (job, schedule, command) in
+        [(PURGE_JOB, PURGE_SCHEDULE, PURGE_COMMAND), (HOUSEKEEPING_JOB, HOUSEKEEPING_SCHEDULE, HOUSEKEEPING_COMMAND)]
+    {
+        let missing = Spi::get_one_with_args::<bool>(
+            "SELECT NOT EXISTS (SELECT 1 FROM cron.job WHERE jobname = $1)",
+            &[job.into()],
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .unwrap_or(false);
+        if missing {
+            Spi::run_with_args(
+                "SELECT cron.schedule_in_database($1, $2, $3, current_database(), NULL, true)",
+                &[job.into(), schedule.into(), command.into()],
+            )
+            .map_err(|e| e.to_string())?;
+        }
     }
     Ok(())
 }
@@ -114,14 +121,14 @@ pub fn claim_database() {
 /// The last transaction that started a cleanup worker: one worker per transaction is enough.
 static LAST_XID: AtomicU32 = AtomicU32::new(0);
 
-/// Called by the event trigger `gn2pg_drop_cleanup` (sql/lifecycle.sql) at the start of a
-/// statement that may drop gn2pg: starts a worker that removes the orphans once this
-/// transaction has committed. Never waits for it and never fails the statement for want of
-/// pg_cron: without pg_cron there is nothing to remove; without a worker slot the housekeeping
-/// job does it later.
-#[pg_extern(name = "_cron_cleanup_after_drop", volatile)]
+/// Starts a worker that removes the orphans once this transaction has committed. Called by the
+/// event trigger `gn2pg_drop_cleanup` (sql/lifecycle.sql) at the start of a statement that may
+/// drop gn2pg, and by the update from 0.2.0 (jobs of databases dropped before). Never waits for
+/// the worker and never fails for want of pg_cron: without pg_cron there is nothing to remove;
+/// without a worker slot the housekeeping job does it later.
+#[pg_extern(name = "_cron_cleanup_after_commit", volatile)]
 #[search_path(pg_catalog, pg_temp)]
-fn cron_cleanup_after_drop() {
+fn cron_cleanup_after_commit() {
     if !crate::schedule::cron_available() {
         return;
     }
@@ -161,12 +168,7 @@ fn cron_cleanup_after_drop() {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn gn2pg_cron_cleanup_worker(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let extra = BackgroundWorker::get_extra().to_string();
-    let mut parts = extra.split(' ').map(|s| s.parse::<u32>().unwrap_or(0));
-    let (db, user, xid) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
-    if !crate::worker::launcher_committed(xid) {
+    if !crate::worker::connect_after_commit() {
         return;
     }
     let removed = crate::worker::tx(|| {

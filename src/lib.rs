@@ -65,7 +65,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/lifecycle.sql",
     name = "lifecycle",
-    requires = ["operations", cron_cleanup::cron_cleanup_after_drop]
+    requires = ["operations", cron_cleanup::cron_cleanup_after_commit]
 );
 
 #[pg_guard]

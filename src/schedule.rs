@@ -209,20 +209,7 @@ fn cron_op(req: &Value) -> Result<Value, String> {
                 ],
             )
             .map_err(|e| e.to_string())?;
-            let purge = Spi::get_one_with_args::<bool>(
-                "SELECT NOT EXISTS (SELECT 1 FROM cron.job WHERE jobname = $1)",
-                &[PURGE_JOB.into()],
-            )
-            .map_err(|e| e.to_string())?
-            .unwrap_or(false);
-            if purge {
-                Spi::run_with_args(
-                    "SELECT cron.schedule_in_database($1, $2, $3, current_database(), NULL, true)",
-                    &[PURGE_JOB.into(), PURGE_SCHEDULE.into(), PURGE_COMMAND.into()],
-                )
-                .map_err(|e| e.to_string())?;
-            }
-            crate::cron_cleanup::ensure_housekeeping_job()?;
+            crate::cron_cleanup::ensure_maintenance_jobs()?;
             Ok(json!({"ok": true, "jobid": jobid}))
         }
         "unschedule" => {
