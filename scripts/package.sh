@@ -53,11 +53,17 @@ VERSION=$(awk '/^\[package\]/ {p = 1; next} /^\[/ {p = 0} p && /^version *=/ {gs
 DEB_VERSION="$VERSION-${GN2PG_DEB_REVISION:-1}"
 MAINTAINER="${GN2PG_DEB_MAINTAINER:-$(git -C "$HERE" log -1 --format='%an <%ae>' 2>/dev/null || true)}"
 [ -n "$MAINTAINER" ] || { echo "set GN2PG_DEB_MAINTAINER ('Name <address>')" >&2; exit 1; }
-# Reproducible: every date in the package is the commit's (or, outside git, Cargo.toml's).
-EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$SRC" log -1 --format=%ct 2>/dev/null || stat -c %Y "$SRC/Cargo.toml")}"
+# Reproducible: every date in the package is the commit's. A source tree outside git (a `git
+# archive`) names its commit in .git-commit; give its date in SOURCE_DATE_EPOCH.
+if [ "$(git -C "$SRC" rev-parse --show-toplevel 2>/dev/null)" = "$SRC" ]; then
+    COMMIT="$(git -C "$SRC" rev-parse --short HEAD)"
+    EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$SRC" log -1 --format=%ct)}"
+else
+    COMMIT="$(cut -c1-7 "$SRC/.git-commit" 2>/dev/null || echo unknown)"
+    EPOCH="${SOURCE_DATE_EPOCH:-$(stat -c %Y "$SRC/Cargo.toml")}"
+fi
 export SOURCE_DATE_EPOCH="$EPOCH"
-COMMIT="$(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || cut -c1-7 "$SRC/.git-commit" 2>/dev/null || echo unknown)"
-FIRST_YEAR="$(git -C "$HERE" log --reverse --format=%ad --date=format:%Y 2>/dev/null | head -n 1)"
+FIRST_YEAR="$(git -C "$HERE" log --format=%ad --date=format:%Y 2>/dev/null | tail -n 1)"
 LAST_YEAR="$(date -u -d "@$EPOCH" +%Y)"
 COPYRIGHT_YEARS="${FIRST_YEAR:-$LAST_YEAR}"
 [ "$COPYRIGHT_YEARS" = "$LAST_YEAR" ] || COPYRIGHT_YEARS="$COPYRIGHT_YEARS-$LAST_YEAR"
@@ -150,10 +156,10 @@ build_extension_deb() {
     (cd "$SRC" && cargo pgrx package --manifest-path "$SRC/Cargo.toml" --pg-config "$PG_CONFIG" --out-dir "$stage" \
         2>&1 | grep -Ev '^\s*(Compiling|Checking|Finished|Building|Installing|Copying|Discovered|Writing)' || true)
     local so
-    so="$(find "$stage" -name gn2pg.so -type f | head -n 1)"
+    so="$(find "$stage" -name gn2pg.so -type f -print -quit)"
     [ -n "$so" ] || { echo "cargo pgrx package made no gn2pg.so" >&2; exit 1; }
     local stage_ext
-    stage_ext="$(dirname "$(find "$stage" -name gn2pg.control -type f | head -n 1)")"
+    stage_ext="$(dirname "$(find "$stage" -name gn2pg.control -type f -print -quit)")"
     [ -f "$stage_ext/gn2pg--$VERSION.sql" ] || { echo "no install script gn2pg--$VERSION.sql" >&2; exit 1; }
 
     mkdir -p "$root/DEBIAN" "$root/$LIBDIR" "$root/$EXTDIR" "$root/usr/share/doc/$NAME"
