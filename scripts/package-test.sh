@@ -32,6 +32,7 @@ check() { local what="$1"; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else
 # expect "what" got want
 expect() { if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1" "got '$2', want '$3'"; fi; }
 finish() {
+    log "took $SECONDS s"
     echo "package test: $passed passed, $failed failed"
     [ "$failed" -eq 0 ]
     exit $?
