@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything gn2pg needs on Debian 12, as root. Idempotent: every step checks first.
-#   apt: PostgreSQL 15 (server, dev headers), PostGIS 3, pg_cron, clang (bindgen), sudo
+#   apt: PostgreSQL 15 (server, dev headers), PostGIS 3, pg_cron, clang (bindgen), sudo,
+#        lintian (checks the Debian package, scripts/package-test.sh)
 #   cargo: cargo-pgrx 0.18.0, then `cargo pgrx init` against the system PostgreSQL 15
 #   browser tests of the dashboard: Debian's chromium, and playwright-core from npm (npm ci)
 set -euo pipefail
 
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-postgis-3 postgresql-15-cron
-          clang libclang-dev pkg-config libssl-dev sudo curl ca-certificates build-essential chromium)
+          clang libclang-dev pkg-config libssl-dev sudo curl ca-certificates build-essential
+          lintian chromium)
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 

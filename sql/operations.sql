@@ -70,8 +70,10 @@ COMMENT ON COLUMN gn2pg.schedule.run_as IS 'Login role the job runs as (the one 
 ------------------------------------------------------------------------------------------------
 -- Alerts and their events.
 ------------------------------------------------------------------------------------------------
+-- Explicit sequences (not identities), marked for pg_dump: see gn2pg.source in sql/schema.sql.
+CREATE SEQUENCE gn2pg.alert_id_seq;
 CREATE TABLE gn2pg.alert (
-    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              bigint PRIMARY KEY DEFAULT nextval('gn2pg.alert_id_seq'),
     source          text NOT NULL,
     kind            text NOT NULL CHECK (kind IN ('failed', 'abandoned', 'stale')),
     message         text NOT NULL,            -- never contains a secret
@@ -82,6 +84,7 @@ CREATE TABLE gn2pg.alert (
     resolved_at     timestamptz,
     resolved_by_run bigint
 );
+ALTER SEQUENCE gn2pg.alert_id_seq OWNED BY gn2pg.alert.id;
 CREATE UNIQUE INDEX alert_open_idx ON gn2pg.alert (source, kind) WHERE resolved_at IS NULL;
 CREATE INDEX alert_source_idx ON gn2pg.alert (source, id DESC);
 COMMENT ON TABLE gn2pg.alert IS
@@ -89,8 +92,9 @@ COMMENT ON TABLE gn2pg.alert IS
 COMMENT ON COLUMN gn2pg.alert.occurrences IS 'Times it happened while open (repeats do not notify again).';
 COMMENT ON COLUMN gn2pg.alert.resolved_by_run IS 'The successful run that resolved it (NULL: resolved otherwise).';
 
+CREATE SEQUENCE gn2pg.alert_event_id_seq;
 CREATE TABLE gn2pg.alert_event (
-    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id               bigint PRIMARY KEY DEFAULT nextval('gn2pg.alert_event_id_seq'),
     alert_id         bigint NOT NULL REFERENCES gn2pg.alert (id) ON DELETE CASCADE,
     event            text NOT NULL CHECK (event IN ('raised', 'resolved')),
     payload          jsonb NOT NULL,          -- as sent by NOTIFY and to the webhook
@@ -100,6 +104,7 @@ CREATE TABLE gn2pg.alert_event (
     webhook_error    text,
     webhook_at       timestamptz
 );
+ALTER SEQUENCE gn2pg.alert_event_id_seq OWNED BY gn2pg.alert_event.id;
 CREATE INDEX alert_event_alert_idx ON gn2pg.alert_event (alert_id);
 CREATE INDEX alert_event_pending_idx ON gn2pg.alert_event (id) WHERE webhook_state IN ('pending', 'sending');
 COMMENT ON TABLE gn2pg.alert_event IS
@@ -109,7 +114,9 @@ COMMENT ON COLUMN gn2pg.alert_event.webhook_state IS
 
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.schedule', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.alert', '');
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.alert_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.alert_event', '');
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.alert_event_id_seq', '');
 
 -- gn2pg 0.2.0 recorded a start refused because another run of its source was active as a
 -- failed run; such rows are not problems of the source. Since 0.3.0 a refused start is an
@@ -270,8 +277,12 @@ END
 $$;
 COMMENT ON FUNCTION gn2pg._run_ended() IS 'Trigger: raises or resolves alerts when a run ends.';
 
+-- A row inserted already ended is a run the engine refused or failed at once: it ends in the
+-- transaction that inserts it (finished_at = now()). Rows that arrive with an older end are
+-- history copied in by pg_restore, whose alerts are restored with them: they raise nothing.
 CREATE TRIGGER run_ended_insert AFTER INSERT ON gn2pg.run_log
-    FOR EACH ROW WHEN (NEW.status NOT IN ('pending', 'running')) EXECUTE FUNCTION gn2pg._run_ended();
+    FOR EACH ROW WHEN (NEW.status NOT IN ('pending', 'running') AND NEW.finished_at = now())
+    EXECUTE FUNCTION gn2pg._run_ended();
 CREATE TRIGGER run_ended_update AFTER UPDATE OF status ON gn2pg.run_log
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status NOT IN ('pending', 'running'))
     EXECUTE FUNCTION gn2pg._run_ended();

@@ -16,8 +16,13 @@ BEGIN
 END
 $$;
 
+-- Ids come from explicit sequences, not identity columns: pg_dump saves the counter of an
+-- extension's sequence only when it is marked with pg_extension_config_dump (below), and it never
+-- saves an identity sequence of an extension's table, so a restored database would hand out ids
+-- that are already taken.
+CREATE SEQUENCE gn2pg.source_id_seq AS integer;
 CREATE TABLE gn2pg.source (
-    id          integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          integer PRIMARY KEY DEFAULT nextval('gn2pg.source_id_seq'),
     name        text NOT NULL UNIQUE
                 CHECK (name ~ '^[a-z0-9_-]+$' AND length(name) <= 63),
     url         text NOT NULL,          -- API root, normalised to end with /api
@@ -28,6 +33,7 @@ CREATE TABLE gn2pg.source (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+ALTER SEQUENCE gn2pg.source_id_seq OWNED BY gn2pg.source.id;
 COMMENT ON TABLE gn2pg.source IS
     'One row per harvested export. Manage with gn2pg_add_source() / gn2pg_remove_source().';
 
@@ -201,8 +207,9 @@ CREATE TABLE gn2pg.run_part (
 );
 COMMENT ON TABLE gn2pg.run_part IS 'Key ranges of a run loaded in parallel by several workers.';
 
+CREATE SEQUENCE gn2pg.run_error_id_seq;
 CREATE TABLE gn2pg.run_error (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigint PRIMARY KEY DEFAULT nextval('gn2pg.run_error_id_seq'),
     run_id      bigint NOT NULL REFERENCES gn2pg.run_log (id) ON DELETE CASCADE,
     source      text NOT NULL,
     id_data     bigint,
@@ -211,6 +218,7 @@ CREATE TABLE gn2pg.run_error (
     error       text NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+ALTER SEQUENCE gn2pg.run_error_id_seq OWNED BY gn2pg.run_error.id;
 CREATE INDEX run_error_run_idx ON gn2pg.run_error (run_id);
 COMMENT ON TABLE gn2pg.run_error IS 'Items rejected during a run, with the cause.';
 
@@ -263,10 +271,12 @@ COMMENT ON TABLE gn2pg.metadata IS
 
 -- pg_dump keeps what users configured and what was harvested.
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.source', '');
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.source_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.source_secret', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.run_log', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.run_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.run_error', '');
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.run_error_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.run_part', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.observation', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.metadata', '');

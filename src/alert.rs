@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use reqwest::blocking::Client;
@@ -277,16 +277,9 @@ pub fn check_flows() -> i32 {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn gn2pg_alert_worker(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let extra = BackgroundWorker::get_extra().to_string();
-    let mut parts = extra.split(' ').map(|s| s.parse::<u32>().unwrap_or(0));
-    let (db, user, xid) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
-    crate::access::confine_worker();
-    if !crate::worker::launcher_committed(xid) {
-        return;
+    if crate::worker::connect_after_commit() {
+        deliver_pending();
     }
-    deliver_pending();
 }
 
 /// `gn2pg.stale_after` in minutes, for `gn2pg.flow_status` (calling into the library also makes

@@ -16,6 +16,7 @@
 //! - `access`: roles, running as the extension owner, `gn2pg.allowed_hosts`.
 //! - `cron`: cron expressions (validation, next run time); no PostgreSQL calls.
 //! - `schedule`: pg_cron jobs, created through a worker connected to the cron database.
+//! - `cron_cleanup`: pg_cron jobs of databases without gn2pg (drop, housekeeping).
 //! - `alert`: alert webhooks, delivered by a worker after commit.
 //! - `diagnostics`: self-checks callable from SQL (`gn2pg._jsonb_selftest`).
 //! - `check`: `gn2pg_check_source`, one probe of a source from the database.
@@ -29,6 +30,7 @@ mod alert;
 mod api;
 mod check;
 mod cron;
+mod cron_cleanup;
 mod dashboard;
 mod diagnostics;
 mod encode;
@@ -116,6 +118,12 @@ $$;
 "#,
     name = "revoke_public_execute",
     finalize
+);
+
+extension_sql_file!(
+    "../sql/lifecycle.sql",
+    name = "lifecycle",
+    requires = ["operations", "dashboard", cron_cleanup::cron_cleanup_after_commit]
 );
 
 #[pg_guard]

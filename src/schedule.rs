@@ -76,9 +76,6 @@ fn cron_database() -> (String, pg_sys::Oid) {
     (db, oid)
 }
 
-/// Longest wait for the lock on cron.job before a schedule change gives up with an error.
-const CRON_LOCK_TIMEOUT: &str = "5s";
-
 // The mailbox: [state u32][request length u32][reply length u32][pad u32][request][reply].
 const HEADER: usize = 16;
 const HALF: usize = 8192;
@@ -160,6 +157,18 @@ fn call_cron_worker(cron_db: pg_sys::Oid, request: &Value) -> Value {
 }
 
 /// What the cron worker does, in one transaction of the cron database.
+/// Serialises every change of gn2pg's pg_cron jobs (`cron_op`, the cleanup worker and the
+/// housekeeping job take it): a lock on cron.job itself, not an advisory lock any role could hold
+/// to block this. Only roles allowed to write cron.job (pg_cron users, in a transaction left open)
+/// conflict, and only for 5 seconds. In a transaction of the cron database.
+pub fn lock_cron_jobs() -> Result<(), String> {
+    Spi::run(LOCK_CRON_JOBS).map_err(|e| e.to_string())
+}
+
+/// The statements of [`lock_cron_jobs`], also the start of the housekeeping job's command.
+pub const LOCK_CRON_JOBS: &str = "SET LOCAL lock_timeout = '5s'; \
+LOCK TABLE cron.job IN SHARE ROW EXCLUSIVE MODE; SET LOCAL lock_timeout = 0";
+
 fn cron_op(req: &Value) -> Result<Value, String> {
     let s = |k: &str| req[k].as_str().unwrap_or("").to_string();
     let (op, job, db) = (s("op"), s("job"), s("database"));
@@ -174,13 +183,10 @@ fn cron_op(req: &Value) -> Result<Value, String> {
             "hint": "Run CREATE EXTENSION pg_cron; in the database named by cron.database_name.",
         }));
     }
-    // One gn2pg schedule change at a time, whatever the database: keeps one job per name. A
-    // lock on cron.job itself, not an advisory lock any role could hold to block this: only
-    // roles allowed to write cron.job (pg_cron users, in a transaction left open) conflict,
-    // and only for CRON_LOCK_TIMEOUT.
-    Spi::run(&format!("SET LOCAL lock_timeout = '{CRON_LOCK_TIMEOUT}'")).map_err(|e| e.to_string())?;
-    Spi::run("LOCK TABLE cron.job IN SHARE ROW EXCLUSIVE MODE").map_err(|e| e.to_string())?;
-    Spi::run("SET LOCAL lock_timeout = 0").map_err(|e| e.to_string())?;
+    // One gn2pg schedule change at a time, whatever the database: keeps one job per name.
+    lock_cron_jobs()?;
+    // Jobs of databases without gn2pg go first: they must not block a name (cron_cleanup.rs).
+    crate::cron_cleanup::remove_orphan_jobs()?;
     // Jobs of this name for this database, or for a database that was dropped since.
     let remove = "SELECT count(cron.unschedule(j.jobid))::bigint FROM cron.job j
                    WHERE j.jobname = $1::name
@@ -214,19 +220,7 @@ fn cron_op(req: &Value) -> Result<Value, String> {
                 ],
             )
             .map_err(|e| e.to_string())?;
-            let purge = Spi::get_one_with_args::<bool>(
-                "SELECT NOT EXISTS (SELECT 1 FROM cron.job WHERE jobname = $1)",
-                &[PURGE_JOB.into()],
-            )
-            .map_err(|e| e.to_string())?
-            .unwrap_or(false);
-            if purge {
-                Spi::run_with_args(
-                    "SELECT cron.schedule_in_database($1, $2, $3, current_database(), NULL, true)",
-                    &[PURGE_JOB.into(), PURGE_SCHEDULE.into(), PURGE_COMMAND.into()],
-                )
-                .map_err(|e| e.to_string())?;
-            }
+            crate::cron_cleanup::ensure_maintenance_jobs()?;
             Ok(json!({"ok": true, "jobid": jobid}))
         }
         "unschedule" => {
@@ -274,10 +268,9 @@ pub extern "C-unwind" fn gn2pg_cron_worker(arg: pg_sys::Datum) {
                     PostgresError(r) | ErrorReport(r) | RustPanic { ereport: r, .. }
                         if r.sql_error_code() == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE =>
                     {
-                        format!(
-                            "another session kept cron.job locked for more than {CRON_LOCK_TIMEOUT} \
-                             (a pg_cron job change in a transaction left open?): try again"
-                        )
+                        "another session kept cron.job locked for more than 5 s \
+                         (a pg_cron job change in a transaction left open?): try again"
+                            .to_string()
                     }
                     PostgresError(r) | ErrorReport(r) | RustPanic { ereport: r, .. } => r.message().to_string(),
                 })
@@ -344,6 +337,7 @@ fn job_role() -> String {
 fn schedule_job(job: &str, expr: &str, command: &str, run_as: &str) -> (i64, String) {
     let (cron_db, cron_oid) = cron_database();
     let db = current_database();
+    crate::cron_cleanup::claim_database();
     let answer = call_cron_worker(
         cron_oid,
         &json!({"op": "schedule", "job": job, "schedule": expr, "command": command, "database": db, "username": run_as}),

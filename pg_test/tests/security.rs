@@ -336,6 +336,10 @@ const REVIEWED: &[(&str, bool, &str)] = &[
     // Superusers only: it allocates in proportion to its input (issue 9, item 2).
     ("gn2pg._jsonb_selftest(text)", false, ""),
     ("gn2pg._geometry_selftest(text)", false, ""),
+    // Removal of pg_cron jobs when gn2pg is dropped (sql/lifecycle.sql, src/cron_cleanup.rs):
+    // the event trigger calls its function without an EXECUTE check.
+    ("gn2pg._cron_cleanup_after_commit()", false, ""),
+    ("gn2pg._drop_cleanup()", false, ""),
     ("gn2pg._selfcheck()", false, ""),
     ("gn2pg._level_arg(text,text)", false, "gn2pg_admin"),
     ("gn2pg._map(text,text,uuid,uuid)", true, "gn2pg_admin"),

@@ -1,7 +1,7 @@
 //! `gn2pg-fixture-source`: runs the fixture GeoNature source for pg_regress, scripts and manual
 //! tests, or (`--bench`) measures how many pages per second it serves over HTTP.
 
-use gn2pg_pg_test::fixture::{FixtureConfig, FixtureServer};
+use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use std::time::Instant;
 
 const USAGE: &str = "usage: gn2pg-fixture-source [--listen 127.0.0.1:8765] [--rows 100000] [--seed 42] \
 [--null-geometry-every N] [--cost-us-per-row US] [--cost-cpu] [--max-concurrent N] [--queue-timeout-ms MS] \
-[--overload-status 503] [--bench]";
+[--overload-status 503] [--slow-ms N] [--bench]";
 
 struct Args {
     listen: String,
@@ -21,6 +21,8 @@ struct Args {
     max_concurrent: u32,
     queue_timeout_ms: u64,
     overload_status: u16,
+    /// Delay before each data page (a source slow enough to replace the library mid-run).
+    slow_ms: u64,
     bench: bool,
 }
 
@@ -36,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         max_concurrent: d.max_concurrent,
         queue_timeout_ms: d.queue_timeout_ms,
         overload_status: d.overload_status,
+        slow_ms: 0,
         bench: false,
     };
     let mut it = std::env::args().skip(1);
@@ -65,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
             "--overload-status" => {
                 a.overload_status = number("--overload-status", value("--overload-status")?)?.min(599) as u16
             }
+            "--slow-ms" => a.slow_ms = number("--slow-ms", value("--slow-ms")?)?,
             "--bench" => a.bench = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument: {other}")),
@@ -104,6 +108,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.slow_ms > 0 {
+        server.faults(Faults { slow_ms: args.slow_ms, ..Default::default() });
+    }
     if args.bench {
         return match bench(&server) {
             Ok(()) => ExitCode::SUCCESS,
