@@ -113,7 +113,7 @@ fn world(o: Options) -> World {
     .unwrap();
     let base = fixture.base_url();
     // Admins who are not superusers may only register hosts the superuser allowed.
-    su.batch_execute(&format!("ALTER DATABASE {} SET gn2pg.allowed_hosts = '127.0.0.1'", db.name)).unwrap();
+    su.batch_execute(&format!("ALTER DATABASE {} SET gn2pg.allowed_hosts = '127.0.0.1:*'", db.name)).unwrap();
     db.client
         .batch_execute(&format!(
             "SELECT gn2pg_add_source('pne', '{base}', 1, 'login', 'harvester', 'secret',
