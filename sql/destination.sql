@@ -135,6 +135,7 @@ SELECT pg_catalog.pg_extension_config_dump('gn2pg.destination', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.destination_row', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.nomenclature_mapping', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.destination_report', '');
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.destination_report_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.destination_metadata', '');
 
 ------------------------------------------------------------------------------------------------

@@ -251,13 +251,14 @@ pub fn caught_message(e: &pg_sys::panic::CaughtError) -> String {
 
 /// The start of a worker that acts for its launcher's transaction: signal handlers, then a
 /// connection to the database and as the role given in `bgw_extra` ("<database oid> <role oid>
-/// <xid>"), then the wait for that transaction. False: it rolled back, there is nothing to do.
+/// <xid>"), confined like every worker (`access::confine_worker`), then the wait for that transaction. False: it rolled back, there is nothing to do.
 pub fn connect_after_commit() -> bool {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let extra = BackgroundWorker::get_extra().to_string();
     let mut parts = extra.split(' ').map(|s| s.parse::<u32>().unwrap_or(0));
     let (db, user, xid) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
+    crate::access::confine_worker();
     launcher_committed(xid)
 }
 

@@ -44,6 +44,11 @@ pub fn run_row(db: &mut Client, run_id: i64) -> Option<Value> {
         .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
 }
 
+/// Whether a run is over: neither waiting for its worker ('pending') nor in progress.
+pub fn run_ended(r: &Value) -> bool {
+    !matches!(r["status"].as_str(), Some("pending" | "running"))
+}
+
 /// Polls until `cond` holds on the run's row; panics after `limit`.
 pub fn wait_run(db: &mut Client, run_id: i64, limit: Duration, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();

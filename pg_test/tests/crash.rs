@@ -3,16 +3,14 @@
 
 use std::time::Duration;
 
-use gn2pg_pg_test::checks::{add_source, assert_equal_to_source, harvest, n, reconnect_after_crash, run_row, wait_run};
+use gn2pg_pg_test::checks::{
+    add_source, assert_equal_to_source, harvest, n, reconnect_after_crash, run_ended, run_row, wait_run,
+};
 use gn2pg_pg_test::db::{Client, TestDb};
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer};
 
 fn harvest_async(db: &mut Client, source: &str, mode: &str) -> i64 {
     db.query_one("SELECT gn2pg_harvest_async($1, $2)", &[&source, &mode]).unwrap().get(0)
-}
-
-fn finished(r: &serde_json::Value) -> bool {
-    !matches!(r["status"].as_str(), Some("pending" | "running"))
 }
 
 /// GN2PG leaves a killed run 'importing data' forever and starts over (§3.3 item 14).
@@ -24,7 +22,7 @@ fn a_killed_worker_is_marked_abandoned_and_the_next_run_resumes() {
     fx.faults(Faults { slow_ms: 100, ..Default::default() });
     let run = harvest_async(&mut db.client, "kill", "full");
     let r =
-        wait_run(&mut db.client, run, Duration::from_secs(60), "6 pages", |r| n(r, "pages_done") >= 6 || finished(r));
+        wait_run(&mut db.client, run, Duration::from_secs(60), "6 pages", |r| n(r, "pages_done") >= 6 || run_ended(r));
     assert_eq!(r["status"], "running", "{r}");
     let pid = n(&r, "worker_pid");
     let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();

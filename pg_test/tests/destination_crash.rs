@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use gn2pg_pg_test::checks::{add_source, harvest, n, reconnect_after_crash, wait_run};
+use gn2pg_pg_test::checks::{add_source, harvest, n, reconnect_after_crash, run_ended, wait_run};
 use gn2pg_pg_test::db::TestDb;
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer};
 use gn2pg_pg_test::geonature::{self, assert_consistent, assert_synthese_matches_source};
@@ -18,9 +18,8 @@ fn a_killed_worker_leaves_the_synthese_consistent_and_the_next_run_completes_it(
     add_source(&mut db.client, "kill", &fx, 3, "public", r#"{"destination": "geonature", "page_size": 500}"#);
     fx.faults(Faults { slow_ms: 100, ..Default::default() });
     let run: i64 = db.client.query_one("SELECT gn2pg_harvest_async('kill', 'full')", &[]).unwrap().get(0);
-    let r = wait_run(&mut db.client, run, Duration::from_secs(120), "4 pages", |r| {
-        n(r, "pages_done") >= 4 || r["status"] != "running"
-    });
+    let r =
+        wait_run(&mut db.client, run, Duration::from_secs(120), "4 pages", |r| n(r, "pages_done") >= 4 || run_ended(r));
     assert_eq!(r["status"], "running", "{r}");
     let killed = std::process::Command::new("kill").args(["-9", &n(&r, "worker_pid").to_string()]).status().unwrap();
     assert!(killed.success());

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use gn2pg_pg_test::canned::{one_page_source, pages_source};
-use gn2pg_pg_test::checks::{add_source, assert_equal_to_source, harvest, n, run_rows, wait_run};
+use gn2pg_pg_test::checks::{add_source, assert_equal_to_source, harvest, n, run_ended, run_rows, wait_run};
 use gn2pg_pg_test::db::{connect, error_text, Client, TestDb};
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer, Mutation};
 
@@ -17,10 +17,6 @@ fn harvest_async(db: &mut Client, source: &str, mode: &str) -> i64 {
     db.query_one("SELECT gn2pg_harvest_async($1, $2)", &[&source, &mode]).unwrap().get(0)
 }
 
-fn finished(r: &serde_json::Value) -> bool {
-    !matches!(r["status"].as_str(), Some("pending" | "running"))
-}
-
 /// GN2PG 1.10.1 loses rows when the source changes during a full run (peer-gn2pg.md §3.2
 /// item 6, reproduced in §5.5). Keyset paging plus a source-clock window must not.
 #[test]
@@ -30,7 +26,7 @@ fn changes_during_a_full_run_are_not_lost() {
     add_source(&mut db.client, "race", &fx, 1, "login", "{}");
     fx.faults(Faults { slow_ms: 150, ..Default::default() });
     let run = harvest_async(&mut db.client, "race", "full");
-    wait_run(&mut db.client, run, Duration::from_secs(60), "5 pages", |r| n(r, "pages_done") >= 5 || finished(r));
+    wait_run(&mut db.client, run, Duration::from_secs(60), "5 pages", |r| n(r, "pages_done") >= 5 || run_ended(r));
     let m = fx.mutate(Mutation { update: 3000, delete: 500, ..Default::default() });
     assert_eq!((m.updated.len(), m.deleted.len()), (3000, 500));
     let full = wait_run(&mut db.client, run, Duration::from_secs(120), "end", finished);
@@ -51,7 +47,7 @@ fn an_offset_walk_over_a_changing_view_removes_nothing_until_a_stable_one() {
     // that still exist, so it must not take their absence for a deletion.
     fx.faults(Faults { slow_ms: 150, ..Default::default() });
     let run = harvest_async(&mut db.client, "off", "full");
-    wait_run(&mut db.client, run, Duration::from_secs(60), "2 pages", |r| n(r, "pages_done") >= 2 || finished(r));
+    wait_run(&mut db.client, run, Duration::from_secs(60), "2 pages", |r| n(r, "pages_done") >= 2 || run_ended(r));
     fx.mutate(Mutation { delete: 300, ..Default::default() });
     let walked = wait_run(&mut db.client, run, Duration::from_secs(60), "end", finished);
     assert_eq!((walked["status"].as_str(), n(&walked, "rows_deleted")), (Some("success"), 0), "{walked}");
@@ -87,7 +83,7 @@ fn an_expired_session_is_renewed_once() {
     add_source(&mut db.client, "sess", &fx, 1, "login", "{}");
     fx.faults(Faults { slow_ms: 200, ..Default::default() });
     let run = harvest_async(&mut db.client, "sess", "full");
-    wait_run(&mut db.client, run, Duration::from_secs(30), "2 pages", |r| n(r, "pages_done") >= 2 || finished(r));
+    wait_run(&mut db.client, run, Duration::from_secs(30), "2 pages", |r| n(r, "pages_done") >= 2 || run_ended(r));
     fx.expire_sessions();
     let r = wait_run(&mut db.client, run, Duration::from_secs(60), "end", finished);
     assert_eq!(r["status"], "success", "{r}");

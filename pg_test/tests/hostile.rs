@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use gn2pg_pg_test::checks::run_row;
+use gn2pg_pg_test::checks::{run_ended, run_row};
 use gn2pg_pg_test::db::{Client, TestDb};
 use gn2pg_pg_test::hostile::{memory_of, Attack, HostileSource};
 use serde_json::Value;
@@ -86,7 +86,7 @@ fn harvest_hostile(db: &mut TestDb, attack: Attack, max_page_bytes: u64, options
         }
         match row {
             // The run is over and its worker gone (its memory was sampled until then).
-            Some(r) if r["status"] != "running" && pid.and_then(memory_of).is_none() => break r,
+            Some(r) if run_ended(&r) && pid.and_then(memory_of).is_none() => break r,
             _ => std::thread::sleep(Duration::from_millis(10)),
         }
     };

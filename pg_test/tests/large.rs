@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use gn2pg_pg_test::checks::{add_source, assert_equal_to_source, harvest, n, run_rows, wait_run};
+use gn2pg_pg_test::checks::{add_source, assert_equal_to_source, harvest, n, run_ended, run_rows, wait_run};
 use gn2pg_pg_test::db::{Client, TestDb};
 use gn2pg_pg_test::fixture::{ExportConfig, Faults, FixtureConfig, FixtureServer, Mutation, TotalFiltered};
 use serde_json::Value;
@@ -206,7 +206,7 @@ fn auto_streams_stay_within_the_host_maximum() {
     add_source(&mut db.client, "a", &fx, 3, "public", r#"{"page_size": 500}"#);
     add_source(&mut db.client, "b", &fx2, 2, "token", r#"{"page_size": 500}"#);
     let (ra, rb) = (harvest_async(&mut db.client, "a", "full"), harvest_async(&mut db.client, "b", "full"));
-    let done = |r: &Value| r["status"] != "running";
+    let done = run_ended;
     let ra = wait_run(&mut db.client, ra, Duration::from_secs(180), "end", done);
     let rb = wait_run(&mut db.client, rb, Duration::from_secs(180), "end", done);
     assert_eq!((text(&ra, "status"), text(&rb, "status")), ("success", "success"), "{ra}\n{rb}");

@@ -258,6 +258,19 @@ fn dumped_content(c: &mut Client) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The dashboard's row counts per (source, CA, JDD), as `gn2pg.observation_count` sums them.
+fn group_counts(c: &mut Client) -> Vec<String> {
+    c.query(
+        "SELECT format('%s %s %s %s', source, source_ca_uuid, source_jdd_uuid, sum(rows)) FROM gn2pg.observation_count
+          GROUP BY source, source_ca_uuid, source_jdd_uuid HAVING sum(rows) <> 0 ORDER BY 1",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
 fn max_id(c: &mut Client, table: &str) -> i64 {
     c.query_one(&format!("SELECT coalesce(max(id), 0)::bigint FROM gn2pg.{table}"), &[]).unwrap().get(0)
 }
@@ -315,6 +328,8 @@ fn a_dump_restored_into_a_new_database_keeps_every_table_and_works_on() {
     schedule(&mut c, &scheduled);
 
     let before = dumped_content(&mut c);
+    let counts_before = group_counts(&mut c);
+    assert!(!counts_before.is_empty());
     let rows_of = |t: &str| before.iter().find(|(r, _)| r == t).map(|(_, v)| v.clone()).unwrap_or_default();
     for t in
         ["gn2pg.run_part", "gn2pg.run_error", "gn2pg.alert", "gn2pg.alert_event", "gn2pg.mapping", "gn2pg.schedule"]
@@ -334,6 +349,7 @@ fn a_dump_restored_into_a_new_database_keeps_every_table_and_works_on() {
     let mut r = restored.session();
     let after = dumped_content(&mut r);
     assert_eq!(after, before, "every table and sequence of gn2pg comes back as it was");
+    assert_eq!(group_counts(&mut r), counts_before, "the dashboard's row counts are rebuilt once, not twice");
     let secret: Option<String> = r
         .query_one(
             "SELECT k.password FROM gn2pg.source_secret k JOIN gn2pg.source s ON s.id = k.source_id WHERE s.name = $1",
@@ -419,6 +435,9 @@ fn every_table_and_sequence_of_gn2pg_is_marked_for_pg_dump() {
                 AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'gn2pg')
                 AND c.relkind IN ('r', 'p', 'S')
                 AND c.oid <> ALL ((SELECT extconfig FROM pg_extension WHERE extname = 'gn2pg')::oid[])
+                -- Rebuilt by the triggers of gn2pg.observation while its rows are restored;
+                -- dumping it as well would count every row twice.
+                AND c.oid <> 'gn2pg.observation_count'::regclass
               ORDER BY 1",
             &[],
         )

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use gn2pg_pg_test::attack::{is_superuser, plant_schema_shadows, plant_temp_shadows, schema_trap_hits};
-use gn2pg_pg_test::checks::wait_run;
+use gn2pg_pg_test::checks::{run_ended, wait_run};
 use gn2pg_pg_test::db::{connect, error_text, Client, TestDb};
 use gn2pg_pg_test::echo::{Echo, EchoSource};
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer, Mutation};
@@ -19,10 +19,6 @@ use gn2pg_pg_test::tls::{another_ca_pem, TlsFront};
 
 fn fixture(rows: u64) -> FixtureServer {
     FixtureServer::start(FixtureConfig { rows, ..Default::default() }).expect("fixture server starts")
-}
-
-fn finished(r: &serde_json::Value) -> bool {
-    !matches!(r["status"].as_str(), Some("pending" | "running"))
 }
 
 /// WARNINGs sent by traps (see gn2pg_pg_test::attack) to a session.
