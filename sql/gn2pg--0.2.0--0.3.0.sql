@@ -2088,20 +2088,29 @@ COMMENT ON FUNCTION gn2pg._destination_unmap_nomenclature(text, text, text) IS '
 -- User-facing functions
 ------------------------------------------------------------------------------------------------
 
--- _destination_lock takes the source's harvest lock for the transaction, or says which run has it.
+-- _destination_lock claims the source for this transaction as a run does (gn2pg._claim_source):
+-- no run is pending or running, and none can start before this transaction ends. SECURITY
+-- DEFINER (below): admins cannot lock gn2pg.source rows themselves.
 CREATE FUNCTION gn2pg._destination_lock(p_fn text, p_source text, p_id integer) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_run bigint;
+    v record;
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(hashtext('gn2pg.source'), p_id) THEN
-        SELECT max(r.id) INTO v_run FROM gn2pg.run_log r WHERE r.source = p_source AND r.status = 'running';
-        RAISE EXCEPTION '%: source "%" is being harvested by run %', p_fn, p_source, coalesce(v_run::text, '?')
-              USING ERRCODE = 'object_in_use', HINT = format('Call %s() again when the run has ended.', p_fn);
+    SELECT * INTO v FROM gn2pg._claim_source(p_source);
+    IF v.busy_run IS NOT NULL THEN
+        RAISE EXCEPTION '%: source "%" is being harvested by run %', p_fn, p_source, v.busy_run
+              USING ERRCODE = 'object_in_use',
+                    DETAIL = format('Run %s is %s in worker process %s since %s.', v.busy_run, v.busy_status,
+                                    v.busy_pid, v.busy_since),
+                    HINT = format('Call %s() again when the run has ended.', p_fn);
+    ELSIF v.source_id IS NULL THEN
+        RAISE EXCEPTION '%: source "%" is being started, changed or removed by another transaction', p_fn, p_source
+              USING ERRCODE = 'lock_not_available', HINT = format('Call %s() again when that transaction has ended.', p_fn);
     END IF;
 END
 $$;
-COMMENT ON FUNCTION gn2pg._destination_lock(text, text, integer) IS 'Internal: the source''s harvest lock, for the destination functions.';
+ALTER FUNCTION gn2pg._destination_lock(text, text, integer) SECURITY DEFINER;
+COMMENT ON FUNCTION gn2pg._destination_lock(text, text, integer) IS 'Internal: claims an idle source for the destination functions, as a run does.';
 
 CREATE FUNCTION public.gn2pg_sync_destination(source text) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

@@ -3,11 +3,12 @@
 //!
 //! `streams => 'auto'` (the default) paces the run to the source (`source::pacing`) within a
 //! per-host budget, `gn2pg.max_streams_per_host`, shared by the runs of this database:
-//! - the budget is a set of slots, session advisory locks `(hashtext('gn2pg.host <host>'), slot)`
-//!   (the host name of the source URL, without its port): a run holds one slot per request it may
-//!   have in flight, so the runs of one host
-//!   never hold more than the maximum together, and a worker that dies frees its slots with its
-//!   session. A run takes its first slot before its first request, waiting if other runs hold
+//! - the budget is a set of slots, session-level locks on `(database, hashtext('gn2pg.host <host>'),
+//!   slot)` (the host name of the source URL, without its port): a run holds one slot per request
+//!   it may have in flight, so the runs of one host never hold more than the maximum together, and
+//!   a worker that dies frees its slots with its session. The locks are advisory locks of a kind
+//!   no SQL function can take (`HOST_SLOT_TAG`): a role that may call `pg_advisory_lock` cannot
+//!   hold a slot and starve the harvests (issue 9). A run takes its first slot before its first request, waiting if other runs hold
 //!   them all (they give way, below), and keeps at least one to its end;
 //! - each run claims at most its share, the maximum divided by the runs of the host running now
 //!   (at least one): a run above its share gives slots back as its requests end.
@@ -137,7 +138,7 @@ impl Pace {
     }
 
     /// After each answer: the controller's decision, within the host's budget. Called on the
-    /// backend thread (slots are advisory locks of its session).
+    /// backend thread (slots are session locks of its backend).
     pub fn tick(&mut self, run_id: i64) -> Result<(), String> {
         let Some(a) = self.auto.as_mut() else { return Ok(()) };
         let now = Instant::now();
@@ -204,17 +205,35 @@ fn slot_key(host: &str) -> SpiResult<i32> {
     Ok(Spi::get_one_with_args::<i32>("SELECT pg_catalog.hashtext('gn2pg.host ' || $1)", &[host.into()])?.unwrap_or(0))
 }
 
-/// Takes a free slot of the host's budget (a session advisory lock); None when all are held.
+/// `locktag_field4` of the slot locks. pg_advisory_lock and its kin only make 1 (one bigint
+/// key) and 2 (two integer keys), so no SQL caller can take or release a slot.
+const HOST_SLOT_TAG: u16 = 0x676e;
+
+/// The lock of one slot of a host's budget in this database.
+fn slot_tag(key: i32, slot: i32) -> pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set once the worker is connected, before any run starts.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: key as u32,
+        locktag_field3: slot as u32,
+        locktag_field4: HOST_SLOT_TAG,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    }
+}
+
+/// Takes a free slot of the host's budget (a session lock, see `HOST_SLOT_TAG`); None when all
+/// are held.
 fn take_slot(key: i32, max: u32, held: &[i32]) -> SpiResult<Option<i32>> {
     for slot in 0..max as i32 {
         if held.contains(&slot) {
             continue;
         }
-        let got = Spi::get_one_with_args::<bool>(
-            "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
-            &[key.into(), slot.into()],
-        )?;
-        if got == Some(true) {
+        let tag = slot_tag(key, slot);
+        // SAFETY: called on the backend thread; a session lock outlives the transaction and is
+        // released by release_slot or when the worker exits.
+        let got = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true, true) };
+        if got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
             return Ok(Some(slot));
         }
     }
@@ -222,7 +241,10 @@ fn take_slot(key: i32, max: u32, held: &[i32]) -> SpiResult<Option<i32>> {
 }
 
 fn release_slot(key: i32, slot: i32) -> SpiResult<()> {
-    Spi::run_with_args("SELECT pg_catalog.pg_advisory_unlock($1, $2)", &[key.into(), slot.into()])
+    let tag = slot_tag(key, slot);
+    // SAFETY: on the backend thread; releases a session lock take_slot took.
+    unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true) };
+    Ok(())
 }
 
 /// Other runs of sources on the same host whose worker is alive.

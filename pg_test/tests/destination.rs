@@ -585,3 +585,33 @@ fn enabling_disabling_and_removing_say_what_happens_to_the_synthese_rows() {
     // The rows harvested stay in gn2pg.observation unless asked.
     assert_eq!(count(&mut db.client, "SELECT count(*) FROM gn2pg.observation"), 285);
 }
+
+/// gn2pg_sync_destination and gn2pg_disable_destination claim the source as a run does: refused
+/// while a run is in progress (the run is named), and a lock any role can take (an advisory lock
+/// on the old key) holds nothing up.
+#[test]
+fn destination_functions_wait_for_no_run_and_no_advisory_lock() {
+    use gn2pg_pg_test::checks::{run_ended, wait_run};
+    use gn2pg_pg_test::fixture::Faults;
+    use std::time::Duration;
+    let fx = fixture(2000);
+    let mut db = geonature_db("dest_claim", geonature::LAMBERT_93);
+    add_source(&mut db.client, "c", &fx, 3, "public", r#"{"destination": "geonature", "page_size": 200}"#);
+    fx.faults(Faults { slow_ms: 200, ..Default::default() });
+    let run: i64 = db.client.query_one("SELECT gn2pg_harvest_async('c', 'full')", &[]).unwrap().get(0);
+    wait_run(&mut db.client, run, Duration::from_secs(60), "running", |r| r["status"] == "running" || run_ended(r));
+    let mut other = db.session();
+    for sql in ["SELECT gn2pg_sync_destination('c')", "SELECT gn2pg_disable_destination('c', 'keep')"] {
+        let e = other.execute(sql, &[]).map_err(|e| error_text(&e));
+        assert!(e.as_ref().is_err_and(|e| e.contains(&format!("is being harvested by run {run}"))), "{sql}: {e:?}");
+    }
+    fx.faults(Faults::default());
+    let r = wait_run(&mut db.client, run, Duration::from_secs(120), "end", run_ended);
+    assert_eq!(r["status"], "success", "{r}");
+    // An advisory lock on the source, which any role may take, holds nothing up.
+    let id: i32 = db.client.query_one("SELECT id FROM gn2pg.source WHERE name = 'c'", &[]).unwrap().get(0);
+    other.execute("SELECT pg_advisory_lock(hashtext('gn2pg.source'), $1)", &[&id]).unwrap();
+    let synced: i64 = db.client.query_one("SELECT gn2pg_sync_destination('c')", &[]).unwrap().get(0);
+    assert_eq!(synced, 0, "every row is already in the synthese");
+    assert_consistent(&mut db.client, "c");
+}

@@ -29,7 +29,7 @@ fn changes_during_a_full_run_are_not_lost() {
     wait_run(&mut db.client, run, Duration::from_secs(60), "5 pages", |r| n(r, "pages_done") >= 5 || run_ended(r));
     let m = fx.mutate(Mutation { update: 3000, delete: 500, ..Default::default() });
     assert_eq!((m.updated.len(), m.deleted.len()), (3000, 500));
-    let full = wait_run(&mut db.client, run, Duration::from_secs(120), "end", finished);
+    let full = wait_run(&mut db.client, run, Duration::from_secs(120), "end", run_ended);
     assert_eq!(full["status"], "success", "{full}");
     fx.faults(Faults::default());
     let inc = harvest(&mut db.client, "race", "auto").unwrap();
@@ -49,7 +49,7 @@ fn an_offset_walk_over_a_changing_view_removes_nothing_until_a_stable_one() {
     let run = harvest_async(&mut db.client, "off", "full");
     wait_run(&mut db.client, run, Duration::from_secs(60), "2 pages", |r| n(r, "pages_done") >= 2 || run_ended(r));
     fx.mutate(Mutation { delete: 300, ..Default::default() });
-    let walked = wait_run(&mut db.client, run, Duration::from_secs(60), "end", finished);
+    let walked = wait_run(&mut db.client, run, Duration::from_secs(60), "end", run_ended);
     assert_eq!((walked["status"].as_str(), n(&walked, "rows_deleted")), (Some("success"), 0), "{walked}");
     let local: i64 = db.client.query_one("SELECT count(*) FROM gn2pg.observation", &[]).unwrap().get(0);
     assert_eq!(local, 6000, "nothing removed on an unstable walk");
@@ -85,7 +85,7 @@ fn an_expired_session_is_renewed_once() {
     let run = harvest_async(&mut db.client, "sess", "full");
     wait_run(&mut db.client, run, Duration::from_secs(30), "2 pages", |r| n(r, "pages_done") >= 2 || run_ended(r));
     fx.expire_sessions();
-    let r = wait_run(&mut db.client, run, Duration::from_secs(60), "end", finished);
+    let r = wait_run(&mut db.client, run, Duration::from_secs(60), "end", run_ended);
     assert_eq!(r["status"], "success", "{r}");
     assert!(fx.stats().logins >= 2, "logged in again: {:?}", fx.stats());
     assert_equal_to_source(&mut db.client, "sess", &fx, 1);
@@ -131,7 +131,7 @@ fn cancel_stops_a_run_within_two_seconds_and_keeps_loaded_pages() {
     let t = Instant::now();
     let ok: bool = db.client.query_one("SELECT gn2pg_cancel($1)", &[&run]).unwrap().get(0);
     assert!(ok);
-    let r = wait_run(&mut db.client, run, Duration::from_secs(10), "end", finished);
+    let r = wait_run(&mut db.client, run, Duration::from_secs(10), "end", run_ended);
     let took = t.elapsed();
     assert_eq!(r["status"], "cancelled", "{r}");
     assert!(took < Duration::from_secs(2), "cancel took {took:?}");
@@ -146,7 +146,7 @@ fn cancel_stops_a_run_within_two_seconds_and_keeps_loaded_pages() {
     assert!(err.contains("statement timeout"), "{err}");
     db.client.batch_execute("RESET statement_timeout").unwrap();
     let last: i64 = db.client.query_one("SELECT max(id) FROM gn2pg.run_log", &[]).unwrap().get(0);
-    let r = wait_run(&mut db.client, last, Duration::from_secs(3), "end", finished);
+    let r = wait_run(&mut db.client, last, Duration::from_secs(3), "end", run_ended);
     assert_eq!(r["status"], "cancelled", "{r}");
 }
 
@@ -300,8 +300,8 @@ fn two_sources_sharing_uuids_harvested_at_once_store_each_uuid_once() {
     }
     let ra = harvest_async(&mut db.client, "a", "full");
     let rb = harvest_async(&mut db.client, "b", "full");
-    let ra = wait_run(&mut db.client, ra, Duration::from_secs(120), "end", finished);
-    let rb = wait_run(&mut db.client, rb, Duration::from_secs(120), "end", finished);
+    let ra = wait_run(&mut db.client, ra, Duration::from_secs(120), "end", run_ended);
+    let rb = wait_run(&mut db.client, rb, Duration::from_secs(120), "end", run_ended);
     assert_eq!((ra["status"].as_str(), rb["status"].as_str()), (Some("success"), Some("success")), "{ra}\n{rb}");
     let r = db.client.query_one("SELECT count(*), count(DISTINCT uuid) FROM gn2pg.observation", &[]).unwrap();
     let (rows, uuids): (i64, i64) = (r.get(0), r.get(1));

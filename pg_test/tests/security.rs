@@ -80,7 +80,7 @@ fn an_operator_shadowing_nextval_and_to_jsonb_stays_an_operator() {
     ))
     .unwrap();
     let run: i64 = a.query_one("SELECT gn2pg_harvest_async('p')", &[]).unwrap().get(0);
-    wait_run(&mut su, run, Duration::from_secs(60), "the end of the run", finished);
+    wait_run(&mut su, run, Duration::from_secs(60), "the end of the run", run_ended);
     let sync = a.query_one("SELECT gn2pg_harvest('p', 'incremental')::text", &[]).map_err(|e| error_text(&e));
     assert!(sync.is_ok(), "the harvest itself works: {sync:?}");
     assert!(!is_superuser(&mut su, &alice), "the operator became a superuser");
@@ -241,7 +241,7 @@ fn no_public_function_runs_what_the_caller_planted() {
         if name.starts_with("gn2pg_harvest_async") || name.starts_with("gn2pg_harvest_scheduled") {
             let id: Option<i64> = a.query_one(&sql, &[]).map_err(|e| error_text(&e)).unwrap().get(0);
             let id = id.unwrap_or_else(|| panic!("{sql} started no run"));
-            wait_run(&mut su, id, Duration::from_secs(60), "the end", finished);
+            wait_run(&mut su, id, Duration::from_secs(60), "the end", run_ended);
         } else {
             let r = a.simple_query(&sql).map_err(|e| error_text(&e));
             let refused = refusals.iter().any(|(f, why)| {
@@ -409,7 +409,7 @@ const REVIEWED: &[(&str, bool, &str)] = &[
     ("gn2pg._destination_sync(text)", true, "gn2pg_admin"),
     ("gn2pg._destination_unmap_nomenclature(text,text,text)", true, "gn2pg_admin"),
     // Takes the source lock with the caller's rights (it fails for roles that cannot).
-    ("gn2pg._destination_lock(text,text,integer)", false, "gn2pg_admin"),
+    ("gn2pg._destination_lock(text,text,integer)", true, "gn2pg_admin"),
     ("gn2pg_disable_destination(text,text)", false, "gn2pg_admin"),
     ("gn2pg_map_nomenclature(text,text,text,text)", false, "gn2pg_admin"),
     ("gn2pg_sync_destination(text)", false, "gn2pg_admin"),
@@ -551,8 +551,9 @@ fn run_count(c: &mut Client, source: &str) -> i64 {
     c.query_one("SELECT count(*) FROM gn2pg.run_log WHERE source = $1", &[&source]).unwrap().get(0)
 }
 
-/// The advisory locks gn2pg 0.2.0 used are open to every role: holding them must not keep a
-/// source from being harvested, remapped or removed, nor schedules from being changed.
+/// Advisory locks are open to every role: holding the keys gn2pg 0.2.0 used, or the keys of the
+/// per-host stream slots, must not keep a source from being harvested, remapped or removed, nor
+/// schedules from being changed.
 #[test]
 fn advisory_locks_held_by_other_roles_block_nothing() {
     let _cron = cron_guard();
@@ -570,6 +571,10 @@ fn advisory_locks_held_by_other_roles_block_nothing() {
     // 0.2.0's per-source lock, by a reader; 0.2.0's cron lock, by a role with no gn2pg role at all.
     let (mut r, _) = connect_as(&db.name, &reader);
     r.execute("SELECT pg_advisory_lock(hashtext('gn2pg.source'), $1)", &[&id]).unwrap();
+    // Every stream slot of the source's host, as (key, slot) pairs: a slot is a lock of a kind
+    // no SQL function can take, so these are other locks and the run still gets its streams.
+    r.execute("SELECT count(pg_advisory_lock(hashtext('gn2pg.host 127.0.0.1'), s)) FROM generate_series(0, 64) s", &[])
+        .unwrap();
     let (mut s, _) = connect_as("gn2pg_cron", &stranger);
     s.batch_execute("SELECT pg_advisory_lock(hashtext('gn2pg:cron'))").unwrap();
     // Row locks need the UPDATE privilege, which no gn2pg role has; nor stronger table locks.
@@ -675,7 +680,7 @@ fn async_starts_in_an_open_transaction_take_one_worker_per_source_within_the_cap
         .unwrap_or_else(|e| error_text(&e));
     assert!(e.contains("being started, changed or removed by another transaction"), "{e}");
     o.batch_execute("COMMIT").unwrap();
-    wait_run(&mut su, first, Duration::from_secs(60), "the end", finished);
+    wait_run(&mut su, first, Duration::from_secs(60), "the end", run_ended);
     assert_eq!(run_count(&mut su, "s0"), 1, "exactly one run of s0");
 
     // The cap counts the harvest workers of the whole cluster.
@@ -700,7 +705,7 @@ fn async_starts_in_an_open_transaction_take_one_worker_per_source_within_the_cap
     assert!(started.len() <= 2 && capped >= 2, "started {started:?}, capped {capped}");
     o.batch_execute("COMMIT").unwrap();
     for run in started {
-        wait_run(&mut su, run, Duration::from_secs(60), "the end", finished);
+        wait_run(&mut su, run, Duration::from_secs(60), "the end", run_ended);
     }
 }
 
@@ -737,7 +742,7 @@ fn a_refused_start_is_not_a_run_and_changes_nothing_for_the_next_one() {
     assert_eq!(skipped, None);
     assert_eq!(run_count(&mut su, "p"), before, "a refused start records no run");
     fx.faults(Faults::default());
-    let r = wait_run(&mut su, busy, Duration::from_secs(60), "the end", finished);
+    let r = wait_run(&mut su, busy, Duration::from_secs(60), "the end", run_ended);
     assert_eq!(r["mode"], "incremental");
     // The next auto run is still incremental, and nothing was alerted.
     let next: String = su.query_one("SELECT gn2pg_harvest('p') ->> 'mode'", &[]).unwrap().get(0);
