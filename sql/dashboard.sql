@@ -211,6 +211,23 @@ SELECT r.source,
 COMMENT ON VIEW gn2pg.metadata_mapping IS
     'Every CA and JDD received per source (metadata or rows), its row count and where its rows land; mapped = false: they keep the source value. Counts come from gn2pg.observation_count.';
 
+------------------------------------------------------------------------------------------------
+-- Errors with a reason (issue 10): a run that fails or is cancelled records the SQLSTATE its
+-- caller gets and one word for the kind of failure (README, "Errors"), so that alerts, views and
+-- scripts never read message text. Added here, after destination.sql's columns, so that a fresh
+-- install and the 0.2.0 -> 0.3.0 upgrade (its own section, last) give the same column order.
+------------------------------------------------------------------------------------------------
+ALTER TABLE gn2pg.run_log ADD COLUMN sqlstate text, ADD COLUMN reason text;
+COMMENT ON COLUMN gn2pg.run_log.sqlstate IS
+    'SQLSTATE of the run''s error, as gn2pg_harvest raises it (failed and cancelled runs; NULL otherwise).';
+COMMENT ON COLUMN gn2pg.run_log.reason IS
+    'Kind of failure of a failed or cancelled run: auth, http, timeout, protocol, limit, config, cancelled, database, internal (busy: a refused start recorded by 0.2.0). NULL otherwise.';
+ALTER TABLE gn2pg.run_part ADD COLUMN sqlstate text, ADD COLUMN reason text;
+COMMENT ON COLUMN gn2pg.run_part.sqlstate IS 'SQLSTATE of the part''s error (see run_log.sqlstate).';
+COMMENT ON COLUMN gn2pg.run_part.reason IS 'Kind of failure of the part (see run_log.reason).';
+
+-- The dashboard view, with the reason of the last run and the rows a run rejected until a
+-- successful run rejects none (what the 'rejected' alert says), after the columns it had.
 CREATE OR REPLACE VIEW gn2pg.flow_status AS
 SELECT s.id AS source_id,
        s.name AS source,
@@ -247,7 +264,10 @@ SELECT s.id AS source_id,
                  AND coalesce(ls.finished_at, s.created_at) < now() - lim.stale_after THEN 'late'
             ELSE 'ok'
        END AS health,
-       s.created_at
+       s.created_at,
+       lr.reason AS last_run_reason,
+       coalesce(rj.rows_failed, 0) AS last_rows_rejected,
+       rj.id AS last_rejected_run_id
   FROM gn2pg.source s
   LEFT JOIN gn2pg.schedule sc ON sc.source = s.name
   CROSS JOIN LATERAL (
@@ -255,14 +275,14 @@ SELECT s.id AS source_id,
                     THEN make_interval(hours => (s.options ->> 'stale_after_hours')::integer)
                     ELSE make_interval(mins => gn2pg._stale_after_minutes()) END AS stale_after) lim
   LEFT JOIN LATERAL (
-        -- The columns of run_log in 0.2.0, spelled out: `r.*` would be frozen at creation, and a
-        -- column added later would make an updated database differ from a fresh install.
+        -- The columns of run_log in 0.2.0 and its reason, spelled out: `r.*` would be frozen at
+        -- creation, and a column added later would make an updated database differ from a fresh install.
         SELECT r.id, r.source, r.source_id, r.mode, r.status, r.started_at, r.finished_at, r.pages_done,
                r.rows_received, r.rows_upserted, r.rows_unchanged, r.rows_deleted, r.rows_failed, r.http_requests,
                r.http_retries, r.bytes_received, r.source_wait_ms, r.load_ms, r.error, r.worker_pid, r.paging,
-               r.since, r.max_source_action, r.checkpoint, r.resumed_from
+               r.since, r.max_source_action, r.checkpoint, r.resumed_from, r.reason
           FROM gn2pg.run_log r
-         WHERE r.source = s.name AND r.status NOT IN ('pending', 'running') AND NOT gn2pg._busy_refusal(r.error)
+         WHERE r.source = s.name AND r.status NOT IN ('pending', 'running') AND r.reason IS DISTINCT FROM 'busy'
          ORDER BY r.id DESC LIMIT 1) lr ON true
   LEFT JOIN LATERAL (
         SELECT r.id, r.finished_at FROM gn2pg.run_log r
@@ -274,8 +294,21 @@ SELECT s.id AS source_id,
            AND gn2pg._run_alive(r.worker_pid, r.started_at)) cur ON true
   LEFT JOIN LATERAL (
         SELECT count(*)::integer AS n, array_agg(a.kind ORDER BY a.kind) AS kinds
-          FROM gn2pg.alert a WHERE a.source = s.name AND a.resolved_at IS NULL) al ON true;
+          FROM gn2pg.alert a WHERE a.source = s.name AND a.resolved_at IS NULL) al ON true
+  LEFT JOIN LATERAL (
+        -- The latest run that rejected rows, unless a successful run rejecting none came after it.
+        SELECT r.id, r.rows_failed FROM gn2pg.run_log r
+         WHERE r.source = s.name AND r.status NOT IN ('pending', 'running') AND r.rows_failed > 0
+           AND r.id > coalesce((SELECT max(c.id) FROM gn2pg.run_log c
+                                 WHERE c.source = s.name AND c.status = 'success' AND c.rows_failed = 0), 0)
+         ORDER BY r.id DESC LIMIT 1) rj ON true;
 COMMENT ON COLUMN gn2pg.flow_status.local_rows IS 'Rows of the source in gn2pg.observation (from gn2pg.observation_count).';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_reason IS
+    'Kind of failure of the latest finished run (gn2pg.run_log.reason): NULL when it succeeded.';
+COMMENT ON COLUMN gn2pg.flow_status.last_rows_rejected IS
+    'Rows the latest run that rejected any rejected (in gn2pg.run_error, not stored); 0 once a successful run rejects none.';
+COMMENT ON COLUMN gn2pg.flow_status.last_rejected_run_id IS
+    'That run: SELECT * FROM gn2pg.run_error WHERE run_id = last_rejected_run_id. NULL when last_rows_rejected is 0.';
 
 ------------------------------------------------------------------------------------------------
 -- Acknowledging an alert: someone has seen it and is on it. It stays open until a successful

@@ -2796,3 +2796,167 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Issue 10, items 3 and 4 (errs): errors with a SQLSTATE and a reason; a run that rejects rows
+-- says so (a 'rejected' alert, flow_status columns). As sql/operations.sql and sql/dashboard.sql.
+-- ---------------------------------------------------------------------------------------------
+
+-- A failed or cancelled run records the SQLSTATE its caller gets and the kind of failure, last
+-- in run_log and run_part (a fresh install adds them after destination.sql's columns too).
+ALTER TABLE gn2pg.run_log ADD COLUMN sqlstate text, ADD COLUMN reason text;
+COMMENT ON COLUMN gn2pg.run_log.sqlstate IS
+    'SQLSTATE of the run''s error, as gn2pg_harvest raises it (failed and cancelled runs; NULL otherwise).';
+COMMENT ON COLUMN gn2pg.run_log.reason IS
+    'Kind of failure of a failed or cancelled run: auth, http, timeout, protocol, limit, config, cancelled, database, internal (busy: a refused start recorded by 0.2.0). NULL otherwise.';
+ALTER TABLE gn2pg.run_part ADD COLUMN sqlstate text, ADD COLUMN reason text;
+COMMENT ON COLUMN gn2pg.run_part.sqlstate IS 'SQLSTATE of the part''s error (see run_log.sqlstate).';
+COMMENT ON COLUMN gn2pg.run_part.reason IS 'Kind of failure of the part (see run_log.reason).';
+
+-- 0.2.0 recorded a start refused because its source was busy as a failed run, whose text is
+-- the only trace of why: read once here, so that nothing matches message text any more.
+UPDATE gn2pg.run_log SET sqlstate = '55006', reason = 'busy'
+ WHERE status = 'failed' AND error LIKE '%is already being harvested%';
+
+-- Alerts of kind 'rejected': a run rejected rows (in gn2pg.run_error, not stored).
+ALTER TABLE gn2pg.alert DROP CONSTRAINT alert_kind_check,
+    ADD CONSTRAINT alert_kind_check CHECK (kind IN ('failed', 'abandoned', 'stale', 'rejected'));
+COMMENT ON TABLE gn2pg.alert IS
+    'Problems of sources: failed or abandoned runs, rows a run rejected, sources without a recent success (stale). Open while resolved_at IS NULL.';
+CREATE OR REPLACE FUNCTION gn2pg._alert_event(a gn2pg.alert, event text) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    payload jsonb;
+    hook boolean;
+BEGIN
+    -- The reason and SQLSTATE of the run that raised it (README, "Errors"): what a receiver
+    -- tests, never the message.
+    payload := jsonb_build_object(
+        'event', event, 'alert_id', a.id, 'database', current_database(), 'source', a.source,
+        'kind', a.kind, 'run_id', a.run_id, 'message', left(a.message, 2000),
+        'raised_at', a.raised_at, 'occurrences', a.occurrences,
+        'resolved_at', a.resolved_at, 'resolved_by_run', a.resolved_by_run,
+        'reason', (SELECT r.reason FROM gn2pg.run_log r WHERE r.id = a.run_id),
+        'sqlstate', (SELECT r.sqlstate FROM gn2pg.run_log r WHERE r.id = a.run_id));
+    SELECT coalesce(nullif(k.alert_webhook, ''), nullif(current_setting('gn2pg.alert_webhook', true), '')) IS NOT NULL
+      INTO hook
+      FROM (SELECT 1) one
+      LEFT JOIN gn2pg.source s ON s.name = a.source
+      LEFT JOIN gn2pg.source_secret k ON k.source_id = s.id;
+    INSERT INTO gn2pg.alert_event (alert_id, event, payload, webhook_state)
+    VALUES (a.id, event, payload, CASE WHEN hook THEN 'pending' END);
+    PERFORM pg_notify('gn2pg_alert', payload::text);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION gn2pg._run_ended() RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM gn2pg.source WHERE name = NEW.source) THEN
+        RETURN NULL;
+    END IF;
+    IF NEW.status = 'success' THEN
+        PERFORM gn2pg._resolve_alerts(NEW.source, NEW.id,
+            CASE WHEN NEW.rows_failed > 0 THEN ARRAY['failed', 'abandoned', 'stale'] END);
+    ELSIF NEW.status IN ('failed', 'abandoned') THEN
+        PERFORM gn2pg._raise_alert(NEW.source, NEW.status, NEW.id,
+            format('run %s of source %s %s: %s', NEW.id, NEW.source, NEW.status,
+                   coalesce(NEW.error, 'no error recorded')));
+    END IF;
+    IF NEW.rows_failed > 0 THEN
+        PERFORM gn2pg._raise_alert(NEW.source, 'rejected', NEW.id,
+            format('run %s of source %s rejected %s of the %s rows received: SELECT * FROM gn2pg.run_error WHERE run_id = %s',
+                   NEW.id, NEW.source, NEW.rows_failed, NEW.rows_received, NEW.id));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE VIEW gn2pg.flow_status AS
+SELECT s.id AS source_id,
+       s.name AS source,
+       s.enabled,
+       nullif(btrim(s.options ->> 'organism'), '') AS organism,
+       nullif(btrim(s.options ->> 'organism_id'), '') AS organism_id,
+       s.url,
+       s.export_id,
+       s.auth AS access_mode,
+       sc.schedule,
+       sc.mode AS schedule_mode,
+       CASE WHEN s.enabled THEN gn2pg._cron_next(sc.schedule, now()) END AS next_run_at,
+       cur.id AS running_run_id,
+       lr.id AS last_run_id,
+       lr.mode AS last_run_mode,
+       lr.status AS last_run_status,
+       lr.started_at AS last_run_started_at,
+       lr.finished_at AS last_run_finished_at,
+       lr.finished_at - lr.started_at AS last_run_duration,
+       lr.rows_received AS last_run_rows,
+       lr.rows_upserted AS last_run_rows_upserted,
+       lr.rows_deleted AS last_run_rows_deleted,
+       lr.rows_failed AS last_run_rows_failed,
+       lr.error AS last_run_error,
+       ls.id AS last_success_run_id,
+       ls.finished_at AS last_success_at,
+       (SELECT coalesce(sum(c.rows), 0)::bigint FROM gn2pg.observation_count c WHERE c.source = s.name) AS local_rows,
+       coalesce(al.n, 0) AS open_alerts,
+       al.kinds AS open_alert_kinds,
+       lim.stale_after,
+       CASE WHEN lr.id IS NULL THEN 'never_run'
+            WHEN lr.status IN ('failed', 'abandoned') THEN 'failing'
+            WHEN s.enabled AND lim.stale_after > interval '0'
+                 AND coalesce(ls.finished_at, s.created_at) < now() - lim.stale_after THEN 'late'
+            ELSE 'ok'
+       END AS health,
+       s.created_at,
+       lr.reason AS last_run_reason,
+       coalesce(rj.rows_failed, 0) AS last_rows_rejected,
+       rj.id AS last_rejected_run_id
+  FROM gn2pg.source s
+  LEFT JOIN gn2pg.schedule sc ON sc.source = s.name
+  CROSS JOIN LATERAL (
+        SELECT CASE WHEN s.options ? 'stale_after_hours'
+                    THEN make_interval(hours => (s.options ->> 'stale_after_hours')::integer)
+                    ELSE make_interval(mins => gn2pg._stale_after_minutes()) END AS stale_after) lim
+  LEFT JOIN LATERAL (
+        -- The columns of run_log in 0.2.0 and its reason, spelled out: `r.*` would be frozen at
+        -- creation, and a column added later would make an updated database differ from a fresh install.
+        SELECT r.id, r.source, r.source_id, r.mode, r.status, r.started_at, r.finished_at, r.pages_done,
+               r.rows_received, r.rows_upserted, r.rows_unchanged, r.rows_deleted, r.rows_failed, r.http_requests,
+               r.http_retries, r.bytes_received, r.source_wait_ms, r.load_ms, r.error, r.worker_pid, r.paging,
+               r.since, r.max_source_action, r.checkpoint, r.resumed_from, r.reason
+          FROM gn2pg.run_log r
+         WHERE r.source = s.name AND r.status NOT IN ('pending', 'running') AND r.reason IS DISTINCT FROM 'busy'
+         ORDER BY r.id DESC LIMIT 1) lr ON true
+  LEFT JOIN LATERAL (
+        SELECT r.id, r.finished_at FROM gn2pg.run_log r
+         WHERE r.source = s.name AND r.status = 'success'
+         ORDER BY r.id DESC LIMIT 1) ls ON true
+  LEFT JOIN LATERAL (
+        SELECT max(r.id) AS id FROM gn2pg.run_log r
+         WHERE r.source = s.name AND r.status IN ('pending', 'running')
+           AND gn2pg._run_alive(r.worker_pid, r.started_at)) cur ON true
+  LEFT JOIN LATERAL (
+        SELECT count(*)::integer AS n, array_agg(a.kind ORDER BY a.kind) AS kinds
+          FROM gn2pg.alert a WHERE a.source = s.name AND a.resolved_at IS NULL) al ON true
+  LEFT JOIN LATERAL (
+        -- The latest run that rejected rows, unless a successful run rejecting none came after it.
+        SELECT r.id, r.rows_failed FROM gn2pg.run_log r
+         WHERE r.source = s.name AND r.status NOT IN ('pending', 'running') AND r.rows_failed > 0
+           AND r.id > coalesce((SELECT max(c.id) FROM gn2pg.run_log c
+                                 WHERE c.source = s.name AND c.status = 'success' AND c.rows_failed = 0), 0)
+         ORDER BY r.id DESC LIMIT 1) rj ON true;
+COMMENT ON COLUMN gn2pg.flow_status.local_rows IS 'Rows of the source in gn2pg.observation (from gn2pg.observation_count).';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_reason IS
+    'Kind of failure of the latest finished run (gn2pg.run_log.reason): NULL when it succeeded.';
+COMMENT ON COLUMN gn2pg.flow_status.last_rows_rejected IS
+    'Rows the latest run that rejected any rejected (in gn2pg.run_error, not stored); 0 once a successful run rejects none.';
+COMMENT ON COLUMN gn2pg.flow_status.last_rejected_run_id IS
+    'That run: SELECT * FROM gn2pg.run_error WHERE run_id = last_rejected_run_id. NULL when last_rows_rejected is 0.';
+
+-- Busy refusals are told by their reason now.
+DROP FUNCTION gn2pg._busy_refusal(text);

@@ -1,11 +1,13 @@
 -- gn2pg: operating flows (issue 5): roles and grants, schedules, alerts, the flow status view.
 --
 -- Wording: an *alert* is an open problem of one source: kind 'failed' or 'abandoned' (its
--- latest run ended so) or 'stale' (no successful run within the staleness limit). At most one
+-- latest run ended so), 'rejected' (a run rejected rows: they are in gn2pg.run_error, not
+-- stored) or 'stale' (no successful run within the staleness limit). At most one
 -- alert per source and kind is open; a repeat only bumps its counters. An *alert event* is one
 -- notification about an alert ('raised' or 'resolved'): sent with NOTIFY gn2pg_alert when its
 -- transaction commits and, when a webhook is configured, POSTed by a background worker
--- (src/alert.rs). The next successful run of a source resolves all its alerts.
+-- (src/alert.rs). The next successful run of a source resolves all its alerts ('rejected' only
+-- if it rejected no row).
 --
 -- Runs in CREATE EXTENSION after schema.sql and metadata.sql; everything is schema-qualified.
 
@@ -75,7 +77,7 @@ CREATE SEQUENCE gn2pg.alert_id_seq;
 CREATE TABLE gn2pg.alert (
     id              bigint PRIMARY KEY DEFAULT nextval('gn2pg.alert_id_seq'),
     source          text NOT NULL,
-    kind            text NOT NULL CHECK (kind IN ('failed', 'abandoned', 'stale')),
+    kind            text NOT NULL CONSTRAINT alert_kind_check CHECK (kind IN ('failed', 'abandoned', 'stale', 'rejected')),
     message         text NOT NULL,            -- never contains a secret
     run_id          bigint,                   -- latest run that raised or repeated it
     raised_at       timestamptz NOT NULL DEFAULT now(),
@@ -88,7 +90,7 @@ ALTER SEQUENCE gn2pg.alert_id_seq OWNED BY gn2pg.alert.id;
 CREATE UNIQUE INDEX alert_open_idx ON gn2pg.alert (source, kind) WHERE resolved_at IS NULL;
 CREATE INDEX alert_source_idx ON gn2pg.alert (source, id DESC);
 COMMENT ON TABLE gn2pg.alert IS
-    'Problems of sources: failed or abandoned runs, sources without a recent success (stale). Open while resolved_at IS NULL.';
+    'Problems of sources: failed or abandoned runs, rows a run rejected, sources without a recent success (stale). Open while resolved_at IS NULL.';
 COMMENT ON COLUMN gn2pg.alert.occurrences IS 'Times it happened while open (repeats do not notify again).';
 COMMENT ON COLUMN gn2pg.alert.resolved_by_run IS 'The successful run that resolved it (NULL: resolved otherwise).';
 
@@ -117,16 +119,6 @@ SELECT pg_catalog.pg_extension_config_dump('gn2pg.alert', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.alert_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.alert_event', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.alert_event_id_seq', '');
-
--- gn2pg 0.2.0 recorded a start refused because another run of its source was active as a
--- failed run; such rows are not problems of the source. Since 0.3.0 a refused start is an
--- ERROR of the launching call and leaves no row: this only recognises the old rows.
-CREATE FUNCTION gn2pg._busy_refusal(error text) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-RETURN coalesce(error LIKE '%is already being harvested%', false);
-COMMENT ON FUNCTION gn2pg._busy_refusal(text) IS
-    'Whether a run error says the source was busy with another run (such runs raise no alert and do not count as the last run).';
 
 -- Masks every stored password, token and webhook URL found in a text (defence in depth: the
 -- engine already writes none).
@@ -181,11 +173,15 @@ DECLARE
     payload jsonb;
     hook boolean;
 BEGIN
+    -- The reason and SQLSTATE of the run that raised it (README, "Errors"): what a receiver
+    -- tests, never the message.
     payload := jsonb_build_object(
         'event', event, 'alert_id', a.id, 'database', current_database(), 'source', a.source,
         'kind', a.kind, 'run_id', a.run_id, 'message', left(a.message, 2000),
         'raised_at', a.raised_at, 'occurrences', a.occurrences,
-        'resolved_at', a.resolved_at, 'resolved_by_run', a.resolved_by_run);
+        'resolved_at', a.resolved_at, 'resolved_by_run', a.resolved_by_run,
+        'reason', (SELECT r.reason FROM gn2pg.run_log r WHERE r.id = a.run_id),
+        'sqlstate', (SELECT r.sqlstate FROM gn2pg.run_log r WHERE r.id = a.run_id));
     SELECT coalesce(nullif(k.alert_webhook, ''), nullif(current_setting('gn2pg.alert_webhook', true), '')) IS NOT NULL
       INTO hook
       FROM (SELECT 1) one
@@ -256,7 +252,8 @@ COMMENT ON FUNCTION gn2pg._resolve_alerts(text, bigint, text[]) IS
     'Resolves the open alerts of a source (all kinds, or those given) and notifies.';
 
 -- A run reached its final status: a success resolves the source's alerts; a failure or an
--- abandoned run raises one.
+-- abandoned run raises one. A run that rejected rows (whatever its status) raises 'rejected',
+-- which only a success rejecting nothing resolves.
 CREATE FUNCTION gn2pg._run_ended() RETURNS trigger
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -266,11 +263,17 @@ BEGIN
         RETURN NULL;
     END IF;
     IF NEW.status = 'success' THEN
-        PERFORM gn2pg._resolve_alerts(NEW.source, NEW.id);
+        PERFORM gn2pg._resolve_alerts(NEW.source, NEW.id,
+            CASE WHEN NEW.rows_failed > 0 THEN ARRAY['failed', 'abandoned', 'stale'] END);
     ELSIF NEW.status IN ('failed', 'abandoned') THEN
         PERFORM gn2pg._raise_alert(NEW.source, NEW.status, NEW.id,
             format('run %s of source %s %s: %s', NEW.id, NEW.source, NEW.status,
                    coalesce(NEW.error, 'no error recorded')));
+    END IF;
+    IF NEW.rows_failed > 0 THEN
+        PERFORM gn2pg._raise_alert(NEW.source, 'rejected', NEW.id,
+            format('run %s of source %s rejected %s of the %s rows received: SELECT * FROM gn2pg.run_error WHERE run_id = %s',
+                   NEW.id, NEW.source, NEW.rows_failed, NEW.rows_received, NEW.id));
     END IF;
     RETURN NULL;
 END
@@ -302,7 +305,8 @@ CREATE TRIGGER source_removed AFTER DELETE ON gn2pg.source
     FOR EACH ROW EXECUTE FUNCTION gn2pg._source_removed();
 
 ------------------------------------------------------------------------------------------------
--- The dashboard.
+-- The dashboard. sql/dashboard.sql replaces this view (row counts from triggers, the reason of
+-- the last run, rejections).
 ------------------------------------------------------------------------------------------------
 CREATE VIEW gn2pg.flow_status AS
 SELECT s.id AS source_id,
@@ -355,7 +359,7 @@ SELECT s.id AS source_id,
                r.http_retries, r.bytes_received, r.source_wait_ms, r.load_ms, r.error, r.worker_pid, r.paging,
                r.since, r.max_source_action, r.checkpoint, r.resumed_from
           FROM gn2pg.run_log r
-         WHERE r.source = s.name AND r.status NOT IN ('pending', 'running') AND NOT gn2pg._busy_refusal(r.error)
+         WHERE r.source = s.name AND r.status NOT IN ('pending', 'running')
          ORDER BY r.id DESC LIMIT 1) lr ON true
   LEFT JOIN LATERAL (
         SELECT r.id, r.finished_at FROM gn2pg.run_log r
@@ -470,17 +474,15 @@ REVOKE ALL ON FUNCTION gn2pg._claim_source(text) FROM PUBLIC;
 
 -- Called by the views with the reader's rights (a view runs its functions as the caller), so
 -- gn2pg_reader may execute them. Each is safe for any reader: _cron_next computes a time from
--- a text (bounded loop), _stale_after_minutes reads a setting, _busy_refusal matches a text,
--- _resolve_mapping reads mappings readers may read anyway, and _run_alive (SECURITY DEFINER)
--- only says whether a pid is a gn2pg harvest worker started before a time.
+-- a text (bounded loop), _stale_after_minutes reads a setting, _resolve_mapping reads mappings
+-- readers may read anyway, and _run_alive (SECURITY DEFINER) only says whether a pid is a gn2pg
+-- harvest worker started before a time.
 REVOKE ALL ON FUNCTION gn2pg._cron_next(text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._stale_after_minutes() FROM PUBLIC;
-REVOKE ALL ON FUNCTION gn2pg._busy_refusal(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._resolve_mapping(text, uuid[], uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._run_alive(integer, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION gn2pg._cron_next(text, timestamptz) TO gn2pg_reader;
 GRANT EXECUTE ON FUNCTION gn2pg._stale_after_minutes() TO gn2pg_reader;
-GRANT EXECUTE ON FUNCTION gn2pg._busy_refusal(text) TO gn2pg_reader;
 GRANT EXECUTE ON FUNCTION gn2pg._resolve_mapping(text, uuid[], uuid[]) TO gn2pg_reader;
 GRANT EXECUTE ON FUNCTION gn2pg._run_alive(integer, timestamptz) TO gn2pg_reader;
 

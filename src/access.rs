@@ -9,15 +9,14 @@
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{function_name, PgLogLevel, PgSqlErrorCode};
+use pgrx::PgSqlErrorCode;
 use url::Url;
 
 pub const ADMIN: &str = "gn2pg_admin";
 pub const OPERATOR: &str = "gn2pg_operator";
 
 fn raise(code: PgSqlErrorCode, msg: String, hint: &str) -> ! {
-    pgrx::pg_sys::panic::ErrorReport::new(code, msg, function_name!()).set_hint(hint).report(PgLogLevel::ERROR);
-    unreachable!("ERROR does not return")
+    crate::error::raise(code, msg, None, Some(hint))
 }
 
 /// Refuses the call unless the current user has the privileges of `role` (superusers do).

@@ -6,11 +6,11 @@
 //! extension owner: the tables are read-only for the gn2pg roles, and these functions are the
 //! only way to change them.
 
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::{function_name, JsonB, PgLogLevel, PgSqlErrorCode};
+use pgrx::{JsonB, PgSqlErrorCode};
 
 use crate::access::{self, ADMIN, OPERATOR};
+use crate::error::Error;
 use crate::run::Requested;
 use crate::source::config::{api_root, auth_from_parts, SourceConfig, SourceOptions};
 use crate::store::{self, Busy};
@@ -22,15 +22,7 @@ fn raise(code: PgSqlErrorCode, msg: String, hint: Option<&str>) -> ! {
 }
 
 fn raise_with_detail(code: PgSqlErrorCode, msg: String, detail: Option<&str>, hint: Option<&str>) -> ! {
-    let mut r = ErrorReport::new(code, msg, function_name!());
-    if let Some(d) = detail {
-        r = r.set_detail(d);
-    }
-    if let Some(h) = hint {
-        r = r.set_hint(h);
-    }
-    r.report(PgLogLevel::ERROR);
-    unreachable!("ERROR does not return")
+    crate::error::raise(code, msg, detail, hint)
 }
 
 /// Refuses a start (or a removal) of a busy source: an ERROR of the calling statement, no run
@@ -323,11 +315,7 @@ fn harvest_owned(source: &str, mode: &str) -> JsonB {
     let run_id = next_run_id();
     let w = start_worker(run_id, source, mode, false);
     if let Err(e) = worker::wait(w) {
-        raise(
-            PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-            format!("gn2pg: run {run_id} of \"{source}\": {e}"),
-            None,
-        );
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("gn2pg: run {run_id} of \"{source}\": {e}"), None);
     }
     let row = spi(Spi::get_one_with_args::<JsonB>(
         "SELECT (SELECT pg_catalog.to_jsonb(r) FROM gn2pg.run_log r WHERE r.id = $1)",
@@ -339,33 +327,56 @@ fn harvest_owned(source: &str, mode: &str) -> JsonB {
             refuse_busy(source, busy);
         }
         raise(
-            PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("gn2pg: run {run_id} of \"{source}\" left no trace in gn2pg.run_log"),
             Some("Its worker crashed (see the server log), or this transaction is REPEATABLE READ or SERIALIZABLE and cannot see it; use gn2pg_harvest_async() there."),
         );
     };
-    let status = row.0.get("status").and_then(|s| s.as_str()).unwrap_or("").to_string();
-    let hint = format!(
+    ended(source, run_id, &row.0);
+    row
+}
+
+/// What the caller of gn2pg_harvest learns of a run that ended: a WARNING when it rejected rows,
+/// an ERROR with the run's SQLSTATE when it did not succeed.
+fn ended(source: &str, run_id: i64, run: &serde_json::Value) {
+    let text = |k: &str| run.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let count = |k: &str| run.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
+    let status = text("status").unwrap_or_default();
+    let look = format!(
         "SELECT * FROM gn2pg.run_log WHERE id = {run_id}; SELECT * FROM gn2pg.run_error WHERE run_id = {run_id};"
     );
-    if status == "running" {
-        raise(
-            PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-            format!("gn2pg: run {run_id} of source \"{source}\" ended without recording its end"),
+    let rejected = count("rows_failed");
+    if rejected > 0 {
+        crate::error::warn(
+            &format!(
+                "gn2pg: source \"{source}\": run {run_id} rejected {rejected} of the {} rows received",
+                count("rows_received")
+            ),
             Some(&format!(
-                "See the server log. The next run of the source or gn2pg_check_flows() marks it abandoned. {hint}"
+                "The run ended {status}; rejected rows are not stored, each is in gn2pg.run_error with the reason."
             )),
+            Some(&format!("See them with SELECT id_data, uuid, error FROM gn2pg.run_error WHERE run_id = {run_id};")),
         );
+    }
+    if status == "running" {
+        Error::internal(format!("gn2pg: run {run_id} of source \"{source}\" ended without recording its end"))
+            .with_hint(format!(
+                "See the server log. The next run of the source or gn2pg_check_flows() marks it abandoned. {look}"
+            ))
+            .raise();
     }
     if status != "success" {
-        let why = row.0.get("error").and_then(|s| s.as_str()).unwrap_or("no error recorded").to_string();
-        raise(
-            PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-            format!("gn2pg: harvest of source \"{source}\" {status} (run {run_id}): {why}"),
-            Some(&hint),
+        let failed = crate::store::recorded_error(
+            text("error").unwrap_or_else(|| format!("source \"{source}\": no error recorded")),
+            text("sqlstate"),
+            text("reason"),
         );
+        let reason = failed.reason;
+        Error { message: format!("gn2pg: {}", failed.message), ..failed }
+            .with_detail(format!("Run {run_id} ended {status} (reason {reason}) after {} pages.", count("pages_done")))
+            .with_hint(format!("{} {look}", reason.advice(source)))
+            .raise();
     }
-    row
 }
 
 /// Launches a run that starts when this transaction commits: claims the source, closes its
@@ -379,7 +390,7 @@ fn launch_pending(source: &str, mode: &str) -> Result<i64, Busy> {
     let w = start_worker(run_id, source, mode, true);
     let pid = worker::wait_until_connected(&w).unwrap_or_else(|e| {
         raise(
-            PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("gn2pg: cannot start the harvest of \"{source}\": {e}"),
             None,
         )
@@ -441,7 +452,9 @@ fn cancel_owned(run_id: i64) -> bool {
         Some(pid) => {
             // A pending run never gets to record its end: record it here.
             spi(Spi::run_with_args(
-                "UPDATE gn2pg.run_log SET status = 'cancelled', finished_at = now(), error = 'cancelled before it started'
+                "UPDATE gn2pg.run_log
+                    SET status = 'cancelled', finished_at = now(), sqlstate = '57014', reason = 'cancelled',
+                        error = pg_catalog.format('source \"%s\": cancelled before it started', source)
                   WHERE id = $1 AND status = 'pending'",
                 &[run_id.into()],
             ));

@@ -13,9 +13,8 @@
 use std::time::Duration;
 
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::{function_name, JsonB, PgLogLevel, PgSqlErrorCode};
+use pgrx::{JsonB, PgSqlErrorCode};
 
 use crate::access::{self, ADMIN, OPERATOR};
 use crate::source::client::{Host, Pipeline, SourceClient};
@@ -26,12 +25,7 @@ use crate::source::SourceError;
 use crate::store;
 
 fn raise(code: PgSqlErrorCode, msg: String, hint: Option<&str>) -> ! {
-    let mut r = ErrorReport::new(code, msg, function_name!());
-    if let Some(h) = hint {
-        r = r.set_hint(h);
-    }
-    r.report(PgLogLevel::ERROR);
-    unreachable!("ERROR does not return")
+    crate::error::raise(code, msg, None, hint)
 }
 
 fn invalid(msg: String) -> ! {

@@ -3,19 +3,13 @@
 //! sql/dashboard.sql. Like the rest of the API, each function checks the caller's role, then
 //! writes as the extension owner (the tables are read-only for the gn2pg roles).
 
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::{function_name, PgLogLevel, PgSqlErrorCode};
+use pgrx::PgSqlErrorCode;
 
 use crate::access::{self, ADMIN, OPERATOR};
 
 fn raise(code: PgSqlErrorCode, msg: String, hint: Option<&str>) -> ! {
-    let mut r = ErrorReport::new(code, msg, function_name!());
-    if let Some(h) = hint {
-        r = r.set_hint(h);
-    }
-    r.report(PgLogLevel::ERROR);
-    unreachable!("ERROR does not return")
+    crate::error::raise(code, msg, None, hint)
 }
 
 fn spi<T>(r: Result<T, pgrx::spi::Error>) -> T {

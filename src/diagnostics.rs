@@ -8,7 +8,6 @@
 use std::ffi::CString;
 use std::panic::AssertUnwindSafe;
 
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
 
@@ -24,9 +23,12 @@ const SELFTEST_MAX_NODES: usize = SELFTEST_MAX_BYTES / 16;
 /// Refuses an input over the caps, as a program limit (SQLSTATE 54000).
 fn check_input(function: &str, text: &str) {
     let refuse = |msg: String| {
-        ErrorReport::new(PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, msg, function_name!())
-            .set_hint("Check one item or one geometry at a time.")
-            .report(PgLogLevel::ERROR)
+        crate::error::raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            msg,
+            None,
+            Some("Check one item or one geometry at a time."),
+        )
     };
     if text.len() > SELFTEST_MAX_BYTES {
         refuse(format!("{function}: input of {} bytes exceeds the {SELFTEST_MAX_BYTES} bytes it takes", text.len()));
@@ -179,27 +181,21 @@ fn _selfcheck() -> i32 {
     for doc in JSONB_CORPUS {
         if let Some(d) = jsonb_difference(doc) {
             differences += 1;
-            ErrorReport::new(
-                PgSqlErrorCode::ERRCODE_WARNING,
-                format!("gn2pg: its jsonb encoder differs from jsonb_in on this server: {d}"),
-                function_name!(),
-            )
-            .set_detail(format!("document: {doc}"))
-            .set_hint("gn2pg stores items with this encoder: report it before harvesting.")
-            .report(PgLogLevel::WARNING);
+            crate::error::warn(
+                &format!("gn2pg: its jsonb encoder differs from jsonb_in on this server: {d}"),
+                Some(&format!("document: {doc}")),
+                Some("gn2pg stores items with this encoder: report it before harvesting."),
+            );
         }
     }
     for text in GEOMETRY_CORPUS {
         if let Some(d) = geometry_difference(text) {
             differences += 1;
-            ErrorReport::new(
-                PgSqlErrorCode::ERRCODE_WARNING,
-                format!("gn2pg: its EWKB encoder differs from PostGIS on this server: {d}"),
-                function_name!(),
-            )
-            .set_detail(format!("geometry: {text}"))
-            .set_hint("ALTER SYSTEM SET gn2pg.fast_geometry = off; SELECT pg_reload_conf(); makes PostGIS convert every geometry.")
-            .report(PgLogLevel::WARNING);
+            crate::error::warn(
+                &format!("gn2pg: its EWKB encoder differs from PostGIS on this server: {d}"),
+                Some(&format!("geometry: {text}")),
+                Some("ALTER SYSTEM SET gn2pg.fast_geometry = off; SELECT pg_reload_conf(); makes PostGIS convert every geometry."),
+            );
         }
     }
     differences

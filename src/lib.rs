@@ -1,5 +1,7 @@
 //! gn2pg: harvests GeoNature Export API sources into PostgreSQL.
 //!
+//! - `error`: gn2pg's one error type (SQLSTATE, message, DETAIL, HINT, reason) and the one
+//!   place errors and warnings are reported to PostgreSQL.
 //! - `source`: the remote API (HTTP, auth, pages, paging); no PostgreSQL calls.
 //! - `json`: JSON text as `jsonb_in` reads it (parser, page scanner); no PostgreSQL calls.
 //! - `encode`: a page's items as PostgreSQL values (jsonb, EWKB, arrays), built off the
@@ -34,6 +36,7 @@ mod cron_cleanup;
 mod dashboard;
 mod diagnostics;
 mod encode;
+mod error;
 mod guc;
 mod json;
 mod loader;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 
+use crate::error::{spi_err, Error};
 use crate::guc;
 use crate::run::Stop;
 use crate::source::client::Host;
@@ -92,11 +93,11 @@ impl Pace {
                 break slot;
             }
             if waited.elapsed() > FIRST_SLOT_WAIT {
-                return Err(Stop::Failed(format!(
+                return Err(Stop::Failed(Error::limit(format!(
                     "the {max} streams allowed against host {host_name} (gn2pg.max_streams_per_host) have been in use by \
                      other runs for {} minutes",
                     FIRST_SLOT_WAIT.as_secs() / 60
-                )));
+                ))));
             }
             host.sleep(Duration::from_millis(500))?;
         };
@@ -139,7 +140,7 @@ impl Pace {
 
     /// After each answer: the controller's decision, within the host's budget. Called on the
     /// backend thread (slots are session locks of its backend).
-    pub fn tick(&mut self, run_id: i64) -> Result<(), String> {
+    pub fn tick(&mut self, run_id: i64) -> Result<(), Error> {
         let Some(a) = self.auto.as_mut() else { return Ok(()) };
         let now = Instant::now();
         if now.duration_since(a.share_at) >= SHARE_EVERY {
@@ -187,10 +188,6 @@ impl Pace {
             pgrx::warning!("gn2pg: could not record the streams of run {run_id}: {e}");
         }
     }
-}
-
-fn spi_err(e: pgrx::spi::Error) -> String {
-    format!("internal SPI error: {e}")
 }
 
 /// The host a source's URL names (lower case, without the port).

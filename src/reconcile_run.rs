@@ -19,6 +19,7 @@ use std::time::Instant;
 use pgrx::prelude::*;
 
 use crate::encode::rows::{self, timestamp_text, Encoding};
+use crate::error::{spi_err, Error, Reason, SqlState};
 use crate::loader;
 use crate::pacing_run::{Lanes, Pace};
 use crate::run::Stop;
@@ -52,10 +53,6 @@ pub struct Probe {
     pub newest: Option<String>,
     /// The answer's HTTP `Date`.
     pub date: Option<String>,
-}
-
-fn spi_err(e: pgrx::spi::Error) -> String {
-    format!("internal SPI error: {e}")
 }
 
 fn count_params(key: &str, r: Range, order: String) -> Vec<(String, String)> {
@@ -180,7 +177,9 @@ pub fn plan(
             loop {
                 rounds += 1;
                 if rounds > MAX_ROUNDS {
-                    return Err(Stop::Failed("reconciliation did not converge".into()));
+                    // The source's counts contradict each other.
+                    let e = Error::new(Reason::Protocol, SqlState::DATA_EXCEPTION, "reconciliation did not converge");
+                    return Err(Stop::Failed(e));
                 }
                 host.check_interrupts()?;
                 let tasks = planner.tasks();
@@ -286,7 +285,8 @@ fn count_all(
         }
     }
     if out.len() != wanted {
-        return Err(Stop::Failed(format!("{} of {wanted} count requests got no answer", wanted - out.len())));
+        let missing = wanted - out.len();
+        return Err(Stop::Failed(Error::internal(format!("{missing} of {wanted} count requests got no answer"))));
     }
     Ok(out)
 }
@@ -306,7 +306,7 @@ fn clear(run_id: i64, source: &str, range: Range, host: &dyn Host) -> Result<(),
             after = keys.last().copied().unwrap_or(i64::MAX);
             Ok(inside.len() < keys.len() || (keys.len() as i64) < CLEAR_BATCH || after >= range.hi)
         })
-        .map_err(|e| Stop::Failed(format!("removing rows deleted at the source: {e}")))?;
+        .map_err(|e: Error| Stop::Failed(e.context("removing rows deleted at the source")))?;
         if done {
             return Ok(());
         }
@@ -343,7 +343,7 @@ fn local_keys_every(source: &str, r: Range, step: i64) -> SpiResult<Vec<i64>> {
 }
 
 /// How the run looked for deletions, and what it cost.
-pub fn record(run_id: i64, label: &str, requests: i64) -> Result<(), String> {
+pub fn record(run_id: i64, label: &str, requests: i64) -> Result<(), Error> {
     tx(|| {
         Spi::run_with_args(
             "UPDATE gn2pg.run_log SET reconcile = $2, reconcile_requests = $3 WHERE id = $1",

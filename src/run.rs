@@ -16,6 +16,7 @@ use pgrx::prelude::*;
 use serde_json::json;
 
 use crate::encode::rows::{self, Encoding, PageRows};
+use crate::error::{spi_err, Error, Reason, SqlState};
 use crate::guc;
 use crate::loader::{self, Loader, PageLoad, PageSpec};
 use crate::pacing_run::{Lanes, Pace};
@@ -65,14 +66,24 @@ enum Mode {
 /// Why a run stopped early.
 pub(crate) enum Stop {
     Cancelled(String),
-    Failed(String),
+    Failed(Error),
 }
 
 impl From<SourceError> for Stop {
     fn from(e: SourceError) -> Stop {
         match e {
             SourceError::Cancelled(m) => Stop::Cancelled(m),
-            other => Stop::Failed(other.to_string()),
+            other => Stop::Failed(other.into()),
+        }
+    }
+}
+
+impl Stop {
+    /// The status a run (or part) stopped so ends with, and what it records.
+    fn outcome(self) -> (&'static str, Error) {
+        match self {
+            Stop::Cancelled(m) => ("cancelled", Error::new(Reason::Cancelled, SqlState::QUERY_CANCELED, m)),
+            Stop::Failed(e) => ("failed", e),
         }
     }
 }
@@ -112,10 +123,6 @@ impl Host for WorkerHost {
         }
         Ok(())
     }
-}
-
-fn spi_err(e: pgrx::spi::Error) -> String {
-    format!("internal SPI error: {e}")
 }
 
 /// Where a run starts.
@@ -182,27 +189,32 @@ pub fn build_config(row: &store::SourceRow) -> Result<SourceConfig, SourceError>
 
 /// Ok(None): the run does not start and leaves no record (another run holds the source, or it
 /// was cancelled before it started).
-fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Option<Setup>, String> {
+fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Option<Setup>, Error> {
+    let unprepared = |m: String| Error::new(Reason::Config, SqlState::NOT_IN_PREREQUISITE_STATE, m);
     // Items are turned into jsonb from their UTF-8 text in Rust (encode::jsonb).
     // SAFETY: reads a backend-global set at connection.
     if unsafe { pg_sys::GetDatabaseEncoding() } != pg_sys::pg_enc::PG_UTF8 as i32 {
-        return Err("gn2pg needs a database with UTF8 encoding (CREATE DATABASE … ENCODING 'UTF8')".into());
+        return Err(unprepared("gn2pg needs a database with UTF8 encoding (CREATE DATABASE … ENCODING 'UTF8')".into()));
     }
     // After a package upgrade the library is new but the tables are not, until ALTER EXTENSION.
     let installed = store::extension_version().map_err(spi_err)?.unwrap_or_default();
     if installed != env!("CARGO_PKG_VERSION") {
-        return Err(format!(
+        return Err(unprepared(format!(
             "the gn2pg library is version {} but this database has gn2pg {installed}: run ALTER EXTENSION gn2pg UPDATE",
             env!("CARGO_PKG_VERSION")
-        ));
+        )));
     }
     let row = store::load_source(name).map_err(spi_err)?.ok_or_else(|| {
-        format!("source \"{name}\" does not exist (if it was added in the same transaction, commit first)")
+        Error::new(
+            Reason::Config,
+            SqlState::UNDEFINED_OBJECT,
+            "the source does not exist (if it was added in the same transaction, commit first)",
+        )
     })?;
     if !row.enabled {
-        return Err(format!("source \"{name}\" is disabled"));
+        return Err(unprepared("the source is disabled".into()));
     }
-    let cfg = build_config(&row).map_err(|e| format!("source \"{name}\": {e}"))?;
+    let cfg = build_config(&row)?;
     // The launcher claimed the source (api.rs): this run is pending, or the caller of
     // gn2pg_harvest keeps the source's registry row until the run ends. Runs whose worker is
     // gone are closed first; a live one means a launch raced this one (nothing is recorded).
@@ -264,7 +276,8 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Option<Setup>,
         pgrx::log!("gn2pg: run {run_id} of source \"{name}\" was cancelled before it started");
         return Ok(None);
     }
-    let postgis = store::postgis_schema().map_err(|_| "PostGIS is not installed in this database".to_string())?;
+    let postgis =
+        store::postgis_schema().map_err(|_| unprepared("PostGIS is not installed in this database".into()))?;
     Ok(Some(Setup { cfg, mode, since, postgis, start }))
 }
 
@@ -273,8 +286,11 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
     let setup = match tx(|| setup(run_id, name, requested)) {
         Ok(Some(s)) => s,
         Ok(None) => return,
-        Err(msg) => {
-            if let Err(e) = tx(|| store::record_failed_start(run_id, name, requested.label(), &msg).map_err(spi_err)) {
+        Err(failed) => {
+            let msg = format!("source \"{name}\": {}", failed.message);
+            let recorded =
+                tx(|| store::record_failed_start(run_id, name, requested.label(), &msg, &failed).map_err(spi_err));
+            if let Err(e) = recorded {
                 pgrx::warning!("gn2pg: run {run_id} of source \"{name}\" failed ({msg}) and could not be logged: {e}");
             }
             crate::alert::after_run();
@@ -303,7 +319,7 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
     // The GeoNature destination: CA/JDD refreshed, rows pending since earlier runs retried.
     let result = result.and_then(|()| match setup.cfg.options.destination {
         Some(_) => tx(|| loader::finish_destination(name, run_id).map_err(spi_err))
-            .map_err(|e| Stop::Failed(format!("GeoNature destination: {e}"))),
+            .map_err(|e| Stop::Failed(e.context("GeoNature destination"))),
         None => Ok(()),
     });
     finish(run_id, name, result, flow.totals.sum(&client.stats), &client.scrubber());
@@ -312,13 +328,16 @@ pub fn execute(run_id: i64, name: &str, requested: Requested) {
 /// Entry point of a part worker of a parallel run: loads its key range, records its end.
 pub fn execute_part(run_id: i64, part: i32, name: &str) {
     let prepared = tx(|| {
-        let row =
-            store::load_source(name).map_err(spi_err)?.ok_or_else(|| format!("source \"{name}\" does not exist"))?;
-        let cfg = build_config(&row).map_err(|e| e.to_string())?;
-        let postgis = store::postgis_schema().map_err(|_| "PostGIS is not installed in this database".to_string())?;
+        let row = store::load_source(name)
+            .map_err(spi_err)?
+            .ok_or_else(|| Error::new(Reason::Config, SqlState::UNDEFINED_OBJECT, "the source does not exist"))?;
+        let cfg = build_config(&row)?;
+        let postgis = store::postgis_schema().map_err(|_| {
+            Error::new(Reason::Config, SqlState::NOT_IN_PREREQUISITE_STATE, "PostGIS is not installed in this database")
+        })?;
         let range = store::part_range(run_id, part)
             .map_err(spi_err)?
-            .ok_or_else(|| format!("run {run_id} has no part {part}"))?;
+            .ok_or_else(|| Error::internal(format!("run {run_id} has no part {part}")))?;
         Ok(Setup { cfg, mode: Mode::Full, since: None, postgis, start: Start::Ranges(vec![range]) })
     });
     let mut scrubber = Scrubber::default();
@@ -336,32 +355,39 @@ pub fn execute_part(run_id: i64, part: i32, name: &str) {
     };
     let (status, error) = match result {
         Ok(()) => ("success", None),
-        Err(Stop::Cancelled(m)) => ("cancelled", Some(scrubber.scrub(&m))),
-        Err(Stop::Failed(m)) => ("failed", Some(scrubber.scrub(&m))),
+        Err(stop) => scrubbed(stop, &scrubber),
     };
-    if let Err(e) = tx(|| store::finish_part(run_id, part, status, error.as_deref()).map_err(spi_err)) {
+    if let Err(e) = tx(|| store::finish_part(run_id, part, status, error.as_ref()).map_err(spi_err)) {
         pgrx::warning!("gn2pg: could not record the end of part {part} of run {run_id}: {e}");
     }
+}
+
+/// The status a stopped run or part ends with, and its error with the source's secrets masked.
+fn scrubbed(stop: Stop, scrubber: &Scrubber) -> (&'static str, Option<Error>) {
+    let (status, mut e) = stop.outcome();
+    e.message = scrubber.scrub(&e.message);
+    (status, Some(e))
 }
 
 /// Records the end of a run; its error goes through `scrubber` (the source's secrets).
 fn finish(run_id: i64, name: &str, result: Result<(), Stop>, stats: Stats, scrubber: &Scrubber) {
     let (status, error) = match result {
         Ok(()) => ("success", None),
-        Err(Stop::Cancelled(m)) => ("cancelled", Some(scrubber.scrub(&m))),
-        Err(Stop::Failed(m)) => ("failed", Some(scrubber.scrub(&format!("source \"{name}\": {m}")))),
+        Err(stop) => scrubbed(stop, scrubber),
     };
+    // Stored texts name the source first (README, "Errors").
+    let error = error.map(|e| e.context(format_args!("source \"{name}\"")));
     let s = stats;
     let recorded = tx(|| {
-        store::finish_run(run_id, status, error.as_deref(), s.requests as i64, s.retries as i64, s.bytes as i64)
+        store::finish_run(run_id, status, error.as_ref(), s.requests as i64, s.retries as i64, s.bytes as i64)
             .map_err(spi_err)
     });
     if let Err(e) = recorded {
         pgrx::warning!("gn2pg: could not record the end of run {run_id}: {e}");
         // What can still be recorded; if even this fails, the run stays 'running' with a
         // worker that is gone, and the next run or gn2pg_check_flows() marks it abandoned.
-        let why = format!("the end of the run could not be recorded ({e}); it ended {status}");
-        if let Err(e) = tx(|| store::finish_run_minimal(run_id, status, &why).map_err(spi_err)) {
+        let why = format!("source \"{name}\": the end of the run could not be recorded ({e}); it ended {status}");
+        if let Err(e) = tx(|| store::finish_run_minimal(run_id, status, &why, error.as_ref()).map_err(spi_err)) {
             pgrx::warning!("gn2pg: run {run_id} stays 'running' until it is marked abandoned: {e}");
         }
     }
@@ -587,7 +613,7 @@ fn harvest(
                 Ok(w) => parts.push(w),
                 Err(e) => {
                     stop_parts(parts);
-                    return Err(Stop::Failed(e));
+                    return Err(Stop::Failed(Error::new(Reason::Limit, SqlState::CONFIGURATION_LIMIT_EXCEEDED, e)));
                 }
             }
         }
@@ -607,13 +633,14 @@ fn harvest(
                 Err(e)
             }
         };
-        let (status, error) = match &result {
+        let (status, error) = match result {
             Ok(()) => ("success", None),
-            Err(Stop::Cancelled(m)) => ("cancelled", Some(client.scrubber().scrub(m))),
-            Err(Stop::Failed(m)) => ("failed", Some(client.scrubber().scrub(m))),
+            Err(stop) => scrubbed(stop, &client.scrubber()),
         };
-        let _ = tx(|| store::finish_part(run_id, 0, status, error.as_deref()).map_err(spi_err));
-        result?;
+        let _ = tx(|| store::finish_part(run_id, 0, status, error.as_ref()).map_err(spi_err));
+        if let Some(e) = error {
+            return Err(Stop::Failed(e));
+        }
     } else {
         result?;
     }
@@ -689,14 +716,14 @@ fn first_page(
     let (summary, rows) =
         on_helper(client, host, move |c, flag| fetch_rows(c, &lanes, &params, &fields, encoding, flag))?;
     let source_wait_ms = waited.elapsed().as_millis() as i64;
-    let step = pager.step_for(&summary).map_err(|e| Stop::Failed(SourceError::Paging(e).to_string()))?;
+    let step = pager.step_for(&summary).map_err(SourceError::Paging)?;
     let sweep = pager.covered_range(&summary, &step);
     pager.advance(&summary);
     let done = step == Step::Done;
     let rest = if done { json!({ "ranges": [] }) } else { json!({ "ranges": [[pager.next_key(), null]] }) };
     let spec = PageSpec { source: &setup.cfg.name, run_id, key_column: &o.key_column, sweep };
     load_page(&loader, &spec, &rows, &client.stats, source_wait_ms, rest, None)
-        .map_err(|e| Stop::Failed(format!("page 1 could not be loaded: {e}")))?;
+        .map_err(|e| Stop::Failed(e.context("page 1 could not be loaded")))?;
     Ok((!done).then(|| (pager.next_key(), summary.total_filtered.or(summary.total))))
 }
 
@@ -773,21 +800,23 @@ fn wait_parts(
             return Err(e.into());
         }
         let statuses = tx(|| store::parts_status(run_id).map_err(spi_err)).map_err(Stop::Failed)?;
-        if let Some((k, _, err)) = statuses.iter().find(|(_, st, _)| st == "failed" || st == "cancelled") {
+        if let Some(p) = statuses.iter().find(|p| p.status == "failed" || p.status == "cancelled") {
             stop_parts(parts);
-            return Err(Stop::Failed(format!("part {k}: {}", err.as_deref().unwrap_or("stopped"))));
+            let failed = p.error.clone().unwrap_or_else(|| Error::internal("stopped"));
+            return Err(Stop::Failed(failed.context(format_args!("part {}", p.part))));
         }
-        if statuses.iter().all(|(_, st, _)| st == "success") {
+        if statuses.iter().all(|p| p.status == "success") {
             return Ok(());
         }
         let stopped = parts.iter().all(|p| matches!(p.pid(), Err(BackgroundWorkerStatus::Stopped)));
         if stopped {
             // Every part process ended, yet one did not record an end: it died.
             let statuses = tx(|| store::parts_status(run_id).map_err(spi_err)).map_err(Stop::Failed)?;
-            if let Some((k, _, _)) = statuses.iter().find(|(_, st, _)| st == "running") {
-                return Err(Stop::Failed(format!(
-                    "the worker of part {k} exited without finishing (see the server log)"
-                )));
+            if let Some(p) = statuses.iter().find(|p| p.status == "running") {
+                return Err(Stop::Failed(Error::internal(format!(
+                    "the worker of part {} exited without finishing (see the server log)",
+                    p.part
+                ))));
             }
             continue;
         }
@@ -864,7 +893,7 @@ fn load_ranges(
         streams[i].done = ready.done;
         pages += 1;
         if pages > MAX_PAGES {
-            return Err(Stop::Failed(format!("more than {MAX_PAGES} pages: stopping a runaway run")));
+            return Err(Stop::Failed(Error::limit(format!("more than {MAX_PAGES} pages: stopping a runaway run"))));
         }
         let spec = PageSpec { source: &setup.cfg.name, run_id, key_column: &o.key_column, sweep: ready.sweep };
         let checkpoint = checkpoint_json(&streams, offset);
@@ -872,7 +901,7 @@ fn load_ranges(
             part.map(|p| store::PartPosition { part: p, next_key: streams[i].pager.next_key(), done: streams[i].done });
         let stats = totals.sum(&client.stats);
         load_page(&loader, &spec, &ready.rows, &stats, source_wait_ms, checkpoint, position)
-            .map_err(|e| Stop::Failed(format!("page {pages} could not be loaded: {e}")))?;
+            .map_err(|e| Stop::Failed(e.context(format_args!("page {pages} could not be loaded"))))?;
         if let Some(seen) = seen.as_mut() {
             ready.rows.keys.iter().for_each(|k| seen.add(*k));
             if !view_totals.contains(&ready.total) {
@@ -885,7 +914,7 @@ fn load_ranges(
     client.stats = totals.sum(&client.stats);
     totals.streams.clear();
     if let Some(i) = streams.iter().position(|s| !s.done) {
-        return Err(Stop::Failed(format!("stream {i} stopped before the end of its key range")));
+        return Err(Stop::Failed(Error::internal(format!("stream {i} stopped before the end of its key range"))));
     }
     if !sweeps {
         return Ok(());
@@ -925,12 +954,12 @@ fn sweep_unseen(run_id: i64, source: &str, seen: &SeenKeys, host: &WorkerHost) -
             after = keys.last().copied().unwrap_or(i64::MAX);
             Ok((keys.len() as i64) < SWEEP_BATCH)
         })
-        .map_err(|e| Stop::Failed(format!("removing rows gone from the source: {e}")))?;
+        .map_err(|e: Error| Stop::Failed(e.context("removing rows gone from the source")))?;
         if done {
             return Ok(());
         }
     }
-    Err(Stop::Failed("removing rows gone from the source: too many stored rows".into()))
+    Err(Stop::Failed(Error::limit("removing rows gone from the source: too many stored rows")))
 }
 
 /// Deletions of an incremental run of a login source, from the deletion log.
@@ -967,7 +996,7 @@ fn harvest_metadata(
 ) -> Result<(), Stop> {
     let o = &setup.cfg.options;
     let key = o.metadata_key_column.as_str();
-    let failed = |m: String| Stop::Failed(format!("metadata export {export_id}: {m}"));
+    let failed = |e: Error| Stop::Failed(e.context(format_args!("metadata export {export_id}")));
     let mut pager = Pager::new(o.paging, key, o.page_size, 0, 0);
     let sql = loader::load_metadata_page_sql();
     for _ in 0..MAX_METADATA_PAGES {
@@ -977,13 +1006,13 @@ fn harvest_metadata(
         let fetched = on_helper(client, host, move |c, flag| c.fetch_other_export_page(export_id, &fetch_params, flag));
         let body = fetched.map_err(|e| match e {
             SourceError::Cancelled(m) => Stop::Cancelled(m),
-            other => failed(other.to_string()),
+            other => failed(other.into()),
         })?;
         let summary = parse_page(&body, key, &client.page_limits()).map_err(|cause| {
             let url = redact_url(client.other_export_url(export_id, &params).as_str());
-            failed(SourceError::BadAnswer { url, cause }.to_string())
+            failed(SourceError::BadAnswer { url, cause }.into())
         })?;
-        let step = pager.step_for(&summary).map_err(failed)?;
+        let step = pager.step_for(&summary).map_err(|m| failed(SourceError::Paging(m).into()))?;
         pager.advance(&summary);
         let spec = loader::MetadataPageSpec {
             source: &setup.cfg.name,
@@ -1003,12 +1032,12 @@ fn harvest_metadata(
             store::record_metadata_page(run_id, load.failed, s.requests as i64, s.retries as i64, s.bytes as i64)
                 .map_err(spi_err)
         })
-        .map_err(|e| failed(format!("page could not be loaded: {e}")))?;
+        .map_err(|e| failed(e.context("page could not be loaded")))?;
         if step == Step::Done {
             return Ok(());
         }
     }
-    Err(failed(format!("more than {MAX_METADATA_PAGES} pages")))
+    Err(failed(Error::limit(format!("more than {MAX_METADATA_PAGES} pages"))))
 }
 
 /// Loads a page with its progress row and checkpoint in one transaction.
@@ -1020,7 +1049,7 @@ fn load_page(
     source_wait_ms: i64,
     checkpoint: serde_json::Value,
     part: Option<store::PartPosition>,
-) -> Result<PageLoad, String> {
+) -> Result<PageLoad, Error> {
     let attempt = |careful: bool| {
         tx(|| {
             // A lost commit loses a page that the next run fetches again.
@@ -1060,7 +1089,12 @@ fn load_page(
             Err(e) => last = e,
         }
     }
-    Err(if last == first { last } else { format!("{last} (first attempt: {first})") })
+    Err(if last == first {
+        last
+    } else {
+        let message = format!("{} (first attempt: {})", last.message, first.message);
+        Error { message, ..last }
+    })
 }
 
 /// Careful loads of a page whose fast load failed.

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{function_name, PgLogLevel, PgSqlErrorCode};
+use pgrx::PgSqlErrorCode;
 use serde_json::{json, Value};
 
 use crate::access;
@@ -26,12 +26,7 @@ pub const PURGE_SCHEDULE: &str = "17 3 * * *";
 pub const PURGE_COMMAND: &str = "DELETE FROM cron.job_run_details WHERE end_time < now() - interval '14 days'";
 
 fn raise(code: PgSqlErrorCode, msg: String, hint: Option<&str>) -> ! {
-    let mut r = pg_sys::panic::ErrorReport::new(code, msg, function_name!());
-    if let Some(h) = hint {
-        r = r.set_hint(h);
-    }
-    r.report(PgLogLevel::ERROR);
-    unreachable!("ERROR does not return")
+    crate::error::raise(code, msg, None, hint)
 }
 
 /// Whether a `shared_preload_libraries` value lists `lib` (quoted or not, with or without a path).

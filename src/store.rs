@@ -7,6 +7,7 @@
 use pgrx::prelude::*;
 use pgrx::spi;
 
+use crate::error::Error;
 use crate::loader::PageLoad;
 
 type SpiResult<T> = Result<T, spi::Error>;
@@ -370,63 +371,113 @@ pub fn part_range(run_id: i64, part: i32) -> SpiResult<Option<(i64, Option<i64>)
     })
 }
 
-pub fn finish_part(run_id: i64, part: i32, status: &str, error: Option<&str>) -> SpiResult<()> {
+pub fn finish_part(run_id: i64, part: i32, status: &str, error: Option<&Error>) -> SpiResult<()> {
+    let (error, sqlstate, reason) = error_columns(error);
     Spi::run_with_args(
-        "UPDATE gn2pg.run_part SET status = $3, error = $4, worker_pid = pg_catalog.pg_backend_pid()
+        "UPDATE gn2pg.run_part SET status = $3, error = $4, sqlstate = $5, reason = $6,
+                worker_pid = pg_catalog.pg_backend_pid()
           WHERE run_id = $1 AND part = $2",
-        &[run_id.into(), part.into(), status.into(), error.into()],
+        &[run_id.into(), part.into(), status.into(), error.into(), sqlstate.into(), reason.into()],
     )
 }
 
-/// (part, status, error) of the other parts of a run.
-pub fn parts_status(run_id: i64) -> SpiResult<Vec<(i32, String, Option<String>)>> {
+/// The end a part of a parallel run recorded.
+pub struct PartStatus {
+    pub part: i32,
+    pub status: String,
+    pub error: Option<Error>,
+}
+
+/// The status of the other parts of a run.
+pub fn parts_status(run_id: i64) -> SpiResult<Vec<PartStatus>> {
     Spi::connect(|c| {
         c.select(
-            "SELECT part, status, error FROM gn2pg.run_part WHERE run_id = $1 AND part > 0 ORDER BY part",
+            "SELECT part, status, error, sqlstate, reason FROM gn2pg.run_part WHERE run_id = $1 AND part > 0 ORDER BY part",
             None,
             &[run_id.into()],
         )?
-        .map(|r| Ok((r.get::<i32>(1)?.unwrap_or(0), r.get::<String>(2)?.unwrap_or_default(), r.get::<String>(3)?)))
+        .map(|r| {
+            let (sqlstate, reason) = (r.get::<String>(4)?, r.get::<String>(5)?);
+            let error = r.get::<String>(3)?.map(|m| recorded_error(m, sqlstate, reason));
+            Ok(PartStatus { part: r.get::<i32>(1)?.unwrap_or(0), status: r.get::<String>(2)?.unwrap_or_default(), error })
+        })
         .collect()
     })
+}
+
+/// An error as a run or part recorded it (`error`, `sqlstate`, `reason` columns).
+pub fn recorded_error(message: String, sqlstate: Option<String>, reason: Option<String>) -> Error {
+    use crate::error::{Reason, SqlState};
+    let reason = reason.as_deref().and_then(Reason::parse).unwrap_or(Reason::Internal);
+    let sqlstate = sqlstate.as_deref().and_then(SqlState::parse).unwrap_or(SqlState::INTERNAL_ERROR);
+    Error::new(reason, sqlstate, message)
+}
+
+/// What a run or part records of its error: the text, its SQLSTATE and its reason.
+fn error_columns(error: Option<&Error>) -> (Option<&str>, Option<String>, Option<&'static str>) {
+    match error {
+        Some(e) => (Some(e.message.as_str()), Some(e.sqlstate.to_string()), Some(e.reason.as_str())),
+        None => (None, None, None),
+    }
 }
 
 pub fn finish_run(
     run_id: i64,
     status: &str,
-    error: Option<&str>,
+    error: Option<&Error>,
     requests: i64,
     retries: i64,
     bytes: i64,
 ) -> SpiResult<()> {
+    let (error, sqlstate, reason) = error_columns(error);
     Spi::run_with_args(
         "UPDATE gn2pg.run_log
-            SET status = $2, error = $3, finished_at = now(),
+            SET status = $2, error = $3, sqlstate = $7, reason = $8, finished_at = now(),
                 -- A parallel run's transport counters live in its parts.
                 http_requests = coalesce((SELECT sum(http_requests) FROM gn2pg.run_part WHERE run_id = $1), $4),
                 http_retries = coalesce((SELECT sum(http_retries) FROM gn2pg.run_part WHERE run_id = $1), $5),
                 bytes_received = coalesce((SELECT sum(bytes_received) FROM gn2pg.run_part WHERE run_id = $1), $6)
           WHERE id = $1",
-        &[run_id.into(), status.into(), error.into(), (requests as i32).into(), (retries as i32).into(), bytes.into()],
+        &[
+            run_id.into(),
+            status.into(),
+            error.into(),
+            (requests as i32).into(),
+            (retries as i32).into(),
+            bytes.into(),
+            sqlstate.into(),
+            reason.into(),
+        ],
     )
 }
 
-/// The end of a run when `finish_run` failed: the status and why, nothing that could fail again.
-pub fn finish_run_minimal(run_id: i64, status: &str, error: &str) -> SpiResult<()> {
+/// The end of a run when `finish_run` failed: the status and why (`message`, with the class of
+/// the run's own error if it failed), nothing that could fail again.
+pub fn finish_run_minimal(run_id: i64, status: &str, message: &str, error: Option<&Error>) -> SpiResult<()> {
+    let (_, sqlstate, reason) = error_columns(error);
     Spi::run_with_args(
-        "UPDATE gn2pg.run_log SET status = $2, error = $3, finished_at = now() WHERE id = $1",
-        &[run_id.into(), status.into(), error.into()],
+        "UPDATE gn2pg.run_log SET status = $2, error = $3, sqlstate = $4, reason = $5, finished_at = now() WHERE id = $1",
+        &[run_id.into(), status.into(), message.into(), sqlstate.into(), reason.into()],
     )
 }
 
 /// A run that failed before it could start properly still gets its row, so the caller (and
-/// the operator reading run_log) sees why.
-pub fn record_failed_start(run_id: i64, source: &str, mode: &str, error: &str) -> SpiResult<()> {
+/// the operator reading run_log) sees why: `message` (naming the source) and the class of `error`.
+pub fn record_failed_start(run_id: i64, source: &str, mode: &str, message: &str, error: &Error) -> SpiResult<()> {
     Spi::run_with_args(
-        "INSERT INTO gn2pg.run_log (id, source, mode, status, finished_at, worker_pid, error)
-         VALUES ($1, $2, $3, 'failed', now(), pg_catalog.pg_backend_pid(), $4)
-         ON CONFLICT (id) DO UPDATE SET status = 'failed', finished_at = now(), error = EXCLUDED.error
+        "INSERT INTO gn2pg.run_log (id, source, mode, status, finished_at, worker_pid, error, sqlstate, reason)
+         VALUES ($1, $2, $3, 'failed', now(), pg_catalog.pg_backend_pid(), $4, $5, $6)
+         ON CONFLICT (id) DO UPDATE
+            SET status = 'failed', finished_at = now(), error = EXCLUDED.error, sqlstate = EXCLUDED.sqlstate,
+                reason = EXCLUDED.reason
           WHERE gn2pg.run_log.status IN ('pending', 'running')",
-        &[run_id.into(), source.into(), mode.into(), error.into()],
+        &[
+            run_id.into(),
+            source.into(),
+            mode.into(),
+            message.into(),
+            error.sqlstate.to_string().into(),
+            error.reason.as_str().into(),
+        ],
     )
 }

@@ -8,8 +8,10 @@ use pgrx::bgworkers::{
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 
+use crate::error::Error;
 use crate::guc;
 use crate::run::{self, Requested};
 
@@ -41,7 +43,7 @@ fn check_worker_cap(more: i64) -> Result<(), String> {
 /// Whether `parts` more workers fit under `gn2pg.max_harvest_workers` (worker context, outside
 /// a transaction).
 pub fn room_for_parts(parts: usize) -> bool {
-    tx(|| Ok(check_worker_cap(parts as i64).is_ok())).unwrap_or(false)
+    tx::<_, String>(|| Ok(check_worker_cap(parts as i64).is_ok())).unwrap_or(false)
 }
 
 /// Starts a harvest worker in the caller's database. With `wait_for_commit` the worker first waits for the caller's
@@ -221,32 +223,51 @@ pub extern "C-unwind" fn gn2pg_harvest_worker(arg: pg_sys::Datum) {
     run::execute(run_id, &source, mode);
 }
 
+/// What a failed transaction of [`tx`] gives back when PostgreSQL raised an ERROR in it.
+pub trait TxFailure {
+    fn caught(e: &pg_sys::panic::CaughtError) -> Self;
+}
+
+impl TxFailure for String {
+    fn caught(e: &pg_sys::panic::CaughtError) -> String {
+        caught_message(e)
+    }
+}
+
+/// The SQLSTATE of PostgreSQL's ERROR is kept.
+impl TxFailure for Error {
+    fn caught(e: &pg_sys::panic::CaughtError) -> Error {
+        Error::caught(e)
+    }
+}
+
 /// Runs `f` in its own transaction. Any ERROR (or an `Err`) rolls the transaction back and
-/// comes back as `Err(message)`, so the engine can record it and carry on.
-pub fn tx<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+/// comes back as `Err` (the closure's own, or the ERROR as `E`), so the engine can record it and
+/// carry on.
+pub fn tx<R, E: TxFailure>(f: impl FnOnce() -> Result<R, E>) -> Result<R, E> {
+    let failed: Cell<Option<E>> = Cell::new(None);
+    let failed_here = AssertUnwindSafe(&failed);
     let f = AssertUnwindSafe(f);
     PgTryBuilder::new(AssertUnwindSafe(|| {
         Ok(BackgroundWorker::transaction(AssertUnwindSafe(|| match (f.0)() {
             Ok(v) => v,
-            Err(m) => pgrx::error!("{m}"),
+            Err(e) => {
+                failed.set(Some(e));
+                // Only to roll back: the caller gets `e` itself.
+                pgrx::error!("gn2pg: transaction rolled back")
+            }
         })))
     }))
-    .catch_others(|e| {
+    .catch_others(move |e| {
         // SAFETY: BackgroundWorker::transaction re-raised without closing the transaction.
         unsafe { pg_sys::AbortCurrentTransaction() };
-        Err(caught_message(&e))
+        Err(failed_here.take().unwrap_or_else(|| E::caught(&e)))
     })
     .execute()
 }
 
 pub fn caught_message(e: &pg_sys::panic::CaughtError) -> String {
-    use pg_sys::panic::CaughtError::*;
-    match e {
-        PostgresError(r) | ErrorReport(r) | RustPanic { ereport: r, .. } => match r.detail() {
-            Some(d) if !d.is_empty() => format!("{} ({d})", r.message()),
-            _ => r.message().to_string(),
-        },
-    }
+    Error::caught(e).message
 }
 
 /// The start of a worker that acts for its launcher's transaction: signal handlers, then a

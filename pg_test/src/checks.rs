@@ -32,6 +32,26 @@ pub fn harvest(db: &mut Client, source: &str, mode: &str) -> Result<Value, Strin
         .map_err(|e| error_text(&e))
 }
 
+/// A gn2pg_harvest that must fail: the SQLSTATE its caller gets, and the error text.
+pub fn harvest_failure(db: &mut Client, source: &str, mode: &str) -> (String, String) {
+    match db.query_one("SELECT gn2pg_harvest($1, $2)::text", &[&source, &mode]) {
+        Ok(r) => panic!("the run of {source} succeeded: {}", r.get::<_, &str>(0)),
+        Err(e) => (e.code().map(|c| c.code().to_string()).unwrap_or_default(), error_text(&e)),
+    }
+}
+
+/// The (sqlstate, reason) a run recorded (README, "Errors").
+pub fn run_class(db: &mut Client, run_id: i64) -> (Option<String>, Option<String>) {
+    let r = db.query_one("SELECT sqlstate, reason FROM gn2pg.run_log WHERE id = $1", &[&run_id]).unwrap();
+    (r.get(0), r.get(1))
+}
+
+/// The (sqlstate, reason) of the latest run of a source.
+pub fn last_run_class(db: &mut Client, source: &str) -> (Option<String>, Option<String>) {
+    let id: i64 = db.query_one("SELECT max(id) FROM gn2pg.run_log WHERE source = $1", &[&source]).unwrap().get(0);
+    run_class(db, id)
+}
+
 /// An integer field of a run_log row.
 pub fn n(v: &Value, k: &str) -> i64 {
     v[k].as_i64().unwrap_or_else(|| panic!("{k} missing in {v}"))

@@ -5,9 +5,10 @@
 //! they do is committed for real (background workers only see committed data).
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub use postgres::error::DbError;
 pub use postgres::{Client, NoTls, Row};
 
 const TEMPLATE: &str = "gn2pg_template";
@@ -16,6 +17,17 @@ fn conn_string(db: &str) -> String {
     let host = std::env::var("GN2PG_TEST_PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
     let port = std::env::var("GN2PG_TEST_PGPORT").unwrap_or_else(|_| "55432".into());
     format!("host={host} port={port} user=postgres dbname={db} connect_timeout=10")
+}
+
+/// A session on `db` that keeps every NOTICE and WARNING it receives, with SQLSTATE, DETAIL and
+/// HINT.
+pub fn connect_with_notices(db: &str) -> (Client, Arc<Mutex<Vec<DbError>>>) {
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let sink = notices.clone();
+    let mut cfg: postgres::Config = conn_string(db).parse().unwrap();
+    cfg.notice_callback(move |n| sink.lock().unwrap().push(n));
+    let client = cfg.connect(NoTls).unwrap_or_else(|e| panic!("cannot connect to {}: {e}", conn_string(db)));
+    (client, notices)
 }
 
 /// Connects to a database of the test cluster, with a clear message when it is not running.

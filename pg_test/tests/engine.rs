@@ -5,7 +5,10 @@
 use std::time::{Duration, Instant};
 
 use gn2pg_pg_test::canned::{one_page_source, pages_source};
-use gn2pg_pg_test::checks::{add_source, assert_equal_to_source, harvest, n, run_ended, run_rows, wait_run};
+use gn2pg_pg_test::checks::{
+    add_source, assert_equal_to_source, harvest, harvest_failure, last_run_class, n, run_class, run_ended, run_rows,
+    wait_run,
+};
 use gn2pg_pg_test::db::{connect, error_text, Client, TestDb};
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer, Mutation};
 
@@ -97,22 +100,29 @@ fn persistent_faults_fail_clearly_and_load_nothing_from_the_bad_page() {
     let mut db = TestDb::new("faults");
     add_source(&mut db.client, "cut", &fx, 3, "public", r#"{"max_retries": 1}"#);
     fx.faults(Faults { truncate_next: 100, ..Default::default() });
-    let err = harvest(&mut db.client, "cut", "full").unwrap_err();
+    let (code, err) = harvest_failure(&mut db.client, "cut", "full");
     assert!(err.contains("source \"cut\"") && err.contains("cut short"), "{err}");
+    // A cut answer is not an export answer; the connection failed while it came.
+    assert_eq!(code, "08006", "{err}");
+    assert_eq!(last_run_class(&mut db.client, "cut"), (Some("08006".into()), Some("protocol".into())));
     let rows: i64 = db.client.query_one("SELECT count(*) FROM gn2pg.observation", &[]).unwrap().get(0);
     assert_eq!(rows, 0, "nothing may be loaded from a truncated page");
 
     add_source(&mut db.client, "slow", &fx, 3, "public", r#"{"max_retries": 1, "timeout_ms": 300}"#);
     fx.faults(Faults { slow_ms: 2000, ..Default::default() });
     let t = Instant::now();
-    let err = harvest(&mut db.client, "slow", "full").unwrap_err();
+    let (code, err) = harvest_failure(&mut db.client, "slow", "full");
     assert!(err.contains("timeout"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert_eq!(code, "08006", "{err}");
+    assert_eq!(last_run_class(&mut db.client, "slow"), (Some("08006".into()), Some("timeout".into())));
 
     add_source(&mut db.client, "burst", &fx, 3, "public", r#"{"max_retries": 2}"#);
     fx.faults(Faults { fail_next: 100, error_status: 503, html_errors: true, ..Default::default() });
-    let err = harvest(&mut db.client, "burst", "full").unwrap_err();
+    let (code, err) = harvest_failure(&mut db.client, "burst", "full");
     assert!(err.contains("HTTP 503") && err.contains("after 2 retries"), "{err}");
+    assert_eq!(code, "08000", "{err}");
+    assert_eq!(last_run_class(&mut db.client, "burst"), (Some("08000".into()), Some("http".into())));
     let statuses: Vec<String> =
         ["cut", "slow", "burst"].iter().map(|s| run_rows(&mut db.client, s)[0].1.clone()).collect();
     assert_eq!(statuses, vec!["failed"; 3]);
@@ -135,6 +145,7 @@ fn cancel_stops_a_run_within_two_seconds_and_keeps_loaded_pages() {
     let took = t.elapsed();
     assert_eq!(r["status"], "cancelled", "{r}");
     assert!(took < Duration::from_secs(2), "cancel took {took:?}");
+    assert_eq!(run_class(&mut db.client, run), (Some("57014".into()), Some("cancelled".into())));
     let kept: i64 = db.client.query_one("SELECT count(*) FROM gn2pg.observation", &[]).unwrap().get(0);
     assert_eq!(kept, 1000 * n(&r, "pages_done"));
     let not_running: bool = db.client.query_one("SELECT gn2pg_cancel($1)", &[&run]).unwrap().get(0);
@@ -148,6 +159,32 @@ fn cancel_stops_a_run_within_two_seconds_and_keeps_loaded_pages() {
     let last: i64 = db.client.query_one("SELECT max(id) FROM gn2pg.run_log", &[]).unwrap().get(0);
     let r = wait_run(&mut db.client, last, Duration::from_secs(3), "end", run_ended);
     assert_eq!(r["status"], "cancelled", "{r}");
+
+    // The caller of gn2pg_harvest whose run another session cancels gets query_canceled.
+    let name = db.name.clone();
+    let caller = std::thread::spawn(move || harvest_failure(&mut connect(&name), "slowbody", "full"));
+    let start = Instant::now();
+    let running = loop {
+        let r: Option<i64> = db
+            .client
+            .query_one("SELECT max(id) FROM gn2pg.run_log WHERE status = 'running' AND id > $1", &[&last])
+            .unwrap()
+            .get(0);
+        if let Some(r) = r {
+            break r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the third run did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ok: bool = db.client.query_one("SELECT gn2pg_cancel($1)", &[&running]).unwrap().get(0);
+    assert!(ok);
+    let (code, err) = caller.join().unwrap();
+    assert_eq!(code, "57014", "{err}");
+    assert!(
+        err.starts_with("gn2pg: source \"slowbody\": stopped on request") && err.contains("(reason cancelled)"),
+        "{err}"
+    );
+    assert_eq!(run_class(&mut db.client, running), (Some("57014".into()), Some("cancelled".into())));
 }
 
 #[test]
@@ -163,8 +200,9 @@ fn a_source_is_never_harvested_twice_at_once() {
         assert!(start.elapsed() < Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let err = harvest(&mut db.client, "busy", "full").unwrap_err();
+    let (code, err) = harvest_failure(&mut db.client, "busy", "full");
     assert!(err.contains("is being harvested by run"), "{err}");
+    assert_eq!(code, "55006", "object_in_use: {err}");
     let err2 = db.client.batch_execute("SELECT gn2pg_remove_source('busy')").unwrap_err();
     assert!(error_text(&err2).contains("is being harvested"), "{}", error_text(&err2));
     let run = first.join().unwrap().unwrap();
@@ -234,10 +272,13 @@ fn a_failing_part_fails_the_parallel_run() {
     let mut db = TestDb::new("workers_fail");
     add_source(&mut db.client, "multi", &fx, 3, "public", r#"{"workers": 2, "max_retries": 0}"#);
     fx.faults(Faults { error_every: 3, error_status: 500, ..Default::default() });
-    let err = harvest(&mut db.client, "multi", "full").unwrap_err();
+    let (code, err) = harvest_failure(&mut db.client, "multi", "full");
     assert!(err.contains("source \"multi\"") && err.contains("HTTP 500"), "{err}");
     let rows = run_rows(&mut db.client, "multi");
     assert_eq!(rows.last().unwrap().1, "failed");
+    // The class of the part's error is the run's.
+    assert_eq!(code, "08000", "{err}");
+    assert_eq!(last_run_class(&mut db.client, "multi"), (Some("08000".into()), Some("http".into())));
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! End-to-end harvests: the gn2pg extension, installed in the test cluster, pulls the fixture
 //! GeoNature over HTTP and the rows in PostgreSQL are compared with what the source serves.
 
-use gn2pg_pg_test::checks::{add_source, assert_equal_to_source, harvest, n, run_rows};
+use gn2pg_pg_test::checks::{
+    add_source, assert_equal_to_source, harvest, harvest_failure, last_run_class, n, run_rows,
+};
 use gn2pg_pg_test::db::{error_text, Client, TestDb};
 use gn2pg_pg_test::fixture::{
     Access, ExportConfig, Faults, FixtureConfig, FixtureServer, Mutation, Shape, TotalFiltered, View,
@@ -172,8 +174,15 @@ fn auto_mode_goes_incremental_and_fetches_only_changes() {
     assert_equal_to_source(&mut db.client, "inc", &fx, 1);
 }
 
-fn assert_failed_run(db: &mut Client, source: &str, err: &str, needles: &[&str]) {
-    assert!(err.contains(&format!("source \"{source}\"")), "error must name the source: {err}");
+/// A failed run: the caller got `class` (SQLSTATE, reason: README, "Errors") and an error naming
+/// the source and the cause, and the run log recorded the same.
+fn assert_failed_run(db: &mut Client, source: &str, failure: &(String, String), needles: &[&str], class: (&str, &str)) {
+    let (code, err) = failure;
+    assert_eq!(code, class.0, "SQLSTATE of {err}");
+    assert!(err.starts_with(&format!("gn2pg: source \"{source}\": ")), "error must name the source first: {err}");
+    assert!(err.contains(&format!("(reason {})", class.1)), "the DETAIL gives the reason: {err}");
+    let (sqlstate, reason) = last_run_class(db, source);
+    assert_eq!((sqlstate.as_deref(), reason.as_deref()), (Some(class.0), Some(class.1)), "run_log of {err}");
     for n in needles {
         assert!(err.contains(n), "error must mention {n:?}: {err}");
     }
@@ -196,8 +205,9 @@ fn unreachable_source_fails_clearly() {
             &[&format!("http://127.0.0.1:{port}/geonature")],
         )
         .unwrap();
-    let err = harvest(&mut db.client, "down", "auto").unwrap_err();
-    assert_failed_run(&mut db.client, "down", &err, &["cannot connect", &format!("127.0.0.1:{port}")]);
+    let failure = harvest_failure(&mut db.client, "down", "auto");
+    let needles = ["cannot connect", &format!("127.0.0.1:{port}")];
+    assert_failed_run(&mut db.client, "down", &failure, &needles, ("08001", "http"));
 }
 
 #[test]
@@ -207,9 +217,9 @@ fn bad_credentials_fail_without_leaking_them() {
     db.client
         .execute("SELECT gn2pg_add_source('badpw', $1, 1, 'login', 'harvester', 'wrong-pass-xyz')", &[&fx.base_url()])
         .unwrap();
-    let err = harvest(&mut db.client, "badpw", "auto").unwrap_err();
-    assert_failed_run(&mut db.client, "badpw", &err, &["login refused", "401"]);
-    assert!(!err.contains("wrong-pass-xyz"));
+    let failure = harvest_failure(&mut db.client, "badpw", "auto");
+    assert_failed_run(&mut db.client, "badpw", &failure, &["login refused", "401"], ("28000", "auth"));
+    assert!(!failure.1.contains("wrong-pass-xyz"));
     let leaks: i64 = db
         .client
         .query_one("SELECT count(*) FROM gn2pg.run_log WHERE error LIKE '%wrong-pass-xyz%'", &[])
@@ -228,13 +238,13 @@ fn wrong_token_and_unknown_export_fail_clearly() {
             &[&fx.base_url()],
         )
         .unwrap();
-    let err = harvest(&mut db.client, "badtok", "auto").unwrap_err();
-    assert_failed_run(&mut db.client, "badtok", &err, &["denied", "403"]);
-    assert!(!err.contains("deadbeef"), "the token must not appear: {err}");
+    let failure = harvest_failure(&mut db.client, "badtok", "auto");
+    assert_failed_run(&mut db.client, "badtok", &failure, &["denied", "403"], ("28000", "auth"));
+    assert!(!failure.1.contains("deadbeef"), "the token must not appear: {}", failure.1);
 
     db.client.execute("SELECT gn2pg_add_source('noexport', $1, 999)", &[&fx.base_url()]).unwrap();
-    let err = harvest(&mut db.client, "noexport", "auto").unwrap_err();
-    assert_failed_run(&mut db.client, "noexport", &err, &["not found", "404", "/api/999"]);
+    let failure = harvest_failure(&mut db.client, "noexport", "auto");
+    assert_failed_run(&mut db.client, "noexport", &failure, &["not found", "404", "/api/999"], ("22023", "config"));
 }
 
 #[test]
@@ -244,8 +254,9 @@ fn non_json_answer_fails_and_keeps_loaded_rows() {
     add_source(&mut db.client, "proxy", &fx, 3, "public", "{}");
     harvest(&mut db.client, "proxy", "full").unwrap();
     fx.faults(Faults { html_ok_next: 1000, ..Default::default() });
-    let err = harvest(&mut db.client, "proxy", "full").unwrap_err();
-    assert_failed_run(&mut db.client, "proxy", &err, &["did not answer JSON", "text/html"]);
+    let failure = harvest_failure(&mut db.client, "proxy", "full");
+    let needles = ["did not answer JSON", "text/html"];
+    assert_failed_run(&mut db.client, "proxy", &failure, &needles, ("22000", "protocol"));
     let kept: i64 = db.client.query_one("SELECT count(*) FROM gn2pg.observation", &[]).unwrap().get(0);
     assert_eq!(kept, 1000, "a failed run loses nothing already loaded");
 }
@@ -257,8 +268,8 @@ fn a_run_that_fails_mid_way_keeps_committed_pages() {
     add_source(&mut db.client, "mid", &fx, 3, "public", r#"{"max_retries": 0}"#);
     // Every second data request fails: page 1 loads, page 2 fails (no retries allowed).
     fx.faults(Faults { error_every: 2, error_status: 500, ..Default::default() });
-    let err = harvest(&mut db.client, "mid", "full").unwrap_err();
-    assert_failed_run(&mut db.client, "mid", &err, &["HTTP 500"]);
+    let failure = harvest_failure(&mut db.client, "mid", "full");
+    assert_failed_run(&mut db.client, "mid", &failure, &["HTTP 500"], ("08000", "http"));
     let (pages, kept): (i32, i64) = {
         let r = db
             .client
@@ -287,6 +298,24 @@ fn a_resumed_offset_walk_leaves_deletions_to_the_next_complete_one() {
     let complete = harvest(&mut db.client, "off", "full").unwrap();
     assert_eq!(n(&complete, "rows_deleted"), 10, "{complete}");
     assert_equal_to_source(&mut db.client, "off", &fx, 3);
+}
+
+#[test]
+fn a_run_that_cannot_start_says_why() {
+    let fx = fixture(10);
+    let mut db = TestDb::new("cannot_start");
+    add_source(&mut db.client, "off", &fx, 3, "public", "{}");
+    db.client.batch_execute("UPDATE gn2pg.source SET enabled = false WHERE name = 'off'").unwrap();
+    let failure = harvest_failure(&mut db.client, "off", "auto");
+    assert_failed_run(&mut db.client, "off", &failure, &["the source is disabled"], ("55000", "config"));
+    // Options a registration refuses, written behind gn2pg_add_source's back.
+    db.client
+        .batch_execute(
+            "UPDATE gn2pg.source SET enabled = true, options = '{\"max_page_bytes\": 1000000000}' WHERE name = 'off'",
+        )
+        .unwrap();
+    let failure = harvest_failure(&mut db.client, "off", "auto");
+    assert_failed_run(&mut db.client, "off", &failure, &["max_page_bytes"], ("22023", "config"));
 }
 
 #[test]

@@ -15,6 +15,9 @@ use gn2pg_pg_test::hostile::{memory_of, Attack, HostileSource};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
+/// What the run log records of an answer over a limit, and of one that is not an export answer.
+const LIMIT: (&str, &str) = ("54000", "limit");
+const PROTOCOL: (&str, &str) = ("22000", "protocol");
 
 struct Outcome {
     run: Value,
@@ -29,13 +32,15 @@ impl Outcome {
         self.run["error"].as_str().unwrap_or_default().to_string()
     }
 
-    /// The run failed with an error naming the source and saying `what`; memory stayed within
-    /// the bound.
-    fn assert_failed_with(&self, what: &str) {
+    /// The run failed with an error naming the source and saying `what`, of class `class`
+    /// (SQLSTATE, reason); memory stayed within the bound.
+    fn assert_failed_with(&self, what: &str, class: (&str, &str)) {
         assert_eq!(self.run["status"], "failed", "{}", self.run);
         let e = self.error();
         assert!(e.starts_with("source \"h\": "), "the error names the source: {e}");
         assert!(e.contains(what), "the error says {what:?}: {e}");
+        let recorded = (self.run["sqlstate"].as_str(), self.run["reason"].as_str());
+        assert_eq!(recorded, (Some(class.0), Some(class.1)), "{e}");
         self.assert_memory_bounded();
     }
 
@@ -105,7 +110,7 @@ fn ten_million_empty_objects() {
     let mut db = TestDb::new("hostile_objects");
     // 30 MB: 10 M items, a hundred times what a page may hold.
     let (src, out) = harvest_hostile(&mut db, Attack::EmptyObjects(10_000_000), 32 * MIB, "");
-    out.assert_failed_with("more than 100000 items in one page");
+    out.assert_failed_with("more than 100000 items in one page", LIMIT);
     assert!(src.bytes_written() > 30_000_000, "the whole page was sent");
 }
 
@@ -114,14 +119,14 @@ fn forty_million_array_elements() {
     let mut db = TestDb::new("hostile_elements");
     // 80 MB: one item with 40 M elements in one array.
     let (_src, out) = harvest_hostile(&mut db, Attack::ArrayElements(40_000_000), 96 * MIB, "");
-    out.assert_failed_with("array with more than 100000 elements");
+    out.assert_failed_with("array with more than 100000 elements", LIMIT);
 }
 
 #[test]
 fn nesting_two_hundred_thousand_deep() {
     let mut db = TestDb::new("hostile_nesting");
     let (_src, out) = harvest_hostile(&mut db, Attack::Nesting(200_000), MIB, "");
-    out.assert_failed_with("JSON nested deeper than 512 levels");
+    out.assert_failed_with("JSON nested deeper than 512 levels", LIMIT);
 }
 
 #[test]
@@ -129,7 +134,7 @@ fn a_two_hundred_megabyte_string() {
     let mut db = TestDb::new("hostile_string");
     // The answer is cut at max_page_bytes: the rest is never read.
     let (src, out) = harvest_hostile(&mut db, Attack::LongString(200_000_000), 32 * MIB, "");
-    out.assert_failed_with("exceeds 33554432 bytes");
+    out.assert_failed_with("exceeds 33554432 bytes", LIMIT);
     assert!(src.bytes_written() < 100_000_000, "gn2pg hung up early: {} bytes written", src.bytes_written());
 }
 
@@ -137,21 +142,21 @@ fn a_two_hundred_megabyte_string() {
 fn a_string_over_the_string_limit() {
     let mut db = TestDb::new("hostile_string_limit");
     let (_src, out) = harvest_hostile(&mut db, Attack::LongString(20_000_000), 32 * MIB, "");
-    out.assert_failed_with("string longer than 16777216 bytes");
+    out.assert_failed_with("string longer than 16777216 bytes", LIMIT);
 }
 
 #[test]
 fn a_body_that_is_not_utf8() {
     let mut db = TestDb::new("hostile_utf8");
     let (_src, out) = harvest_hostile(&mut db, Attack::InvalidUtf8, MIB, "");
-    out.assert_failed_with("body is not UTF-8");
+    out.assert_failed_with("body is not UTF-8", PROTOCOL);
 }
 
 #[test]
 fn nan_is_not_json() {
     let mut db = TestDb::new("hostile_nan");
     let (_src, out) = harvest_hostile(&mut db, Attack::NaN, MIB, "");
-    out.assert_failed_with("malformed JSON");
+    out.assert_failed_with("malformed JSON", PROTOCOL);
     assert!(out.error().contains("expected a JSON value at byte"), "{}", out.error());
 }
 
@@ -177,7 +182,7 @@ fn numbers_out_of_range() {
 fn a_body_that_never_ends() {
     let mut db = TestDb::new("hostile_endless");
     let (src, out) = harvest_hostile(&mut db, Attack::Endless, 8 * MIB, "");
-    out.assert_failed_with("exceeds 8388608 bytes");
+    out.assert_failed_with("exceeds 8388608 bytes", LIMIT);
     assert!(src.bytes_written() < 64 * MIB, "gn2pg hung up: {} bytes written", src.bytes_written());
 }
 
@@ -187,6 +192,6 @@ fn a_body_that_trickles_forever() {
     // Each read comes within the timeout; the whole answer must come within ten of them.
     let t = Instant::now();
     let (_src, out) = harvest_hostile(&mut db, Attack::Trickle, MIB, r#", "timeout_ms": 300"#);
-    out.assert_failed_with("the answer did not end within 3 s (10 times the timeout)");
+    out.assert_failed_with("the answer did not end within 3 s (10 times the timeout)", ("08006", "timeout"));
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 }

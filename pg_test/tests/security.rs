@@ -323,7 +323,6 @@ const REVIEWED: &[(&str, bool, &str)] = &[
     ("gn2pg._abandon_dead_runs(text,bigint)", false, ""),
     ("gn2pg._active_run(text,bigint)", false, ""),
     ("gn2pg._alert_event(gn2pg.alert,text)", false, ""),
-    ("gn2pg._busy_refusal(text)", false, "gn2pg_reader"),
     ("gn2pg._check_source(text,text)", false, "gn2pg_admin"),
     ("gn2pg._check_stale()", false, ""),
     ("gn2pg._claim_source(text)", false, ""),

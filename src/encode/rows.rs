@@ -15,7 +15,9 @@ use super::array::{Aligned, ArrayBuilder, Elem};
 use super::geometry::{self, Converted};
 use super::jsonb::{self, Value};
 use super::varlena;
-use crate::source::page::{is_uuid, item_key, key_of, read_page, summary, Fields, PageLimits, PageSummary, ParsedItem};
+use crate::source::page::{
+    is_uuid, item_key, key_of, read_page, summary, Fields, PageLimits, PageSummary, ParsedItem, OVER_LIMIT,
+};
 
 /// About what the other columns of a gn2pg.observation row take on disk: an item bigger than
 /// the TOAST threshold minus this makes PostgreSQL compress it.
@@ -188,8 +190,7 @@ impl Budget<'_> {
     fn charge(&mut self, bytes: usize) -> Result<(), String> {
         self.left = self.left.checked_sub(bytes).ok_or_else(|| {
             format!(
-                "the answer exceeds a limit of gn2pg: its items take more than {} bytes once encoded \
-                 (twice max_page_bytes = {})",
+                "{OVER_LIMIT}its items take more than {} bytes once encoded (twice max_page_bytes = {})",
                 self.limits.encoded_bytes(),
                 self.limits.max_page_bytes
             )
@@ -325,7 +326,7 @@ fn parse_item(
     };
     let item = match encode_exact(&value, &NESTED_METADATA, scratch) {
         Ok(item) => item,
-        Err(e) if e.limit => return Err(format!("the answer exceeds a limit of gn2pg: {e}")),
+        Err(e) if e.limit => return Err(format!("{OVER_LIMIT}{e}")),
         Err(e) => {
             let uuid = uuid.map(Cow::into_owned);
             let reason = format!("item cannot be stored as jsonb: {e}");

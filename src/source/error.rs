@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use crate::error::{Error, Reason, SqlState};
+use crate::source::page::OVER_LIMIT;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The source registry row cannot be used as it is.
@@ -77,12 +80,43 @@ impl SourceError {
         }
     }
 
+    /// What kind of failure this is, and the SQLSTATE the caller of a run gets (README, "Errors").
+    pub fn class(&self) -> (Reason, SqlState) {
+        use SourceError::*;
+        match self {
+            Config(_) | NotFound { .. } => (Reason::Config, SqlState::INVALID_PARAMETER_VALUE),
+            Connect { .. } => (Reason::Http, SqlState::CANNOT_CONNECT),
+            // An answer cut short is not an export answer (like cut JSON); the connection failed.
+            Truncated { .. } => (Reason::Protocol, SqlState::CONNECTION_FAILURE),
+            Http { .. } => (Reason::Http, SqlState::CONNECTION_EXCEPTION),
+            Timeout { .. } => (Reason::Timeout, SqlState::CONNECTION_FAILURE),
+            LoginRefused { .. } | AuthRequired { .. } | Forbidden { .. } | NoExportModule { .. } => {
+                (Reason::Auth, SqlState::INVALID_AUTHORIZATION)
+            }
+            TooLarge { .. } => (Reason::Limit, SqlState::PROGRAM_LIMIT_EXCEEDED),
+            // Page errors are plain strings (source::page::read_page); those over a limit are
+            // all made with this prefix.
+            BadAnswer { cause, .. } if cause.starts_with(OVER_LIMIT) => {
+                (Reason::Limit, SqlState::PROGRAM_LIMIT_EXCEEDED)
+            }
+            NotJson { .. } | BadAnswer { .. } | Paging(_) => (Reason::Protocol, SqlState::DATA_EXCEPTION),
+            Cancelled(_) => (Reason::Cancelled, SqlState::QUERY_CANCELED),
+        }
+    }
+
     /// Delay the server asked for (Retry-After), if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             SourceError::Http { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+}
+
+impl From<SourceError> for Error {
+    fn from(e: SourceError) -> Error {
+        let (reason, sqlstate) = e.class();
+        Error::new(reason, sqlstate, e.to_string())
     }
 }
 
@@ -239,6 +273,36 @@ mod tests {
         assert!(!out.contains("p@ss") && !out.contains("p%40ss") && !out.contains("c00kie"), "{out}");
         assert!(out.contains("tok stays"), "{out}");
         assert_eq!(Scrubber::default().scrub("nothing secret"), "nothing secret");
+    }
+
+    #[test]
+    fn every_error_has_its_reason_and_sqlstate() {
+        let url = || "http://h/api".to_string();
+        let cases = [
+            (SourceError::LoginRefused { url: url(), status: 401, detail: String::new() }, "auth", "28000"),
+            (SourceError::Forbidden { url: url(), detail: String::new() }, "auth", "28000"),
+            (SourceError::NoExportModule { url: url() }, "auth", "28000"),
+            (SourceError::Connect { url: url(), cause: String::new() }, "http", "08001"),
+            (SourceError::Http { url: url(), status: 503, detail: String::new(), retry_after: None }, "http", "08000"),
+            (SourceError::Truncated { url: url(), cause: String::new() }, "protocol", "08006"),
+            (SourceError::Timeout { url: url(), cause: String::new() }, "timeout", "08006"),
+            (
+                SourceError::NotJson { url: url(), content_type: "text/html".into(), snippet: String::new() },
+                "protocol",
+                "22000",
+            ),
+            (SourceError::BadAnswer { url: url(), cause: "truncated JSON".into() }, "protocol", "22000"),
+            (SourceError::Paging("the source ignores filter_n_up_id".into()), "protocol", "22000"),
+            (SourceError::TooLarge { url: url(), max: 1 }, "limit", "54000"),
+            (SourceError::BadAnswer { url: url(), cause: format!("{OVER_LIMIT}more than 3 items") }, "limit", "54000"),
+            (SourceError::NotFound { url: url(), detail: String::new() }, "config", "22023"),
+            (SourceError::Config("bad".into()), "config", "22023"),
+            (SourceError::Cancelled("stop".into()), "cancelled", "57014"),
+        ];
+        for (e, reason, sqlstate) in cases {
+            let (r, s) = e.class();
+            assert_eq!((r.as_str(), s.as_str()), (reason, sqlstate), "{e}");
+        }
     }
 
     #[test]

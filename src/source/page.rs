@@ -95,9 +95,13 @@ impl PageLimits {
     }
 
     fn exceeded(&self, what: String) -> String {
-        format!("the answer exceeds a limit of gn2pg: {what} (max_page_bytes = {})", self.max_page_bytes)
+        format!("{OVER_LIMIT}{what} (max_page_bytes = {})", self.max_page_bytes)
     }
 }
+
+/// How every page error over a limit of gn2pg begins (as opposed to a malformed page): the
+/// source layer tells the two apart by it (`SourceError::class`).
+pub const OVER_LIMIT: &str = "the answer exceeds a limit of gn2pg: ";
 
 /// What a page holds, counted in a pass that builds nothing, before anything is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -229,7 +233,7 @@ impl<'a> Items<'a> for Count<'_> {
 fn walk<'a, I: Items<'a>>(body: &'a str, items: &mut I) -> Result<Envelope, String> {
     let page_error = |e: JsonbError| {
         if e.limit {
-            format!("the answer exceeds a limit of gn2pg: {e}")
+            format!("{OVER_LIMIT}{e}")
         } else if e.truncated {
             // Truncated bodies are common behind proxies; say so plainly.
             format!("truncated JSON ({} bytes received): {e}", body.len())
