@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use gn2pg_pg_test::db::{connect, error_text, Client, TestDb};
+use gn2pg_pg_test::db::{connect, connect_with_notices, error_text, Client, DbError, TestDb};
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer};
 use gn2pg_pg_test::hook::{next_alert, Hook};
 use gn2pg_pg_test::roles::{allow_loopback_hosts, connect_as, unique, Roles};
@@ -356,6 +356,95 @@ fn a_failing_source_raises_an_alert_notify_and_webhook_and_recovery_clears_it() 
         .unwrap()
         .get(0);
     assert_eq!(leaks, 0);
+}
+
+/// Issue 10, item 4: a run whose rows are all rejected (every uuid belongs to another source)
+/// still ends `success`, but its caller gets a WARNING with the count and where to look,
+/// flow_status shows it, and an alert of kind 'rejected' is raised, which a failed run leaves
+/// open and a successful run rejecting nothing resolves.
+#[test]
+fn a_run_that_rejects_rows_warns_shows_and_alerts_until_a_clean_run() {
+    let db = TestDb::new("rejected");
+    let (mut c, notices) = connect_with_notices(&db.name);
+    let mut listener = db.session();
+    listener.batch_execute("LISTEN gn2pg_alert").unwrap();
+    let fx = fixture(300);
+    let warnings =
+        || -> Vec<DbError> { notices.lock().unwrap().drain(..).filter(|n| n.severity() == "WARNING").collect() };
+    // Two sources of the same export: the second one's uuids all belong to the first.
+    c.execute("SELECT gn2pg_add_source('first', $1, 3)", &[&fx.base_url()]).unwrap();
+    c.execute("SELECT gn2pg_add_source('second', $1, 3, options => '{\"max_retries\": 0}')", &[&fx.base_url()])
+        .unwrap();
+    harvest(&mut c, "first").unwrap();
+    assert!(warnings().is_empty());
+    let run = harvest(&mut c, "second").unwrap();
+    let run_id = run["id"].as_i64().unwrap();
+    let counts = (run["status"].as_str(), run["rows_upserted"].as_i64(), run["rows_failed"].as_i64());
+    assert_eq!(counts, (Some("success"), Some(0), Some(300)), "the status semantics stay: {run}");
+
+    // The caller is told how many, and where to look.
+    let w = warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].code().code(), "01000");
+    assert_eq!(w[0].message(), format!("gn2pg: source \"second\": run {run_id} rejected 300 of the 300 rows received"));
+    assert!(w[0].detail().is_some_and(|d| d.contains("ended success")), "{w:?}");
+    let look = format!("SELECT id_data, uuid, error FROM gn2pg.run_error WHERE run_id = {run_id};");
+    assert!(w[0].hint().is_some_and(|h| h.contains(&look)), "{w:?}");
+    let listed: i64 = c.query_one("SELECT count(*) FROM gn2pg.run_error WHERE run_id = $1", &[&run_id]).unwrap().get(0);
+    assert_eq!(listed, 300, "the query of the hint lists them");
+
+    // flow_status and the alert.
+    let f = flow(&mut c, "second");
+    assert_eq!(
+        (f["last_rows_rejected"].as_i64(), f["last_rejected_run_id"].as_i64(), f["health"].as_str()),
+        (Some(300), Some(run_id), Some("ok"))
+    );
+    assert_eq!(f["open_alert_kinds"], serde_json::json!(["rejected"]));
+    assert_eq!(flow(&mut c, "first")["last_rows_rejected"], 0);
+    let note = next_alert(&mut listener, 10).expect("a NOTIFY for the rejections");
+    assert_eq!(
+        (note["event"].as_str(), note["source"].as_str(), note["kind"].as_str(), note["run_id"].as_i64()),
+        (Some("raised"), Some("second"), Some("rejected"), Some(run_id))
+    );
+    let message = note["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("rejected 300 of the 300 rows received") && message.contains(&format!("run_id = {run_id}"))
+    );
+
+    // A failed run proves nothing about the rows: the rejection stands.
+    fx.faults(Faults { error_every: 1, error_status: 503, ..Default::default() });
+    harvest(&mut c, "second").unwrap_err();
+    let f = flow(&mut c, "second");
+    assert_eq!((f["last_rows_rejected"].as_i64(), f["last_rejected_run_id"].as_i64()), (Some(300), Some(run_id)));
+    assert_eq!(f["open_alert_kinds"], serde_json::json!(["failed", "rejected"]));
+    assert_eq!(next_alert(&mut listener, 10).expect("the failure")["kind"], "failed");
+
+    // Once the first source gives the uuids back, a full run loads the rows and rejects none.
+    fx.faults(Faults::default());
+    c.execute("SELECT gn2pg_remove_source('first', drop_data => true)", &[]).unwrap();
+    let clean: String = c.query_one("SELECT gn2pg_harvest('second', 'full')::text", &[]).unwrap().get(0);
+    let clean: Value = serde_json::from_str(&clean).unwrap();
+    assert_eq!((clean["rows_upserted"].as_i64(), clean["rows_failed"].as_i64()), (Some(300), Some(0)), "{clean}");
+    assert!(warnings().is_empty(), "no rejection, no warning");
+    let resolved_by: Vec<(String, Option<i64>)> = c
+        .query("SELECT kind, resolved_by_run FROM gn2pg.alert WHERE source = 'second' ORDER BY kind", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let clean_id = clean["id"].as_i64();
+    assert_eq!(resolved_by, vec![("failed".to_string(), clean_id), ("rejected".to_string(), clean_id)]);
+    let f = flow(&mut c, "second");
+    assert_eq!(
+        (f["last_rows_rejected"].as_i64(), f["last_rejected_run_id"].as_i64(), f["open_alerts"].as_i64()),
+        (Some(0), None, Some(0))
+    );
+    let mut resolved: Vec<String> = (0..2)
+        .map(|_| next_alert(&mut listener, 10).expect("a NOTIFY per resolution"))
+        .map(|n| format!("{} {}", n["event"].as_str().unwrap_or(""), n["kind"].as_str().unwrap_or("")))
+        .collect();
+    resolved.sort();
+    assert_eq!(resolved, vec!["resolved failed", "resolved rejected"]);
 }
 
 #[test]

@@ -147,3 +147,38 @@ fn duplicate_uuids_left_by_an_old_version_keep_the_uuid_index_plain() {
     let run = harvest(&mut db.client, "pub", "full").unwrap();
     assert_eq!((n(&run, "rows_upserted"), n(&run, "rows_failed")), (1199, 1), "{run}");
 }
+
+/// 0.2.0 recorded a start refused because its source was busy as a failed run, told apart only
+/// by its text. The update gives such rows their reason once (busy, 55006): flow_status then
+/// skips them by reason, and nothing reads the text any more.
+#[test]
+fn busy_refusals_recorded_by_0_2_0_get_their_reason() {
+    let mut db = TestDb::empty("busy_020", "");
+    db.client.batch_execute("CREATE EXTENSION gn2pg VERSION '0.2.0' CASCADE").unwrap();
+    db.client
+        .batch_execute(
+            "INSERT INTO gn2pg.source (name, url, export_id, auth) VALUES ('p', 'http://127.0.0.1:9/api', 3, 'public');
+             INSERT INTO gn2pg.run_log (id, source, mode, status, finished_at, error) VALUES
+               (1, 'p', 'full', 'success', now(), NULL),
+               (2, 'p', 'full', 'failed', now(), 'source \"p\" is already being harvested by run 1 (pid 4242)')",
+        )
+        .unwrap();
+    db.client.batch_execute("ALTER EXTENSION gn2pg UPDATE").unwrap();
+    let classes: Vec<(i64, Option<String>, Option<String>)> = db
+        .client
+        .query("SELECT id, sqlstate, reason FROM gn2pg.run_log ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(classes, vec![(1, None, None), (2, Some("55006".into()), Some("busy".into()))]);
+    let r = db
+        .client
+        .query_one("SELECT last_run_id, last_run_status, last_run_reason, health FROM gn2pg.flow_status", &[])
+        .unwrap();
+    let flow: (Option<i64>, Option<String>, Option<String>, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+    assert_eq!(flow, (Some(1), Some("success".into()), None, "ok".into()), "the refusal is not the last run");
+    let left: i64 =
+        db.client.query_one("SELECT count(*) FROM pg_proc WHERE proname = '_busy_refusal'", &[]).unwrap().get(0);
+    assert_eq!(left, 0, "no function matches message text any more");
+}
