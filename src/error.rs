@@ -93,9 +93,9 @@ impl Reason {
             Reason::Limit => {
                 "See \"Limits on what a source may send\" in gn2pg's README; max_page_bytes (option or setting) raises the limits that follow from it.".to_string()
             }
-            Reason::Config => {
-                format!("Correct the registration of source \"{source}\" (gn2pg_add_source) or the setting named above.")
-            }
+            Reason::Config => format!(
+                "The message says what to correct: the registration of source \"{source}\" (gn2pg_add_source), a setting, or this database."
+            ),
             Reason::Busy => "Wait for the other run to end.".to_string(),
             Reason::Cancelled => "Rows loaded before the cancel are kept; the next run resumes from them.".to_string(),
             Reason::Database | Reason::Internal => "See the server log.".to_string(),

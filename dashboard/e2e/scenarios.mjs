@@ -146,6 +146,29 @@ const scenarios = {
     await shot(page, "failing-alert");
   },
 
+  // A source whose rows were all rejected (their uuids belong to another source) shows it on
+  // the flows, links to the rejected rows, and its alert of kind rejected.
+  async rejected(page) {
+    await signIn(page, env("READER"), "reader-pw");
+    const row = "#flows-table tr[data-source=copy]";
+    const text = await page.textContent(row);
+    check(text.includes("success"), `the run succeeded: ${text}`);
+    check(/2\D?000 rows rejected/.test(text), `the rejections are shown: ${text}`);
+    check(text.includes("1 open") && text.includes("rejected"), `its alert is counted with its kind: ${text}`);
+    check(!(await page.textContent("#flows-table tr[data-source=pne]")).includes("rejected"), "pne rejected nothing");
+    await shot(page, "rejected-flows");
+    await Promise.all([page.waitForLoadState("load"), page.click(`${row} .rejected-line a`)]);
+    check(/\/sources\/copy\/runs\/\d+$/.test(page.url()), `the link opens the run: ${page.url()}`);
+    check((await page.textContent("#rejected")).replace(/\D/g, "") === "2000", "the run's rejected count");
+    const first = await page.textContent("#rejected-rows article.rejected");
+    check(first.includes("already belongs to source pne"), `each rejected row says why: ${first}`);
+    await page.goto(`${URL_}/alerts?source=copy`);
+    const alert = await page.textContent("article.alert[data-source=copy]");
+    check(alert.includes("rejected 2000 of the 2000 rows received"), `the alert says how many: ${alert}`);
+    check((await page.$("article.alert[data-source=copy] h2 .badge.warn")) !== null, "its kind is a warning badge");
+    await shot(page, "rejected-alert");
+  },
+
   // An admin adds a source: Test connection with a wrong password says so; then it saves.
   async admin(page) {
     await signIn(page, env("ADMIN"), "admin-pw");

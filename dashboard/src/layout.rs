@@ -87,7 +87,7 @@ pub fn badge(word: &str) -> Markup {
     let class = match word {
         "ok" | "success" | "sent" => "badge ok",
         "failing" | "failed" | "abandoned" | "stale" => "badge bad",
-        "late" | "cancelled" | "pending" | "sending" => "badge warn",
+        "late" | "cancelled" | "pending" | "sending" | "rejected" => "badge warn",
         "running" => "badge run",
         _ => "badge",
     };

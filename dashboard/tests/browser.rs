@@ -302,6 +302,28 @@ fn a_failing_source_shows_its_alert_and_an_operator_acknowledges_it() {
 }
 
 #[test]
+fn rows_a_run_rejected_show_on_the_flows_with_their_alert() {
+    let mut w = world(Options::default());
+    let base = w.fixture.base_url();
+    // A second source of the same export: every uuid belongs to pne already.
+    // One statement each: a run sees what committed before it.
+    for sql in [
+        "SELECT gn2pg_harvest('pne')".to_string(),
+        format!("SELECT gn2pg_add_source('copy', '{base}', 1, 'login', 'harvester', 'secret', options => '{{\"page_size\": 500}}')"),
+        "SELECT gn2pg_harvest('copy')".to_string(),
+    ] {
+        w.db.client.batch_execute(&sql).unwrap();
+    }
+    let rejected: i64 =
+        w.db.client
+            .query_one("SELECT last_rows_rejected FROM gn2pg.flow_status WHERE source = 'copy'", &[])
+            .unwrap()
+            .get(0);
+    assert_eq!(rejected, 2000);
+    browse(&w, "rejected");
+}
+
+#[test]
 fn admin_tests_a_connection_with_a_wrong_password_then_saves_the_source() {
     let mut w = world(Options::default());
     browse(&w, "admin");

@@ -43,6 +43,10 @@ struct Flow {
     last_duration: Option<f64>,
     last_finished: Option<String>,
     last_error: Option<String>,
+    /// Why the last run failed (`gn2pg.run_log.reason`).
+    last_reason: Option<String>,
+    /// Rows rejected by the latest run that rejected any (until a clean run), and that run.
+    rejected: Option<(i64, i64)>,
     open_alerts: i32,
     alert_kinds: Vec<String>,
     local_rows: i64,
@@ -53,7 +57,8 @@ SELECT f.source, f.organism, f.organism_id, f.enabled, f.health, f.schedule, f.s
        to_char(f.next_run_at, 'YYYY-MM-DD HH24:MI'), f.running_run_id, r.pages_done, r.rows_received,
        f.last_run_status, f.last_run_mode, f.last_run_rows,
        extract(epoch FROM f.last_run_duration)::float8, to_char(f.last_run_finished_at, 'YYYY-MM-DD HH24:MI'),
-       f.last_run_error, f.open_alerts, coalesce(f.open_alert_kinds, '{}'), f.local_rows
+       f.last_run_error, f.open_alerts, coalesce(f.open_alert_kinds, '{}'), f.local_rows,
+       f.last_run_reason, f.last_rows_rejected, f.last_rejected_run_id
   FROM gn2pg.flow_status f
   LEFT JOIN gn2pg.run_log r ON r.id = f.running_run_id
  WHERE ($1 = '' OR f.health = $1 OR ($1 = 'running' AND f.running_run_id IS NOT NULL))
@@ -86,6 +91,8 @@ async fn load(tx: &UserTx, f: &Filter) -> Result<Vec<Flow>, AppError> {
             open_alerts: r.get(17),
             alert_kinds: r.get(18),
             local_rows: r.get(19),
+            last_reason: r.get(20),
+            rejected: r.get::<_, Option<i64>>(22).map(|run| (r.get(21), run)),
         })
         .collect())
 }
@@ -113,9 +120,18 @@ fn table(flows: &[Flow]) -> Markup {
                             @if let Some((id, pages, rows)) = f.running {
                                 (badge("running")) " " small { "run " (id) ": page " (pages) ", " (count(rows)) " rows" }
                             } @else if let Some(s) = &f.last_status {
-                                (badge(s)) " " small { (f.last_mode.as_deref().unwrap_or("")) }
+                                (badge(s)) " " small {
+                                    (f.last_mode.as_deref().unwrap_or(""))
+                                    @if let Some(r) = &f.last_reason { " · " span class="reason" title="gn2pg.run_log.reason" { (r) } }
+                                }
                                 @if let Some(e) = &f.last_error { div class="err-line" title=(e) { (e) } }
                             } @else { (dash()) }
+                            @if let Some((rows, run)) = f.rejected {
+                                div class="rejected-line" {
+                                    a href=(format!("/sources/{}/runs/{run}", f.source)) class="badge warn"
+                                        title="Rows not stored: see the run's rejected rows" { (count(rows)) " rows rejected" }
+                                }
+                            }
                         }
                         td class="num" { @if let Some(n) = f.last_rows { (count(n)) } @else { (dash()) } }
                         td class="num" { @if let Some(d) = f.last_duration { (duration(d)) } @else { (dash()) } }
