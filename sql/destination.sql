@@ -70,7 +70,7 @@ COMMENT ON TABLE gn2pg.nomenclature_mapping IS
     'Nomenclature values of a source mapped to a code of the destination. Manage with gn2pg_map_nomenclature() / gn2pg_unmap_nomenclature().';
 
 CREATE TABLE gn2pg.destination_report (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigserial PRIMARY KEY,
     source      text NOT NULL,
     run_id      bigint,                    -- NULL: gn2pg_sync_destination()
     sync_at     timestamptz,               -- gn2pg_sync_destination(): its transaction's start
