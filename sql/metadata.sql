@@ -569,7 +569,7 @@ COMMENT ON COLUMN gn2pg.metadata_mapping.source IS 'Name of the source.';
 COMMENT ON COLUMN gn2pg.metadata_mapping.level IS 'ca (acquisition framework) or jdd (dataset).';
 COMMENT ON COLUMN gn2pg.metadata_mapping.source_uuid IS 'The CA or JDD uuid as the source sent it.';
 COMMENT ON COLUMN gn2pg.metadata_mapping.source_name IS
-    'Its name at the source (gn2pg.metadata.name); NULL when only rows named it.';
+    'Its name at the source (gn2pg.metadata.name); NULL when the source sent none.';
 COMMENT ON COLUMN gn2pg.metadata_mapping.rows IS
     'Harvested rows that carry it as sent (source_ca_uuid or source_jdd_uuid).';
 COMMENT ON COLUMN gn2pg.metadata_mapping.mapped IS 'A mapping applies to its rows; false: they keep the source value.';

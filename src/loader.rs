@@ -133,11 +133,8 @@ pub fn finish_destination(source: &str, run_id: i64) -> SpiResult<()> {
 
 /// Up to `limit` stored keys of a source greater than `after`, in key order.
 pub fn stored_keys_after(source: &str, after: i64, limit: i64) -> SpiResult<Vec<i64>> {
-    Ok(Spi::get_one_with_args::<Vec<i64>>(
-        STORED_KEYS_AFTER_SQL,
-        &[source.into(), after.into(), limit.into()],
-    )?
-    .unwrap_or_default())
+    Ok(Spi::get_one_with_args::<Vec<i64>>(STORED_KEYS_AFTER_SQL, &[source.into(), after.into(), limit.into()])?
+        .unwrap_or_default())
 }
 
 /// A by-reference datum built in Rust, handed to SPI as is.
