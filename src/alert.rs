@@ -83,7 +83,7 @@ fn record(id: i64, state: &str, attempts: i32, error: Option<&str>) -> Result<()
 }
 
 /// Builds the HTTP client with every signal blocked, so that reqwest's runtime thread never
-/// runs PostgreSQL's signal handlers (pgrx-notes.md §4).
+/// runs PostgreSQL's signal handlers (docs/pgrx-notes.md §4).
 fn client(timeout: Duration) -> Result<Client, String> {
     // SAFETY: plain POSIX calls on local sigset_t values; the old mask is always restored.
     unsafe {

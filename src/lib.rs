@@ -126,6 +126,13 @@ extension_sql_file!(
     requires = ["operations", "dashboard", cron_cleanup::cron_cleanup_after_commit]
 );
 
+// COMMENTs of the functions pgrx generates; after every other file, so that they all exist.
+extension_sql_file!(
+    "../sql/comments.sql",
+    name = "comments",
+    requires = ["schema", "metadata", "operations", "destination", "dashboard", "lifecycle"]
+);
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();

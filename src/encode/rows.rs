@@ -405,7 +405,7 @@ fn describe(value: &Value, level: Level, scratch: &mut Vec<u8>) -> Described {
     Described { name, item }
 }
 
-/// De-duplication (views joining several protocols repeat a row, source-api.md §3.4: the last
+/// De-duplication (views joining several protocols repeat a row, docs/source-api.md §3.4: the last
 /// copy of a key wins), one uuid per key within the page, and the page's CA/JDD. Every
 /// collection holds at most one entry per item, reserved fallibly.
 fn assemble(parsed: Vec<Parsed>) -> Result<PageRows, String> {

@@ -1,7 +1,7 @@
 //! HTTP side of a source: one `reqwest` blocking client per run, login with a cookie jar,
 //! Export module discovery, page fetches with retries, and the deletion log.
 //!
-//! Backend rules this file follows (pgrx-notes.md §4): the client is built with every signal
+//! Backend rules this file follows (docs/pgrx-notes.md §4): the client is built with every signal
 //! blocked so that reqwest's runtime threads never run PostgreSQL's handlers; bodies are read in
 //! chunks with a cancellation check between chunks; retry waits go through the host, which
 //! sleeps on the backend latch. Nothing here may call PostgreSQL: reqwest threads must not,
