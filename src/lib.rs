@@ -28,6 +28,7 @@ use pgrx::prelude::*;
 mod access;
 mod alert;
 mod api;
+mod calendar;
 mod check;
 mod cron;
 mod cron_cleanup;

@@ -74,7 +74,7 @@ pub const USER_AGENT: &str = concat!("gn2pg/", env!("CARGO_PKG_VERSION"), " (Pos
 
 /// Runs `f` with every signal blocked in the calling thread, so threads spawned inside inherit
 /// a full mask and PostgreSQL's handlers keep running on the backend thread only.
-fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+pub fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: plain POSIX calls on local sigset_t values; the old mask is always restored.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
