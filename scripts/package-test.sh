@@ -125,27 +125,35 @@ else
     not_ok "lintian is installed (scripts/setup.sh)"
 fi
 
-# The dashboard's package: built when dashboard/ exists; otherwise its packaging is exercised
-# with a placeholder binary (only the package is checked, it is not installed).
-if [ -f dashboard/Cargo.toml ]; then
-    DASH_DEB="$(ls "$TMP"/new/gn2pg-dashboard_*_amd64.deb 2>/dev/null | head -n 1)"
-    DASH_WHAT="gn2pg-dashboard package"
-else
-    cargo build --release -q -p gn2pg-pg-test --bin gn2pg-fixture-source >/dev/null 2>&1
-    GN2PG_DASHBOARD_BIN="$ROOT/target/release/gn2pg-fixture-source" bash scripts/package.sh --out "$TMP/dash" \
-        > "$TMP/package-dash.log" 2>&1
-    DASH_DEB="$(ls "$TMP"/dash/gn2pg-dashboard_*_amd64.deb 2>/dev/null | head -n 1)"
-    DASH_WHAT="gn2pg-dashboard package (placeholder binary)"
-fi
+# The dashboard's package, with the real binary: its files, and the packaged binary started with
+# the packaged settings (their keys must be the ones the program reads).
+DASH_DEB="$(ls "$TMP"/new/gn2pg-dashboard_*_amd64.deb 2>/dev/null | head -n 1)"
+DASH_WHAT="gn2pg-dashboard package"
 if [ -n "$DASH_DEB" ]; then
     dash="$(dpkg-deb -c "$DASH_DEB" | awk '{print $6}')"
     check "$DASH_WHAT: binary, systemd unit, configuration" bash -c \
-        "grep -qx ./usr/bin/gn2pg-dashboard <<< '$dash' && grep -qx ./lib/systemd/system/gn2pg-dashboard.service <<< '$dash' && grep -qx ./etc/gn2pg/dashboard.conf <<< '$dash'"
+        "grep -qx ./usr/bin/gn2pg-dashboard <<< '$dash' && grep -qx ./lib/systemd/system/gn2pg-dashboard.service <<< '$dash' && grep -qx ./etc/gn2pg/dashboard.toml <<< '$dash'"
+    dpkg-deb -x "$DASH_DEB" "$TMP/dash-files"
+    # The packaged settings with the real binary: the settings parse (exit status 2 and the usage
+    # otherwise), and it goes as far as connecting (to a port nothing listens on).
+    printf 'secret\n' > "$TMP/dash-password"
+    out="$(cd "$TMP" && GN2PG_DASHBOARD_DATABASE_PASSWORD_FILE="$TMP/dash-password" timeout 60 \
+        "$TMP/dash-files/usr/bin/gn2pg-dashboard" --config "$TMP/dash-files/etc/gn2pg/dashboard.toml" \
+        --database "postgresql://gn2pg_dashboard@127.0.0.1:9/sinp" --listen 127.0.0.1:0 2>&1)"
+    status=$?
+    if [ $status -eq 1 ] && ! grep -q '^usage' <<< "$out"; then
+        ok "$DASH_WHAT: the packaged binary reads the packaged settings and connects"
+    else
+        not_ok "$DASH_WHAT: the packaged binary reads the packaged settings and connects" "exit $status: $out"
+    fi
+    expect "$DASH_WHAT: the unit starts it with the packaged settings" \
+        "$(grep '^ExecStart=' "$TMP/dash-files/lib/systemd/system/gn2pg-dashboard.service")" \
+        "ExecStart=/usr/bin/gn2pg-dashboard --config /etc/gn2pg/dashboard.toml"
     dpkg-deb -e "$DASH_DEB" "$TMP/dash-control"
     check "$DASH_WHAT: the unit runs as the unprivileged user, the configuration binds 127.0.0.1" bash -c \
         "dpkg-deb --fsys-tarfile '$DASH_DEB' | tar -xO ./lib/systemd/system/gn2pg-dashboard.service | grep -qx 'User=gn2pg-dashboard' \
-         && dpkg-deb --fsys-tarfile '$DASH_DEB' | tar -xO ./etc/gn2pg/dashboard.conf | grep -q '^listen = \"127.0.0.1:' \
-         && grep -q 'adduser --system' '$TMP/dash-control/postinst' && grep -qx /etc/gn2pg/dashboard.conf '$TMP/dash-control/conffiles'"
+         && dpkg-deb --fsys-tarfile '$DASH_DEB' | tar -xO ./etc/gn2pg/dashboard.toml | grep -q '^listen = \"127.0.0.1:' \
+         && grep -q 'adduser --system' '$TMP/dash-control/postinst' && grep -qx /etc/gn2pg/dashboard.toml '$TMP/dash-control/conffiles'"
     if command -v lintian >/dev/null; then
         out="$(lintian -I --fail-on error,warning "$DASH_DEB" 2>&1)"
         status=$?
@@ -153,7 +161,7 @@ if [ -n "$DASH_DEB" ]; then
         if [ $status -eq 0 ]; then ok "lintian: $DASH_WHAT"; else not_ok "lintian: $DASH_WHAT"; fi
     fi
 else
-    not_ok "$DASH_WHAT is built" "$(tail -n 5 "$TMP/package-dash.log" 2>/dev/null)"
+    not_ok "$DASH_WHAT is built" "$(tail -n 5 "$TMP/package-new.log" 2>/dev/null)"
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -207,9 +207,9 @@ EOF
     log "built $deb"
 }
 
-# The dashboard's package, when the source tree has it (dashboard/, binary gn2pg-dashboard).
-# Still to be checked against the real dashboard when it is merged: its command line (the unit
-# passes --config) and its configuration keys (the file below is a template).
+# The dashboard's package, when the source tree has it (dashboard/, binary gn2pg-dashboard): the
+# binary, a hardened systemd unit, and its settings in /etc/gn2pg/dashboard.toml (the keys of
+# dashboard/src/config.rs; scripts/package-test.sh starts the packaged binary with that file).
 build_dashboard_deb() {
     local pkg=gn2pg-dashboard root="$WORK/gn2pg-dashboard" bin="${GN2PG_DASHBOARD_BIN:-}"
     if [ -z "$bin" ]; then
@@ -222,14 +222,22 @@ build_dashboard_deb() {
         "$root/usr/share/doc/$pkg" "$root/usr/share/man/man8"
     objcopy --strip-unneeded --remove-section=.comment --remove-section=.note "$bin" "$root/usr/bin/gn2pg-dashboard"
     chmod 0755 "$root/usr/bin/gn2pg-dashboard"
-    cat > "$root/etc/gn2pg/dashboard.conf" <<'EOF'
-# gn2pg-dashboard configuration (read by the gn2pg-dashboard service).
-# Address the dashboard listens on: keep it on the loopback interface and publish it through a
-# reverse proxy with authentication if it must be reached from elsewhere.
-listen = "127.0.0.1:8080"
-# Database to read, as a libpq connection string. The service runs as the system user
-# gn2pg-dashboard: give a PostgreSQL role of that name gn2pg_reader, or set user/password here.
-database = "host=/var/run/postgresql dbname=postgres user=gn2pg-dashboard"
+    cat > "$root/etc/gn2pg/dashboard.toml" <<'EOF'
+# gn2pg-dashboard settings, read by the gn2pg-dashboard service (`gn2pg-dashboard --help` lists
+# every key; README.md.gz in /usr/share/doc/gn2pg-dashboard/, "Web dashboard", says more).
+#
+# The dashboard connects as its own login role, over TCP with a password (scram-sha-256 in
+# pg_hba.conf), to the database that has gn2pg:
+#   CREATE ROLE gn2pg_dashboard LOGIN NOINHERIT PASSWORD '...';
+#   GRANT <each person's login role> TO gn2pg_dashboard;
+# Put the password in /etc/gn2pg/dashboard.password (owner root, group gn2pg-dashboard, mode
+# 0640), set the database name below, then: systemctl start gn2pg-dashboard
+database = "postgresql://gn2pg_dashboard@127.0.0.1:5432/postgres"
+database_password_file = "/etc/gn2pg/dashboard.password"
+# Keep it on the loopback interface (the unit allows nothing else) and publish it through a
+# reverse proxy that terminates TLS.
+listen = "127.0.0.1:8089"
+# trusted_proxies = ["127.0.0.1"]
 EOF
     cat > "$root/lib/systemd/system/gn2pg-dashboard.service" <<'EOF'
 [Unit]
@@ -241,7 +249,7 @@ After=network.target postgresql.service
 Type=simple
 User=gn2pg-dashboard
 Group=gn2pg-dashboard
-ExecStart=/usr/bin/gn2pg-dashboard --config /etc/gn2pg/dashboard.conf
+ExecStart=/usr/bin/gn2pg-dashboard --config /etc/gn2pg/dashboard.toml
 Restart=on-failure
 NoNewPrivileges=yes
 ProtectSystem=strict
@@ -256,7 +264,7 @@ IPAddressAllow=localhost
 [Install]
 WantedBy=multi-user.target
 EOF
-    printf '/etc/gn2pg/dashboard.conf\n' > "$root/DEBIAN/conffiles"
+    printf '/etc/gn2pg/dashboard.toml\n' > "$root/DEBIAN/conffiles"
     cat > "$root/DEBIAN/postinst" <<'EOF'
 #!/bin/sh
 set -e
@@ -266,9 +274,9 @@ if [ "$1" = configure ]; then
     fi
     # The configuration may hold a database password: readable by the service only, unless the
     # administrator chose otherwise (dpkg-statoverride).
-    if ! dpkg-statoverride --list /etc/gn2pg/dashboard.conf >/dev/null; then
-        chown root:gn2pg-dashboard /etc/gn2pg/dashboard.conf
-        chmod 0640 /etc/gn2pg/dashboard.conf
+    if ! dpkg-statoverride --list /etc/gn2pg/dashboard.toml >/dev/null; then
+        chown root:gn2pg-dashboard /etc/gn2pg/dashboard.toml
+        chmod 0640 /etc/gn2pg/dashboard.toml
     fi
 fi
 if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ] || [ "$1" = abort-remove ]; then
@@ -276,9 +284,11 @@ if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigur
        || [ -z "$2" ]; then
         deb-systemd-helper enable gn2pg-dashboard.service >/dev/null || true
     fi
+    # Not started on a first install: it needs its database role and password first (see the
+    # configuration file). An upgrade restarts it if it was running.
     if [ -d /run/systemd/system ]; then
         systemctl --system daemon-reload >/dev/null || true
-        deb-systemd-invoke restart gn2pg-dashboard.service >/dev/null || true
+        deb-systemd-invoke try-restart gn2pg-dashboard.service >/dev/null || true
     fi
 fi
 exit 0
@@ -321,7 +331,7 @@ shows the harvest flows of a database with gn2pg (gn2pg.flow_status): their heal
 and open alerts. The Debian package runs it as the systemd service gn2pg-dashboard, as the
 unprivileged system user gn2pg-dashboard, listening on 127.0.0.1 only.
 .SH FILES
-.I /etc/gn2pg/dashboard.conf
+.I /etc/gn2pg/dashboard.toml
 .SH SEE ALSO
 .I /usr/share/doc/gn2pg-dashboard/README.md.gz
 EOF
@@ -346,7 +356,7 @@ Description: web dashboard of gn2pg harvest flows
  A small web server that shows the GeoNature harvest flows of a database with
  the gn2pg extension: health of each source, last runs, open alerts. It runs as
  the systemd service gn2pg-dashboard, as an unprivileged system user, and
- listens on 127.0.0.1 only (configuration: /etc/gn2pg/dashboard.conf).
+ listens on 127.0.0.1 only (configuration: /etc/gn2pg/dashboard.toml).
 EOF
     finish_tree "$root"
     chmod 0755 "$root/usr/bin/gn2pg-dashboard"

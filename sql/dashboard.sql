@@ -6,7 +6,8 @@
 -- removed) for one (source, CA, JDD) as received. The count of a group is the sum of its deltas;
 -- the deltas of a source are folded into one row per group when one of its runs ends.
 --
--- Runs in CREATE EXTENSION after operations.sql, and verbatim in the 0.2.0 -> 0.3.0 upgrade.
+-- Runs in CREATE EXTENSION after operations.sql, and verbatim in the 0.2.0 -> 0.3.0 upgrade, but
+-- for the COMMENTs added since, which the upgrade carries in its section "COMMENT on every object".
 
 ------------------------------------------------------------------------------------------------
 -- Row counts per source, CA and JDD, maintained by statement triggers on gn2pg.observation.
@@ -22,6 +23,13 @@ CREATE TABLE gn2pg.observation_count (
 CREATE INDEX observation_count_source_idx ON gn2pg.observation_count (source);
 COMMENT ON TABLE gn2pg.observation_count IS
     'Rows of gn2pg.observation per (source, source_ca_uuid, source_jdd_uuid): the sum of rows over each group. Kept by triggers; not dumped (restoring gn2pg.observation rebuilds it).';
+COMMENT ON COLUMN gn2pg.observation_count.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.observation_count.source_ca_uuid IS
+    'CA as the source sent it (gn2pg.observation.source_ca_uuid).';
+COMMENT ON COLUMN gn2pg.observation_count.source_jdd_uuid IS
+    'JDD as the source sent it (gn2pg.observation.source_jdd_uuid).';
+COMMENT ON COLUMN gn2pg.observation_count.rows IS
+    'Rows added to the group (negative: removed); the group''s count is the sum over its rows, folded into one when a run ends.';
 
 CREATE FUNCTION gn2pg._count_inserted() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -80,6 +88,14 @@ CREATE TRIGGER observation_count_delete AFTER DELETE ON gn2pg.observation
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION gn2pg._count_deleted();
 CREATE TRIGGER observation_count_truncate AFTER TRUNCATE ON gn2pg.observation
     FOR EACH STATEMENT EXECUTE FUNCTION gn2pg._count_truncated();
+COMMENT ON FUNCTION gn2pg._count_inserted() IS
+    'Trigger: adds the rows a statement inserted into gn2pg.observation to gn2pg.observation_count.';
+COMMENT ON FUNCTION gn2pg._count_deleted() IS
+    'Trigger: subtracts the rows a statement deleted from gn2pg.observation from gn2pg.observation_count.';
+COMMENT ON FUNCTION gn2pg._count_updated() IS
+    'Trigger: moves the counts of rows whose source, CA or JDD an UPDATE of gn2pg.observation changed.';
+COMMENT ON FUNCTION gn2pg._count_truncated() IS
+    'Trigger: empties gn2pg.observation_count when gn2pg.observation is truncated.';
 
 -- Folds the deltas of a source into one row per group. Safe beside writers and other folds in
 -- READ COMMITTED: a delta committed after this statement's snapshot is neither deleted nor
@@ -108,6 +124,8 @@ $$;
 CREATE TRIGGER run_ended_fold_counts AFTER UPDATE OF status ON gn2pg.run_log
     FOR EACH ROW WHEN (OLD.status = 'running' AND NEW.status <> 'running')
     EXECUTE FUNCTION gn2pg._fold_counts_after_run();
+COMMENT ON FUNCTION gn2pg._fold_counts_after_run() IS
+    'Trigger: folds the count deltas of a source when one of its runs ends.';
 
 -- A source removed with its rows leaves deltas that sum to zero.
 CREATE FUNCTION gn2pg._fold_counts_after_removal() RETURNS trigger
@@ -121,6 +139,8 @@ END
 $$;
 CREATE TRIGGER source_removed_fold_counts AFTER DELETE ON gn2pg.source
     FOR EACH ROW EXECUTE FUNCTION gn2pg._fold_counts_after_removal();
+COMMENT ON FUNCTION gn2pg._fold_counts_after_removal() IS
+    'Trigger: folds the count deltas of a removed source (with its rows dropped, they sum to zero).';
 
 -- Rebuilds every count from gn2pg.observation (after a restore made with --disable-triggers).
 CREATE FUNCTION gn2pg._recount() RETURNS bigint
@@ -334,6 +354,13 @@ CREATE TABLE gn2pg.geonature_account (
 );
 COMMENT ON TABLE gn2pg.geonature_account IS
     'GeoNature accounts allowed to sign in to the gn2pg dashboard, and the gn2pg role each acts as. Manage with gn2pg_map_geonature_account().';
+COMMENT ON COLUMN gn2pg.geonature_account.id_role IS 'The account: utilisateurs.t_roles.id_role.';
+COMMENT ON COLUMN gn2pg.geonature_account.login IS
+    'Its identifiant when it was mapped (a sign-in checks the current one).';
+COMMENT ON COLUMN gn2pg.geonature_account.role IS
+    'The gn2pg role it acts as in the dashboard: gn2pg_reader, gn2pg_operator or gn2pg_admin.';
+COMMENT ON COLUMN gn2pg.geonature_account.mapped_by IS 'The role that last mapped it (gn2pg_map_geonature_account()).';
+COMMENT ON COLUMN gn2pg.geonature_account.mapped_at IS 'When it was last mapped.';
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.geonature_account', '');
 GRANT SELECT ON gn2pg.geonature_account TO gn2pg_admin;
 

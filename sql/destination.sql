@@ -34,6 +34,11 @@ CREATE TABLE gn2pg.destination (
 );
 COMMENT ON TABLE gn2pg.destination IS
     'Sources whose rows are kept in the local GeoNature (options.destination = geonature), with their gn_synthese.t_sources row.';
+COMMENT ON COLUMN gn2pg.destination.source IS 'The source writing to GeoNature.';
+COMMENT ON COLUMN gn2pg.destination.id_source IS 'Its gn_synthese.t_sources.id_source (name_source gn2pg:<source>).';
+COMMENT ON COLUMN gn2pg.destination.local_srid IS
+    'SRID of gn_synthese.synthese.the_geom_local (find_srid) when the destination was enabled: the_geom_local is transformed to it.';
+COMMENT ON COLUMN gn2pg.destination.enabled_at IS 'When the destination was enabled for the source.';
 
 CREATE TABLE gn2pg.destination_row (
     source        text NOT NULL,
@@ -56,6 +61,18 @@ COMMENT ON COLUMN gn2pg.destination_row.detail IS
     'Why the row is pending; for a written row, the values replaced by their type''s default (policy default).';
 COMMENT ON COLUMN gn2pg.destination_row.content_hash IS
     'The row''s gn2pg.observation.content_hash when it was last applied: a row whose hash and dataset did not change is not applied again.';
+COMMENT ON COLUMN gn2pg.destination_row.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.destination_row.id_data IS 'The harvested row (gn2pg.observation.id_data).';
+COMMENT ON COLUMN gn2pg.destination_row.id_synthese IS 'The gn_synthese.synthese row holding it; NULL: never written.';
+COMMENT ON COLUMN gn2pg.destination_row.state IS
+    'written: the synthese holds its current version; pending: it does not (see reason).';
+COMMENT ON COLUMN gn2pg.destination_row.reason IS
+    'Why it is pending: taxon, habitat, nomenclature, uuid_conflict, dataset or invalid; NULL when written.';
+COMMENT ON COLUMN gn2pg.destination_row.jdd_uuid IS
+    'The row''s gn2pg.observation.jdd_uuid (after mapping) when it was last applied.';
+COMMENT ON COLUMN gn2pg.destination_row.run_id IS
+    'The run that last applied it; NULL: gn2pg_sync_destination() or a remap.';
+COMMENT ON COLUMN gn2pg.destination_row.updated_at IS 'When it was last applied (written, or found pending).';
 
 CREATE TABLE gn2pg.nomenclature_mapping (
     source        text NOT NULL REFERENCES gn2pg.source (name) ON UPDATE CASCADE ON DELETE CASCADE,
@@ -68,9 +85,17 @@ CREATE TABLE gn2pg.nomenclature_mapping (
 );
 COMMENT ON TABLE gn2pg.nomenclature_mapping IS
     'Nomenclature values of a source mapped to a code of the destination. Manage with gn2pg_map_nomenclature() / gn2pg_unmap_nomenclature().';
+COMMENT ON COLUMN gn2pg.nomenclature_mapping.source IS 'The source whose values are mapped.';
+COMMENT ON COLUMN gn2pg.nomenclature_mapping.type IS
+    'Nomenclature type: ref_nomenclatures.bib_nomenclatures_types.mnemonique (e.g. STADE_VIE).';
+COMMENT ON COLUMN gn2pg.nomenclature_mapping.source_value IS 'A code or a label, as the source sends it.';
+COMMENT ON COLUMN gn2pg.nomenclature_mapping.target_code IS
+    'The cd_nomenclature of that type it stands for in this GeoNature.';
+COMMENT ON COLUMN gn2pg.nomenclature_mapping.created_at IS 'When the mapping was created.';
+COMMENT ON COLUMN gn2pg.nomenclature_mapping.updated_at IS 'When its target_code last changed.';
 
 CREATE TABLE gn2pg.destination_report (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigserial PRIMARY KEY,
     source      text NOT NULL,
     run_id      bigint,                    -- NULL: gn2pg_sync_destination()
     sync_at     timestamptz,               -- gn2pg_sync_destination(): its transaction's start
@@ -90,6 +115,19 @@ COMMENT ON TABLE gn2pg.destination_report IS
     'Values the destination could not take, per run (or per gn2pg_sync_destination() call): field, value, problem, what happened to the rows, how many.';
 COMMENT ON COLUMN gn2pg.destination_report.outcome IS
     'pending: the rows were not written (they wait in gn2pg.observation); defaulted: written with the type''s default (nomenclature_unknown = default).';
+COMMENT ON COLUMN gn2pg.destination_report.id IS 'Row id.';
+COMMENT ON COLUMN gn2pg.destination_report.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.destination_report.run_id IS
+    'The run that met the value; NULL for a call outside runs (see sync_at).';
+COMMENT ON COLUMN gn2pg.destination_report.sync_at IS
+    'A call outside runs (gn2pg_sync_destination(), gn2pg_remap()): the start of its transaction; NULL for a run.';
+COMMENT ON COLUMN gn2pg.destination_report.field IS 'The export field (cd_nom, code_habitat, sexe, id_perm_sinp, ...).';
+COMMENT ON COLUMN gn2pg.destination_report.value IS 'The value the source sent; NULL: none.';
+COMMENT ON COLUMN gn2pg.destination_report.problem IS
+    'What is wrong with it, e.g. unknown, ambiguous label, attachment (2) without a known area_attachment, or the owner of a uuid.';
+COMMENT ON COLUMN gn2pg.destination_report.rows IS 'Rows that had this value and this problem.';
+COMMENT ON COLUMN gn2pg.destination_report.first_seen IS 'When the run (or call) first met it.';
+COMMENT ON COLUMN gn2pg.destination_report.last_seen IS 'When the run (or call) last met it.';
 
 CREATE TABLE gn2pg.destination_metadata (
     level        text NOT NULL CHECK (level IN ('ca', 'jdd')),
@@ -104,6 +142,17 @@ CREATE TABLE gn2pg.destination_metadata (
 );
 COMMENT ON TABLE gn2pg.destination_metadata IS
     'CA and JDD gn2pg created in gn_meta, which it keeps up to date; CA and JDD that existed before are used as they are.';
+COMMENT ON COLUMN gn2pg.destination_metadata.level IS
+    'ca (gn_meta.t_acquisition_frameworks) or jdd (gn_meta.t_datasets).';
+COMMENT ON COLUMN gn2pg.destination_metadata.uuid IS 'Its uuid (unique_acquisition_framework_id or unique_dataset_id).';
+COMMENT ON COLUMN gn2pg.destination_metadata.id IS 'Its id in gn_meta: id_acquisition_framework or id_dataset.';
+COMMENT ON COLUMN gn2pg.destination_metadata.created_by IS 'The source whose run created it.';
+COMMENT ON COLUMN gn2pg.destination_metadata.fingerprint IS
+    'md5 of what gn2pg last wrote to it: unchanged metadata is not written again.';
+COMMENT ON COLUMN gn2pg.destination_metadata.acteurs IS
+    'A JDD''s jdd_acteurs as rows last sent them (exports without jdd_data); NULL otherwise.';
+COMMENT ON COLUMN gn2pg.destination_metadata.created_at IS 'When gn2pg created it in gn_meta.';
+COMMENT ON COLUMN gn2pg.destination_metadata.updated_at IS 'When gn2pg last changed it in gn_meta.';
 
 ALTER TABLE gn2pg.run_log
     ADD COLUMN synthese_inserted bigint NOT NULL DEFAULT 0,
@@ -1703,6 +1752,14 @@ COMMENT ON COLUMN gn2pg.destination_pending.reason IS
     'taxon, habitat, nomenclature, uuid_conflict, dataset or invalid; detail says which value.';
 COMMENT ON COLUMN gn2pg.destination_pending.older_version_written IS
     'The synthese holds an older version of the row (written before it changed at the source).';
+COMMENT ON COLUMN gn2pg.destination_pending.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.destination_pending.id_data IS 'The harvested row (gn2pg.observation.id_data).';
+COMMENT ON COLUMN gn2pg.destination_pending.uuid IS 'Its id_perm_sinp (gn2pg.observation.uuid).';
+COMMENT ON COLUMN gn2pg.destination_pending.detail IS
+    'Which value, and what is wrong with it; for uuid_conflict, the owner (id_synthese, id_source, name_source).';
+COMMENT ON COLUMN gn2pg.destination_pending.run_id IS
+    'The run that last tried it; NULL: gn2pg_sync_destination() or a remap.';
+COMMENT ON COLUMN gn2pg.destination_pending.since IS 'When it was last tried and left pending.';
 
 CREATE VIEW gn2pg.destination_status AS
 SELECT d.source, d.id_source, d.enabled_at,
@@ -1730,6 +1787,25 @@ SELECT d.source, d.id_source, d.enabled_at,
           FROM gn2pg.destination_row r WHERE r.source = d.source) c ON true;
 COMMENT ON VIEW gn2pg.destination_status IS
     'One row per source writing to GeoNature: its t_sources id, policy, rows written and pending (by reason), harvested rows not applied yet (run gn2pg_sync_destination()). Counting scans the source''s rows.';
+COMMENT ON COLUMN gn2pg.destination_status.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.destination_status.id_source IS 'Its gn_synthese.t_sources.id_source.';
+COMMENT ON COLUMN gn2pg.destination_status.enabled_at IS 'When the destination was enabled for the source.';
+COMMENT ON COLUMN gn2pg.destination_status.nomenclature_unknown IS
+    'Policy for nomenclature values that cannot be resolved: reject (the row waits, pending) or default (written with the type''s default).';
+COMMENT ON COLUMN gn2pg.destination_status.rows_written IS
+    'Harvested rows the synthese holds in their current version.';
+COMMENT ON COLUMN gn2pg.destination_status.rows_pending IS
+    'Harvested rows the synthese does not hold in their current version (listed in gn2pg.destination_pending).';
+COMMENT ON COLUMN gn2pg.destination_status.pending_taxon IS 'Pending rows: cd_nom not in taxonomie.taxref.';
+COMMENT ON COLUMN gn2pg.destination_status.pending_habitat IS 'Pending rows: code_habitat not in ref_habitats.habref.';
+COMMENT ON COLUMN gn2pg.destination_status.pending_nomenclature IS
+    'Pending rows: a nomenclature value unknown or ambiguous.';
+COMMENT ON COLUMN gn2pg.destination_status.pending_uuid_conflict IS
+    'Pending rows: their id_perm_sinp belongs to another synthese row.';
+COMMENT ON COLUMN gn2pg.destination_status.pending_other IS
+    'Pending rows: no dataset, or a value the synthese refuses.';
+COMMENT ON COLUMN gn2pg.destination_status.rows_not_applied IS
+    'Harvested rows never applied to the synthese (harvested before the destination was enabled): gn2pg_sync_destination() writes them.';
 
 ------------------------------------------------------------------------------------------------
 -- Privileges: the tables are read-only for the gn2pg roles; admins change them through the

@@ -558,7 +558,7 @@ COMMENT ON TABLE gn2pg.nomenclature_mapping IS
     'Nomenclature values of a source mapped to a code of the destination. Manage with gn2pg_map_nomenclature() / gn2pg_unmap_nomenclature().';
 
 CREATE TABLE gn2pg.destination_report (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigserial PRIMARY KEY,
     source      text NOT NULL,
     run_id      bigint,                    -- NULL: gn2pg_sync_destination()
     sync_at     timestamptz,               -- gn2pg_sync_destination(): its transaction's start
@@ -2782,6 +2782,359 @@ REVOKE ALL ON FUNCTION gn2pg._cron_cleanup_after_commit() FROM PUBLIC;
 
 -- Jobs that 0.2.0 left behind (databases dropped since) go once this update commits.
 SELECT gn2pg._cron_cleanup_after_commit();
+
+------------------------------------------------------------------------------------------------
+-- COMMENT on every object (issue 10, item 5): every function, table, view and column of the
+-- extension says what it holds or does (\df+, \d+). The statements of the install files, each
+-- under the name of its file; pg_test/tests/upgrade.rs compares the comments of an updated
+-- database with a fresh install's and fails on any object without one.
+------------------------------------------------------------------------------------------------
+-- sql/schema.sql
+COMMENT ON COLUMN gn2pg.source.id IS
+    'Source id, returned by gn2pg_add_source() (gn2pg.source_secret.source_id, gn2pg.run_log.source_id).';
+COMMENT ON COLUMN gn2pg.source.name IS
+    'Name given at registration (1 to 63 characters among a-z 0-9 _ -): what every gn2pg function, table and job calls the source.';
+COMMENT ON COLUMN gn2pg.source.url IS
+    'GeoNature API root, normalised to end with /api (e.g. https://geonature.example.org/api).';
+COMMENT ON COLUMN gn2pg.source.export_id IS
+    'Id of the export in the GeoNature Export module (data read from /exports/api/<export_id>).';
+COMMENT ON COLUMN gn2pg.source.auth IS
+    'How the export is read: login (POST /auth/login, cookie session), token (the export''s API key, sent as ?token=) or public.';
+COMMENT ON COLUMN gn2pg.source.options IS
+    'The options given to gn2pg_add_source() (page_size, paging, key_column, query, streams, workers, destination, stale_after_hours, ...; see README, SQL API); unknown keys are refused.';
+COMMENT ON COLUMN gn2pg.source.enabled IS
+    'false: its pg_cron job skips it (gn2pg_harvest_scheduled returns NULL) and it is never late; a harvest started by hand still runs.';
+COMMENT ON COLUMN gn2pg.source.created_at IS 'When the source was first registered.';
+COMMENT ON COLUMN gn2pg.source.updated_at IS 'When gn2pg_add_source() last registered it again (same name).';
+COMMENT ON TABLE gn2pg.source_secret IS
+    'Credentials of sources (logins, passwords, tokens, alert webhooks), in clear; readable by gn2pg_admin and superusers only.';
+COMMENT ON COLUMN gn2pg.source_secret.source_id IS
+    'The source (gn2pg.source.id); its credentials go with it when it is removed.';
+COMMENT ON COLUMN gn2pg.source_secret.login IS
+    'Login of the harvesting GeoNature account (auth = login); NULL otherwise.';
+COMMENT ON COLUMN gn2pg.source_secret.password IS
+    'Password of that account, in clear (auth = login); NULL otherwise. pg_dump saves it in clear.';
+COMMENT ON COLUMN gn2pg.source_secret.token IS
+    'API key of the export (auth = token), in clear; NULL otherwise. pg_dump saves it in clear.';
+COMMENT ON COLUMN gn2pg.run_log.id IS
+    'Run id: returned by gn2pg_harvest_async(), named in errors, alerts and gn2pg.run_error.run_id.';
+COMMENT ON COLUMN gn2pg.run_log.source IS 'Name of the harvested source (the row stays when the source is removed).';
+COMMENT ON COLUMN gn2pg.run_log.source_id IS 'gn2pg.source.id of the source when the run was launched.';
+COMMENT ON COLUMN gn2pg.run_log.mode IS
+    'full (afterwards the local rows equal the export''s) or incremental (rows changed since the window start); mode auto is decided before the run starts.';
+COMMENT ON COLUMN gn2pg.run_log.started_at IS
+    'When the run was launched, then (pending to running) when its worker started it.';
+COMMENT ON COLUMN gn2pg.run_log.finished_at IS 'When the run ended; NULL while it is pending or running.';
+COMMENT ON COLUMN gn2pg.run_log.pages_done IS 'Data pages loaded and committed so far.';
+COMMENT ON COLUMN gn2pg.run_log.rows_received IS 'Items received in data pages so far, rejected ones included.';
+COMMENT ON COLUMN gn2pg.run_log.rows_upserted IS
+    'Rows inserted or rewritten in gn2pg.observation: new or changed at the source, moved by a mapping, or stored without a hash by 0.1.0.';
+COMMENT ON COLUMN gn2pg.run_log.rows_unchanged IS 'Rows received whose stored version was current: not written.';
+COMMENT ON COLUMN gn2pg.run_log.rows_deleted IS
+    'Rows deleted from gn2pg.observation because the source no longer has them (key-range sweep, deletion log, reconciliation, offset walk).';
+COMMENT ON COLUMN gn2pg.run_log.rows_failed IS
+    'Items rejected, one gn2pg.run_error row each (SELECT * FROM gn2pg.run_error WHERE run_id = id).';
+COMMENT ON COLUMN gn2pg.run_log.http_requests IS
+    'HTTP requests sent to the source, retries included (a parallel run: the sum over its parts).';
+COMMENT ON COLUMN gn2pg.run_log.http_retries IS
+    'Requests sent again after a connection error, a timeout, a cut answer, HTTP 429 or 5xx.';
+COMMENT ON COLUMN gn2pg.run_log.bytes_received IS 'Bytes of answer bodies received from the source.';
+COMMENT ON COLUMN gn2pg.run_log.source_wait_ms IS
+    'Milliseconds spent waiting for the source''s pages; compared with load_ms, it tells whether the source or the database is the bottleneck.';
+COMMENT ON COLUMN gn2pg.run_log.load_ms IS 'Milliseconds spent loading pages into PostgreSQL.';
+COMMENT ON COLUMN gn2pg.run_log.error IS
+    'Why the run did not succeed, naming the source and the cause (stored secrets masked); NULL for a success and while it runs.';
+COMMENT ON COLUMN gn2pg.run_log.worker_pid IS
+    'Process id of the background worker that runs or ran it: a pending or running run whose worker is gone is marked abandoned.';
+COMMENT ON COLUMN gn2pg.run_log.paging IS
+    'keyset or offset: how the run asked for pages (option paging); NULL until it starts.';
+COMMENT ON COLUMN gn2pg.run_log.since IS
+    'Incremental runs: the start of the window (filter_d_up_<updated_column>), in the source''s timestamps; NULL for full runs.';
+COMMENT ON COLUMN gn2pg.run_log.max_source_action IS
+    'Latest updated_column (derniere_action) value received, in the source''s timestamps; NULL when no row carried one.';
+COMMENT ON COLUMN gn2pg.run_log.checkpoint IS
+    'Where a full run resumes, written with every page: {"ranges": [[next key, last key or null], ...]} (keyset) or {"page_index": n} (offset).';
+COMMENT ON COLUMN gn2pg.run_log.resumed_from IS
+    'The interrupted full run (failed, cancelled or abandoned) whose checkpoint this run started from; NULL: it started from the beginning.';
+COMMENT ON COLUMN gn2pg.run_part.run_id IS 'The run (gn2pg.run_log.id).';
+COMMENT ON COLUMN gn2pg.run_part.part IS
+    'Number of the range in the run, from 0; part 0 is loaded by the run''s own worker.';
+COMMENT ON COLUMN gn2pg.run_part.lo IS 'First key of the range.';
+COMMENT ON COLUMN gn2pg.run_part.hi IS 'Last key of the range; NULL: no upper bound (the last range).';
+COMMENT ON COLUMN gn2pg.run_part.next_key IS
+    'The next key to fetch, moved with every page the part loads: a resumed run starts there.';
+COMMENT ON COLUMN gn2pg.run_part.done IS 'The part has fetched its whole range.';
+COMMENT ON COLUMN gn2pg.run_part.status IS 'running, success, failed or cancelled.';
+COMMENT ON COLUMN gn2pg.run_part.error IS 'Why the part failed or stopped (stored secrets masked); NULL otherwise.';
+COMMENT ON COLUMN gn2pg.run_part.worker_pid IS
+    'Process id of the background worker that ran the part (recorded when it ends).';
+COMMENT ON COLUMN gn2pg.run_part.http_requests IS
+    'HTTP requests of this part, retries included (the run''s http_requests sums them).';
+COMMENT ON COLUMN gn2pg.run_part.http_retries IS 'Requests of this part sent again after an error.';
+COMMENT ON COLUMN gn2pg.run_part.bytes_received IS 'Bytes of answer bodies this part received.';
+COMMENT ON COLUMN gn2pg.run_error.id IS 'Row id, in the order the items were rejected.';
+COMMENT ON COLUMN gn2pg.run_error.run_id IS 'The run that rejected the item (gn2pg.run_log.id).';
+COMMENT ON COLUMN gn2pg.run_error.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.run_error.id_data IS 'The item''s key (key_column); NULL when it is missing or not an integer.';
+COMMENT ON COLUMN gn2pg.run_error.uuid IS
+    'The item''s uuid (uuid_column) as sent, valid or not; NULL when it has none.';
+COMMENT ON COLUMN gn2pg.run_error.item IS
+    'The item as received; NULL when jsonb cannot hold it (e.g. text with \u0000).';
+COMMENT ON COLUMN gn2pg.run_error.error IS
+    'Why it was rejected, e.g. an invalid uuid or geometry, or a uuid another row owns (with the owner); stored secrets masked.';
+COMMENT ON COLUMN gn2pg.run_error.created_at IS 'When the item was rejected.';
+COMMENT ON COLUMN gn2pg.observation.source IS 'Name of the source; with id_data, the primary key.';
+COMMENT ON COLUMN gn2pg.observation.id_data IS
+    'The row''s key at the source (option key_column, id_synthese by default).';
+COMMENT ON COLUMN gn2pg.observation.uuid IS
+    'SINP permanent id (option uuid_column, id_perm_sinp by default), stored once across all sources; NULL when the source sends none.';
+COMMENT ON COLUMN gn2pg.observation.item IS
+    'The row as received, without the feature''s geometry and the nested ca_data / jdd_data objects (kept in gn2pg.metadata); an array item keeps its WKT.';
+COMMENT ON COLUMN gn2pg.observation.geom IS
+    'Geometry in SRID 4326, 2D (Z and M dropped), from the GeoJSON feature or option wkt_column; NULL when the row has none.';
+COMMENT ON COLUMN gn2pg.observation.ca_uuid IS
+    'Acquisition framework (CA) of the row after mapping: where it lands on this platform.';
+COMMENT ON COLUMN gn2pg.observation.jdd_uuid IS
+    'Dataset (JDD) of the row after mapping: where it lands on this platform.';
+COMMENT ON COLUMN gn2pg.observation.source_ca_uuid IS 'Acquisition framework (CA) uuid as the source sent it.';
+COMMENT ON COLUMN gn2pg.observation.source_jdd_uuid IS 'Dataset (JDD) uuid as the source sent it.';
+COMMENT ON COLUMN gn2pg.observation.source_updated_at IS
+    'When the source last changed the row (option updated_column, derniere_action by default), in the source''s local time.';
+COMMENT ON COLUMN gn2pg.observation.updated_at IS 'When gn2pg last wrote the row (a run, or a remap that moved it).';
+COMMENT ON COLUMN gn2pg.observation.run_id IS
+    'The run that last wrote the row from the source (a remap does not change it).';
+COMMENT ON FUNCTION gn2pg._parse_geometry(jsonb, text) IS
+    'Internal: one item''s geometry converted by PostGIS from GeoJSON or WKT (EWKT with another SRID is transformed to 4326), or the error PostGIS raised; for geometries gn2pg does not build itself.';
+
+-- sql/metadata.sql
+COMMENT ON COLUMN gn2pg.mapping.id IS 'Mapping id, returned by gn2pg_map_ca() / gn2pg_map_jdd().';
+COMMENT ON COLUMN gn2pg.mapping.source IS 'The source whose rows are mapped.';
+COMMENT ON COLUMN gn2pg.mapping.level IS 'ca: maps an acquisition framework; jdd: maps a dataset.';
+COMMENT ON COLUMN gn2pg.mapping.created_at IS 'When the mapping was created.';
+COMMENT ON COLUMN gn2pg.mapping.updated_at IS 'When its target last changed.';
+COMMENT ON COLUMN gn2pg.target_metadata.level IS 'ca (acquisition framework) or jdd (dataset).';
+COMMENT ON COLUMN gn2pg.target_metadata.uuid IS 'Its uuid on this platform (the target_uuid of mappings).';
+COMMENT ON COLUMN gn2pg.target_metadata.name IS
+    'Its name (target_name); the GeoNature destination names the CA or JDD it creates with it. NULL: not given.';
+COMMENT ON COLUMN gn2pg.target_metadata.description IS 'Its description (target_description); NULL: not given.';
+COMMENT ON COLUMN gn2pg.target_metadata.created_at IS 'When it was first described.';
+COMMENT ON COLUMN gn2pg.target_metadata.updated_at IS 'When its description last changed.';
+COMMENT ON COLUMN gn2pg.mapping_state.source IS 'The source.';
+COMMENT ON COLUMN gn2pg.mapping_state.version IS
+    'Counts the changes of mappings and target descriptions that can move the source''s rows.';
+COMMENT ON COLUMN gn2pg.mapping_state.applied_version IS
+    'The version its harvested rows reflect: lower than version while a remap is pending.';
+COMMENT ON COLUMN gn2pg.mapping_state.applied_at IS
+    'When its rows were last remapped (gn2pg_remap() or the start of a run); NULL: never.';
+COMMENT ON COLUMN gn2pg.metadata.source IS 'Name of the source that sent it.';
+COMMENT ON COLUMN gn2pg.metadata.level IS
+    'ca (acquisition framework, cadre d''acquisition) or jdd (dataset, jeu de données).';
+COMMENT ON COLUMN gn2pg.metadata.uuid IS 'Its uuid as the source sent it.';
+COMMENT ON COLUMN gn2pg.metadata.parent_uuid IS 'For a JDD: its CA at the source; NULL for a CA or when not sent.';
+COMMENT ON COLUMN gn2pg.metadata.first_seen IS 'When a run first received it.';
+COMMENT ON FUNCTION gn2pg._check_source(text, text) IS
+    'Internal: the id of a source, or an error naming the calling function when the source is NULL or unknown.';
+COMMENT ON FUNCTION gn2pg._uuid_arg(text, text, text) IS
+    'Internal: an argument of a mapping function as a uuid (NULL stays NULL), or an error naming the function and the argument.';
+COMMENT ON FUNCTION gn2pg._level_arg(text, text) IS
+    'Internal: checks a level argument (ca or jdd), or raises naming the function.';
+COMMENT ON FUNCTION gn2pg._mapping_changed(text) IS
+    'Internal: records that the rows of a source may have to move (gn2pg.mapping_state.version).';
+COMMENT ON FUNCTION gn2pg._describe(text, uuid, text, text, uuid) IS
+    'Internal: records what is known of a target CA or JDD (NULL arguments keep the current values); a new parent CA marks the sources mapped to that JDD for a remap.';
+COMMENT ON FUNCTION gn2pg._map(text, text, uuid, uuid) IS
+    'Internal: creates or changes one mapping and returns its id; a new target marks the source for a remap.';
+COMMENT ON FUNCTION gn2pg._unmap(text, text, text, uuid) IS
+    'Internal: removes one mapping and marks the source for a remap; false with a NOTICE when there was none.';
+COMMENT ON COLUMN gn2pg.metadata_mapping.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.metadata_mapping.level IS 'ca (acquisition framework) or jdd (dataset).';
+COMMENT ON COLUMN gn2pg.metadata_mapping.source_uuid IS 'The CA or JDD uuid as the source sent it.';
+COMMENT ON COLUMN gn2pg.metadata_mapping.source_name IS
+    'Its name at the source (gn2pg.metadata.name); NULL when the source sent none.';
+COMMENT ON COLUMN gn2pg.metadata_mapping.rows IS
+    'Harvested rows that carry it as sent (source_ca_uuid or source_jdd_uuid).';
+COMMENT ON COLUMN gn2pg.metadata_mapping.mapped IS 'A mapping applies to its rows; false: they keep the source value.';
+COMMENT ON COLUMN gn2pg.metadata_mapping.target_ca_uuid IS
+    'The CA its rows land in (the source value when not mapped).';
+COMMENT ON COLUMN gn2pg.metadata_mapping.target_jdd_uuid IS
+    'For a JDD: the JDD its rows land in (the source value when not mapped); NULL for a CA.';
+COMMENT ON COLUMN gn2pg.metadata_mapping.target_name IS
+    'The name of the target CA or JDD described locally (gn2pg.target_metadata); NULL when not mapped or not described.';
+
+-- sql/operations.sql
+COMMENT ON COLUMN gn2pg.schedule.source IS 'The scheduled source.';
+COMMENT ON COLUMN gn2pg.schedule.mode IS 'Harvest mode of the scheduled runs: auto, full or incremental.';
+COMMENT ON COLUMN gn2pg.schedule.job_name IS 'Name of the pg_cron job: gn2pg:<source>.';
+COMMENT ON COLUMN gn2pg.schedule.cron_jobid IS
+    'cron.job.jobid of the job in cron_database when it was created (a restored database schedules its sources again).';
+COMMENT ON COLUMN gn2pg.schedule.cron_database IS 'The database that holds the pg_cron jobs (cron.database_name).';
+COMMENT ON COLUMN gn2pg.schedule.scheduled_at IS 'When gn2pg_schedule() last created or replaced the job.';
+COMMENT ON COLUMN gn2pg.alert.id IS 'Alert id: in its notifications, and what gn2pg_acknowledge_alert() takes.';
+COMMENT ON COLUMN gn2pg.alert.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.alert.kind IS
+    'failed or abandoned: a run of the source ended so; stale: no successful run within the staleness limit.';
+COMMENT ON COLUMN gn2pg.alert.message IS
+    'What happened, naming the source and the run, with the run''s error; never a secret.';
+COMMENT ON COLUMN gn2pg.alert.run_id IS 'The latest run that raised or repeated it; NULL for stale alerts.';
+COMMENT ON COLUMN gn2pg.alert.raised_at IS 'When it was raised.';
+COMMENT ON COLUMN gn2pg.alert.last_seen_at IS 'When it last happened (raised or repeated).';
+COMMENT ON COLUMN gn2pg.alert.resolved_at IS
+    'When it was resolved: a successful run, the source no longer late, or the source removed; NULL while open.';
+COMMENT ON COLUMN gn2pg.alert_event.id IS 'Event id, in the order the events happened.';
+COMMENT ON COLUMN gn2pg.alert_event.alert_id IS 'The alert (gn2pg.alert.id).';
+COMMENT ON COLUMN gn2pg.alert_event.event IS 'raised or resolved.';
+COMMENT ON COLUMN gn2pg.alert_event.payload IS
+    'The JSON sent with NOTIFY gn2pg_alert and to the webhook: event, alert_id, database, source, kind, run_id, message, raised_at, occurrences, resolved_at, resolved_by_run.';
+COMMENT ON COLUMN gn2pg.alert_event.created_at IS 'When it happened; NOTIFY is sent when that transaction commits.';
+COMMENT ON COLUMN gn2pg.alert_event.webhook_attempts IS 'Webhook requests made for it, retries included.';
+COMMENT ON COLUMN gn2pg.alert_event.webhook_error IS 'Why the delivery failed, without the URL; NULL otherwise.';
+COMMENT ON COLUMN gn2pg.alert_event.webhook_at IS
+    'When its delivery last changed state (taken by a worker, sent, failed); NULL: not tried.';
+COMMENT ON COLUMN gn2pg.flow_status.source_id IS 'gn2pg.source.id.';
+COMMENT ON COLUMN gn2pg.flow_status.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.flow_status.enabled IS 'false: its pg_cron job skips it and it is never late.';
+COMMENT ON COLUMN gn2pg.flow_status.url IS 'GeoNature API root of the source.';
+COMMENT ON COLUMN gn2pg.flow_status.export_id IS 'Id of the export in the GeoNature Export module.';
+COMMENT ON COLUMN gn2pg.flow_status.schedule IS 'Cron expression of its pg_cron job (UTC); NULL: not scheduled.';
+COMMENT ON COLUMN gn2pg.flow_status.schedule_mode IS
+    'Mode of the scheduled runs (auto, full, incremental); NULL: not scheduled.';
+COMMENT ON COLUMN gn2pg.flow_status.running_run_id IS
+    'The pending or running run, whose worker is alive; NULL: no run now.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_mode IS 'full or incremental: mode of the latest finished run.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_status IS
+    'success, failed, cancelled or abandoned: how the latest finished run ended.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_started_at IS 'When the latest finished run started.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_finished_at IS 'When the latest finished run ended.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_duration IS 'How long the latest finished run took.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_rows_upserted IS 'Rows the latest finished run inserted or rewritten.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_rows_deleted IS
+    'Rows the latest finished run deleted (gone from the source).';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_rows_failed IS 'Items the latest finished run rejected (gn2pg.run_error).';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_error IS 'Why the latest finished run did not succeed; NULL when it did.';
+COMMENT ON COLUMN gn2pg.flow_status.last_success_run_id IS 'The latest successful run; NULL: none yet.';
+COMMENT ON COLUMN gn2pg.flow_status.last_success_at IS 'When the latest successful run ended; NULL: none yet.';
+COMMENT ON COLUMN gn2pg.flow_status.open_alerts IS 'Open alerts of the source (gn2pg.alert WHERE resolved_at IS NULL).';
+COMMENT ON COLUMN gn2pg.flow_status.open_alert_kinds IS 'Kinds of the open alerts, sorted; NULL when none is open.';
+COMMENT ON COLUMN gn2pg.flow_status.created_at IS
+    'When the source was registered: staleness counts from there until a first success.';
+
+-- sql/destination.sql
+COMMENT ON COLUMN gn2pg.destination.source IS 'The source writing to GeoNature.';
+COMMENT ON COLUMN gn2pg.destination.id_source IS 'Its gn_synthese.t_sources.id_source (name_source gn2pg:<source>).';
+COMMENT ON COLUMN gn2pg.destination.local_srid IS
+    'SRID of gn_synthese.synthese.the_geom_local (find_srid) when the destination was enabled: the_geom_local is transformed to it.';
+COMMENT ON COLUMN gn2pg.destination.enabled_at IS 'When the destination was enabled for the source.';
+COMMENT ON COLUMN gn2pg.destination_row.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.destination_row.id_data IS 'The harvested row (gn2pg.observation.id_data).';
+COMMENT ON COLUMN gn2pg.destination_row.id_synthese IS 'The gn_synthese.synthese row holding it; NULL: never written.';
+COMMENT ON COLUMN gn2pg.destination_row.state IS
+    'written: the synthese holds its current version; pending: it does not (see reason).';
+COMMENT ON COLUMN gn2pg.destination_row.reason IS
+    'Why it is pending: taxon, habitat, nomenclature, uuid_conflict, dataset or invalid; NULL when written.';
+COMMENT ON COLUMN gn2pg.destination_row.jdd_uuid IS
+    'The row''s gn2pg.observation.jdd_uuid (after mapping) when it was last applied.';
+COMMENT ON COLUMN gn2pg.destination_row.run_id IS
+    'The run that last applied it; NULL: gn2pg_sync_destination() or a remap.';
+COMMENT ON COLUMN gn2pg.destination_row.updated_at IS 'When it was last applied (written, or found pending).';
+COMMENT ON COLUMN gn2pg.nomenclature_mapping.source IS 'The source whose values are mapped.';
+COMMENT ON COLUMN gn2pg.nomenclature_mapping.type IS
+    'Nomenclature type: ref_nomenclatures.bib_nomenclatures_types.mnemonique (e.g. STADE_VIE).';
+COMMENT ON COLUMN gn2pg.nomenclature_mapping.source_value IS 'A code or a label, as the source sends it.';
+COMMENT ON COLUMN gn2pg.nomenclature_mapping.target_code IS
+    'The cd_nomenclature of that type it stands for in this GeoNature.';
+COMMENT ON COLUMN gn2pg.nomenclature_mapping.created_at IS 'When the mapping was created.';
+COMMENT ON COLUMN gn2pg.nomenclature_mapping.updated_at IS 'When its target_code last changed.';
+COMMENT ON COLUMN gn2pg.destination_report.id IS 'Row id.';
+COMMENT ON COLUMN gn2pg.destination_report.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.destination_report.run_id IS
+    'The run that met the value; NULL for a call outside runs (see sync_at).';
+COMMENT ON COLUMN gn2pg.destination_report.sync_at IS
+    'A call outside runs (gn2pg_sync_destination(), gn2pg_remap()): the start of its transaction; NULL for a run.';
+COMMENT ON COLUMN gn2pg.destination_report.field IS 'The export field (cd_nom, code_habitat, sexe, id_perm_sinp, ...).';
+COMMENT ON COLUMN gn2pg.destination_report.value IS 'The value the source sent; NULL: none.';
+COMMENT ON COLUMN gn2pg.destination_report.problem IS
+    'What is wrong with it, e.g. unknown, ambiguous label, attachment (2) without a known area_attachment, or the owner of a uuid.';
+COMMENT ON COLUMN gn2pg.destination_report.rows IS 'Rows that had this value and this problem.';
+COMMENT ON COLUMN gn2pg.destination_report.first_seen IS 'When the run (or call) first met it.';
+COMMENT ON COLUMN gn2pg.destination_report.last_seen IS 'When the run (or call) last met it.';
+COMMENT ON COLUMN gn2pg.destination_metadata.level IS
+    'ca (gn_meta.t_acquisition_frameworks) or jdd (gn_meta.t_datasets).';
+COMMENT ON COLUMN gn2pg.destination_metadata.uuid IS 'Its uuid (unique_acquisition_framework_id or unique_dataset_id).';
+COMMENT ON COLUMN gn2pg.destination_metadata.id IS 'Its id in gn_meta: id_acquisition_framework or id_dataset.';
+COMMENT ON COLUMN gn2pg.destination_metadata.created_by IS 'The source whose run created it.';
+COMMENT ON COLUMN gn2pg.destination_metadata.fingerprint IS
+    'md5 of what gn2pg last wrote to it: unchanged metadata is not written again.';
+COMMENT ON COLUMN gn2pg.destination_metadata.acteurs IS
+    'A JDD''s jdd_acteurs as rows last sent them (exports without jdd_data); NULL otherwise.';
+COMMENT ON COLUMN gn2pg.destination_metadata.created_at IS 'When gn2pg created it in gn_meta.';
+COMMENT ON COLUMN gn2pg.destination_metadata.updated_at IS 'When gn2pg last changed it in gn_meta.';
+COMMENT ON COLUMN gn2pg.destination_pending.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.destination_pending.id_data IS 'The harvested row (gn2pg.observation.id_data).';
+COMMENT ON COLUMN gn2pg.destination_pending.uuid IS 'Its id_perm_sinp (gn2pg.observation.uuid).';
+COMMENT ON COLUMN gn2pg.destination_pending.detail IS
+    'Which value, and what is wrong with it; for uuid_conflict, the owner (id_synthese, id_source, name_source).';
+COMMENT ON COLUMN gn2pg.destination_pending.run_id IS
+    'The run that last tried it; NULL: gn2pg_sync_destination() or a remap.';
+COMMENT ON COLUMN gn2pg.destination_pending.since IS 'When it was last tried and left pending.';
+COMMENT ON COLUMN gn2pg.destination_status.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.destination_status.id_source IS 'Its gn_synthese.t_sources.id_source.';
+COMMENT ON COLUMN gn2pg.destination_status.enabled_at IS 'When the destination was enabled for the source.';
+COMMENT ON COLUMN gn2pg.destination_status.nomenclature_unknown IS
+    'Policy for nomenclature values that cannot be resolved: reject (the row waits, pending) or default (written with the type''s default).';
+COMMENT ON COLUMN gn2pg.destination_status.rows_written IS
+    'Harvested rows the synthese holds in their current version.';
+COMMENT ON COLUMN gn2pg.destination_status.rows_pending IS
+    'Harvested rows the synthese does not hold in their current version (listed in gn2pg.destination_pending).';
+COMMENT ON COLUMN gn2pg.destination_status.pending_taxon IS 'Pending rows: cd_nom not in taxonomie.taxref.';
+COMMENT ON COLUMN gn2pg.destination_status.pending_habitat IS 'Pending rows: code_habitat not in ref_habitats.habref.';
+COMMENT ON COLUMN gn2pg.destination_status.pending_nomenclature IS
+    'Pending rows: a nomenclature value unknown or ambiguous.';
+COMMENT ON COLUMN gn2pg.destination_status.pending_uuid_conflict IS
+    'Pending rows: their id_perm_sinp belongs to another synthese row.';
+COMMENT ON COLUMN gn2pg.destination_status.pending_other IS
+    'Pending rows: no dataset, or a value the synthese refuses.';
+COMMENT ON COLUMN gn2pg.destination_status.rows_not_applied IS
+    'Harvested rows never applied to the synthese (harvested before the destination was enabled): gn2pg_sync_destination() writes them.';
+
+-- sql/dashboard.sql
+COMMENT ON COLUMN gn2pg.observation_count.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.observation_count.source_ca_uuid IS
+    'CA as the source sent it (gn2pg.observation.source_ca_uuid).';
+COMMENT ON COLUMN gn2pg.observation_count.source_jdd_uuid IS
+    'JDD as the source sent it (gn2pg.observation.source_jdd_uuid).';
+COMMENT ON COLUMN gn2pg.observation_count.rows IS
+    'Rows added to the group (negative: removed); the group''s count is the sum over its rows, folded into one when a run ends.';
+COMMENT ON FUNCTION gn2pg._count_inserted() IS
+    'Trigger: adds the rows a statement inserted into gn2pg.observation to gn2pg.observation_count.';
+COMMENT ON FUNCTION gn2pg._count_deleted() IS
+    'Trigger: subtracts the rows a statement deleted from gn2pg.observation from gn2pg.observation_count.';
+COMMENT ON FUNCTION gn2pg._count_updated() IS
+    'Trigger: moves the counts of rows whose source, CA or JDD an UPDATE of gn2pg.observation changed.';
+COMMENT ON FUNCTION gn2pg._count_truncated() IS
+    'Trigger: empties gn2pg.observation_count when gn2pg.observation is truncated.';
+COMMENT ON FUNCTION gn2pg._fold_counts_after_run() IS
+    'Trigger: folds the count deltas of a source when one of its runs ends.';
+COMMENT ON FUNCTION gn2pg._fold_counts_after_removal() IS
+    'Trigger: folds the count deltas of a removed source (with its rows dropped, they sum to zero).';
+COMMENT ON COLUMN gn2pg.geonature_account.id_role IS 'The account: utilisateurs.t_roles.id_role.';
+COMMENT ON COLUMN gn2pg.geonature_account.login IS
+    'Its identifiant when it was mapped (a sign-in checks the current one).';
+COMMENT ON COLUMN gn2pg.geonature_account.role IS
+    'The gn2pg role it acts as in the dashboard: gn2pg_reader, gn2pg_operator or gn2pg_admin.';
+COMMENT ON COLUMN gn2pg.geonature_account.mapped_by IS 'The role that last mapped it (gn2pg_map_geonature_account()).';
+COMMENT ON COLUMN gn2pg.geonature_account.mapped_at IS 'When it was last mapped.';
+
+-- sql/comments.sql
+COMMENT ON FUNCTION public.gn2pg_add_source(text, text, integer, text, text, text, text, jsonb, text) IS
+    'Registers a source (one export of a GeoNature instance), or updates it when name exists, with its whole option set; returns its id. Credentials go to gn2pg.source_secret. Admin only; a role that is not a superuser may only name hosts listed in gn2pg.allowed_hosts.';
+COMMENT ON FUNCTION public.gn2pg_remove_source(text, boolean) IS
+    'Removes a source with its credentials, mappings and pg_cron job; its harvested rows and metadata stay unless drop_data. Refused while it is harvested or writes to GeoNature (gn2pg_disable_destination() first); false with a NOTICE when there is no such source. Admin only.';
+COMMENT ON FUNCTION public.gn2pg_harvest(text, text) IS
+    'Harvests a source in a background worker and waits for it (mode auto, full or incremental); returns its gn2pg.run_log row as jsonb, and raises an error naming the source and the cause when the run does not succeed. Cancelling the call stops the run. Operators.';
+COMMENT ON FUNCTION public.gn2pg_harvest_async(text, text) IS
+    'Starts a harvest in a background worker once the calling transaction commits (none if it rolls back) and returns its run id at once; follow it in gn2pg.run_log. Operators.';
+COMMENT ON FUNCTION public.gn2pg_cancel(bigint) IS
+    'Stops a pending or running harvest: pages already loaded stay, the run ends cancelled. False with a NOTICE when the run is not pending or running. Operators.';
 
 -- Nothing else of the extension is executable by PUBLIC (a fresh install does the same last).
 DO $$

@@ -36,6 +36,11 @@ COMMENT ON TABLE gn2pg.mapping IS
     'Where the rows of a source CA or JDD land. Manage with gn2pg_map_ca() / gn2pg_map_jdd() and their unmap counterparts.';
 COMMENT ON COLUMN gn2pg.mapping.source_uuid IS 'CA or JDD uuid as sent by the source; NULL means every CA (or JDD) of the source.';
 COMMENT ON COLUMN gn2pg.mapping.target_uuid IS 'CA or JDD uuid of the receiving platform.';
+COMMENT ON COLUMN gn2pg.mapping.id IS 'Mapping id, returned by gn2pg_map_ca() / gn2pg_map_jdd().';
+COMMENT ON COLUMN gn2pg.mapping.source IS 'The source whose rows are mapped.';
+COMMENT ON COLUMN gn2pg.mapping.level IS 'ca: maps an acquisition framework; jdd: maps a dataset.';
+COMMENT ON COLUMN gn2pg.mapping.created_at IS 'When the mapping was created.';
+COMMENT ON COLUMN gn2pg.mapping.updated_at IS 'When its target last changed.';
 
 CREATE TABLE gn2pg.target_metadata (
     level       text NOT NULL CHECK (level IN ('ca', 'jdd')),
@@ -52,6 +57,13 @@ COMMENT ON TABLE gn2pg.target_metadata IS
     'CA and JDD of the receiving platform, described locally (so a platform without GeoNature has them too). Fill with gn2pg_describe_target() or the target_* arguments of the map functions.';
 COMMENT ON COLUMN gn2pg.target_metadata.parent_ca IS
     'CA of a target JDD: rows mapped to this JDD get it as ca_uuid (a JDD mapping wins over CA mappings).';
+COMMENT ON COLUMN gn2pg.target_metadata.level IS 'ca (acquisition framework) or jdd (dataset).';
+COMMENT ON COLUMN gn2pg.target_metadata.uuid IS 'Its uuid on this platform (the target_uuid of mappings).';
+COMMENT ON COLUMN gn2pg.target_metadata.name IS
+    'Its name (target_name); the GeoNature destination names the CA or JDD it creates with it. NULL: not given.';
+COMMENT ON COLUMN gn2pg.target_metadata.description IS 'Its description (target_description); NULL: not given.';
+COMMENT ON COLUMN gn2pg.target_metadata.created_at IS 'When it was first described.';
+COMMENT ON COLUMN gn2pg.target_metadata.updated_at IS 'When its description last changed.';
 
 CREATE TABLE gn2pg.mapping_state (
     source          text PRIMARY KEY REFERENCES gn2pg.source (name) ON DELETE CASCADE ON UPDATE CASCADE,
@@ -61,6 +73,13 @@ CREATE TABLE gn2pg.mapping_state (
 );
 COMMENT ON TABLE gn2pg.mapping_state IS
     'Per source: whether harvested rows reflect the current mappings (version = applied_version). A pending remap is done by gn2pg_remap() or at the start of the next run.';
+COMMENT ON COLUMN gn2pg.mapping_state.source IS 'The source.';
+COMMENT ON COLUMN gn2pg.mapping_state.version IS
+    'Counts the changes of mappings and target descriptions that can move the source''s rows.';
+COMMENT ON COLUMN gn2pg.mapping_state.applied_version IS
+    'The version its harvested rows reflect: lower than version while a remap is pending.';
+COMMENT ON COLUMN gn2pg.mapping_state.applied_at IS
+    'When its rows were last remapped (gn2pg_remap() or the start of a run); NULL: never.';
 
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.mapping', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.mapping_id_seq', '');
@@ -72,6 +91,12 @@ COMMENT ON COLUMN gn2pg.metadata.item IS
     'The nested ca_data / jdd_data object (kept here only, stripped from observation.item); NULL when the source only sends flat columns.';
 COMMENT ON COLUMN gn2pg.metadata.updated_at IS 'Last time the content changed (unchanged metadata is not rewritten).';
 COMMENT ON COLUMN gn2pg.metadata.run_id IS 'The run that last changed the row.';
+COMMENT ON COLUMN gn2pg.metadata.source IS 'Name of the source that sent it.';
+COMMENT ON COLUMN gn2pg.metadata.level IS
+    'ca (acquisition framework, cadre d''acquisition) or jdd (dataset, jeu de données).';
+COMMENT ON COLUMN gn2pg.metadata.uuid IS 'Its uuid as the source sent it.';
+COMMENT ON COLUMN gn2pg.metadata.parent_uuid IS 'For a JDD: its CA at the source; NULL for a CA or when not sent.';
+COMMENT ON COLUMN gn2pg.metadata.first_seen IS 'When a run first received it.';
 
 -- ------------------------------------------------------------------------------------------
 -- Internal helpers
@@ -334,6 +359,20 @@ COMMENT ON FUNCTION gn2pg._resolve_mapping(text, uuid[], uuid[]) IS
 COMMENT ON FUNCTION gn2pg._remap(text) IS 'Internal: the work of gn2pg_remap(), without the lock check.';
 COMMENT ON FUNCTION gn2pg._remap_idle(text) IS 'Internal: gn2pg_remap() once the source is known to be idle.';
 COMMENT ON FUNCTION gn2pg._remap_if_pending(text) IS 'Internal: called by the harvest worker before loading pages.';
+COMMENT ON FUNCTION gn2pg._check_source(text, text) IS
+    'Internal: the id of a source, or an error naming the calling function when the source is NULL or unknown.';
+COMMENT ON FUNCTION gn2pg._uuid_arg(text, text, text) IS
+    'Internal: an argument of a mapping function as a uuid (NULL stays NULL), or an error naming the function and the argument.';
+COMMENT ON FUNCTION gn2pg._level_arg(text, text) IS
+    'Internal: checks a level argument (ca or jdd), or raises naming the function.';
+COMMENT ON FUNCTION gn2pg._mapping_changed(text) IS
+    'Internal: records that the rows of a source may have to move (gn2pg.mapping_state.version).';
+COMMENT ON FUNCTION gn2pg._describe(text, uuid, text, text, uuid) IS
+    'Internal: records what is known of a target CA or JDD (NULL arguments keep the current values); a new parent CA marks the sources mapped to that JDD for a remap.';
+COMMENT ON FUNCTION gn2pg._map(text, text, uuid, uuid) IS
+    'Internal: creates or changes one mapping and returns its id; a new target marks the source for a remap.';
+COMMENT ON FUNCTION gn2pg._unmap(text, text, text, uuid) IS
+    'Internal: removes one mapping and marks the source for a remap; false with a NOTICE when there was none.';
 
 -- ------------------------------------------------------------------------------------------
 -- User-facing functions (public, so they are callable without qualification)
@@ -526,3 +565,17 @@ COMMENT ON COLUMN gn2pg.metadata_mapping.mapped_by IS
     'The rule that applies first: ''jdd mapping'', ''jdd source-wide'', ''ca mapping'' or ''ca source-wide''; NULL when rows keep the source value.';
 COMMENT ON COLUMN gn2pg.metadata_mapping.remap_pending IS
     'Mappings changed since the rows were last remapped: gn2pg_remap() or the next run applies them.';
+COMMENT ON COLUMN gn2pg.metadata_mapping.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.metadata_mapping.level IS 'ca (acquisition framework) or jdd (dataset).';
+COMMENT ON COLUMN gn2pg.metadata_mapping.source_uuid IS 'The CA or JDD uuid as the source sent it.';
+COMMENT ON COLUMN gn2pg.metadata_mapping.source_name IS
+    'Its name at the source (gn2pg.metadata.name); NULL when the source sent none.';
+COMMENT ON COLUMN gn2pg.metadata_mapping.rows IS
+    'Harvested rows that carry it as sent (source_ca_uuid or source_jdd_uuid).';
+COMMENT ON COLUMN gn2pg.metadata_mapping.mapped IS 'A mapping applies to its rows; false: they keep the source value.';
+COMMENT ON COLUMN gn2pg.metadata_mapping.target_ca_uuid IS
+    'The CA its rows land in (the source value when not mapped).';
+COMMENT ON COLUMN gn2pg.metadata_mapping.target_jdd_uuid IS
+    'For a JDD: the JDD its rows land in (the source value when not mapped); NULL for a CA.';
+COMMENT ON COLUMN gn2pg.metadata_mapping.target_name IS
+    'The name of the target CA or JDD described locally (gn2pg.target_metadata); NULL when not mapped or not described.';

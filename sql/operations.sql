@@ -68,6 +68,13 @@ COMMENT ON TABLE gn2pg.schedule IS
     'pg_cron jobs of sources, as created by gn2pg_schedule(); the jobs themselves are in cron.job of the cron database.';
 COMMENT ON COLUMN gn2pg.schedule.schedule IS 'Cron expression in UTC (pg_cron 1.4 has no time zone).';
 COMMENT ON COLUMN gn2pg.schedule.run_as IS 'Login role the job runs as (the one that called gn2pg_schedule).';
+COMMENT ON COLUMN gn2pg.schedule.source IS 'The scheduled source.';
+COMMENT ON COLUMN gn2pg.schedule.mode IS 'Harvest mode of the scheduled runs: auto, full or incremental.';
+COMMENT ON COLUMN gn2pg.schedule.job_name IS 'Name of the pg_cron job: gn2pg:<source>.';
+COMMENT ON COLUMN gn2pg.schedule.cron_jobid IS
+    'cron.job.jobid of the job in cron_database when it was created (a restored database schedules its sources again).';
+COMMENT ON COLUMN gn2pg.schedule.cron_database IS 'The database that holds the pg_cron jobs (cron.database_name).';
+COMMENT ON COLUMN gn2pg.schedule.scheduled_at IS 'When gn2pg_schedule() last created or replaced the job.';
 
 ------------------------------------------------------------------------------------------------
 -- Alerts and their events.
@@ -93,6 +100,17 @@ COMMENT ON TABLE gn2pg.alert IS
     'Problems of sources: failed or abandoned runs, rows a run rejected, sources without a recent success (stale). Open while resolved_at IS NULL.';
 COMMENT ON COLUMN gn2pg.alert.occurrences IS 'Times it happened while open (repeats do not notify again).';
 COMMENT ON COLUMN gn2pg.alert.resolved_by_run IS 'The successful run that resolved it (NULL: resolved otherwise).';
+COMMENT ON COLUMN gn2pg.alert.id IS 'Alert id: in its notifications, and what gn2pg_acknowledge_alert() takes.';
+COMMENT ON COLUMN gn2pg.alert.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.alert.kind IS
+    'failed or abandoned: a run of the source ended so; stale: no successful run within the staleness limit.';
+COMMENT ON COLUMN gn2pg.alert.message IS
+    'What happened, naming the source and the run, with the run''s error; never a secret.';
+COMMENT ON COLUMN gn2pg.alert.run_id IS 'The latest run that raised or repeated it; NULL for stale alerts.';
+COMMENT ON COLUMN gn2pg.alert.raised_at IS 'When it was raised.';
+COMMENT ON COLUMN gn2pg.alert.last_seen_at IS 'When it last happened (raised or repeated).';
+COMMENT ON COLUMN gn2pg.alert.resolved_at IS
+    'When it was resolved: a successful run, the source no longer late, or the source removed; NULL while open.';
 
 CREATE SEQUENCE gn2pg.alert_event_id_seq;
 CREATE TABLE gn2pg.alert_event (
@@ -113,6 +131,16 @@ COMMENT ON TABLE gn2pg.alert_event IS
     'Notifications of alerts (raised, resolved): the NOTIFY gn2pg_alert payload and the webhook delivery.';
 COMMENT ON COLUMN gn2pg.alert_event.webhook_state IS
     'NULL: no webhook configured; pending, sending, sent, failed (webhook_error says why, without the URL).';
+COMMENT ON COLUMN gn2pg.alert_event.id IS 'Event id, in the order the events happened.';
+COMMENT ON COLUMN gn2pg.alert_event.alert_id IS 'The alert (gn2pg.alert.id).';
+COMMENT ON COLUMN gn2pg.alert_event.event IS 'raised or resolved.';
+COMMENT ON COLUMN gn2pg.alert_event.payload IS
+    'The JSON sent with NOTIFY gn2pg_alert and to the webhook: event, alert_id, database, source, kind, run_id, message, raised_at, occurrences, resolved_at, resolved_by_run.';
+COMMENT ON COLUMN gn2pg.alert_event.created_at IS 'When it happened; NOTIFY is sent when that transaction commits.';
+COMMENT ON COLUMN gn2pg.alert_event.webhook_attempts IS 'Webhook requests made for it, retries included.';
+COMMENT ON COLUMN gn2pg.alert_event.webhook_error IS 'Why the delivery failed, without the URL; NULL otherwise.';
+COMMENT ON COLUMN gn2pg.alert_event.webhook_at IS
+    'When its delivery last changed state (taken by a worker, sent, failed); NULL: not tried.';
 
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.schedule', '');
 SELECT pg_catalog.pg_extension_config_dump('gn2pg.alert', '');
@@ -384,6 +412,33 @@ COMMENT ON COLUMN gn2pg.flow_status.local_rows IS 'Rows of the source in gn2pg.o
 COMMENT ON COLUMN gn2pg.flow_status.stale_after IS 'Staleness limit: options.stale_after_hours, else gn2pg.stale_after; 0 = never late.';
 COMMENT ON COLUMN gn2pg.flow_status.health IS
     'never_run (no finished run), failing (latest run failed or abandoned), late (no success within stale_after), ok.';
+COMMENT ON COLUMN gn2pg.flow_status.source_id IS 'gn2pg.source.id.';
+COMMENT ON COLUMN gn2pg.flow_status.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.flow_status.enabled IS 'false: its pg_cron job skips it and it is never late.';
+COMMENT ON COLUMN gn2pg.flow_status.url IS 'GeoNature API root of the source.';
+COMMENT ON COLUMN gn2pg.flow_status.export_id IS 'Id of the export in the GeoNature Export module.';
+COMMENT ON COLUMN gn2pg.flow_status.schedule IS 'Cron expression of its pg_cron job (UTC); NULL: not scheduled.';
+COMMENT ON COLUMN gn2pg.flow_status.schedule_mode IS
+    'Mode of the scheduled runs (auto, full, incremental); NULL: not scheduled.';
+COMMENT ON COLUMN gn2pg.flow_status.running_run_id IS
+    'The pending or running run, whose worker is alive; NULL: no run now.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_mode IS 'full or incremental: mode of the latest finished run.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_status IS
+    'success, failed, cancelled or abandoned: how the latest finished run ended.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_started_at IS 'When the latest finished run started.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_finished_at IS 'When the latest finished run ended.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_duration IS 'How long the latest finished run took.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_rows_upserted IS 'Rows the latest finished run inserted or rewritten.';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_rows_deleted IS
+    'Rows the latest finished run deleted (gone from the source).';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_rows_failed IS 'Items the latest finished run rejected (gn2pg.run_error).';
+COMMENT ON COLUMN gn2pg.flow_status.last_run_error IS 'Why the latest finished run did not succeed; NULL when it did.';
+COMMENT ON COLUMN gn2pg.flow_status.last_success_run_id IS 'The latest successful run; NULL: none yet.';
+COMMENT ON COLUMN gn2pg.flow_status.last_success_at IS 'When the latest successful run ended; NULL: none yet.';
+COMMENT ON COLUMN gn2pg.flow_status.open_alerts IS 'Open alerts of the source (gn2pg.alert WHERE resolved_at IS NULL).';
+COMMENT ON COLUMN gn2pg.flow_status.open_alert_kinds IS 'Kinds of the open alerts, sorted; NULL when none is open.';
+COMMENT ON COLUMN gn2pg.flow_status.created_at IS
+    'When the source was registered: staleness counts from there until a first success.';
 
 -- Raises 'stale' alerts for enabled sources whose latest success (or registration) is older
 -- than their limit, and resolves those that are no longer late. Returns the alerts raised.

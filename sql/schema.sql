@@ -36,6 +36,22 @@ CREATE TABLE gn2pg.source (
 ALTER SEQUENCE gn2pg.source_id_seq OWNED BY gn2pg.source.id;
 COMMENT ON TABLE gn2pg.source IS
     'One row per harvested export. Manage with gn2pg_add_source() / gn2pg_remove_source().';
+COMMENT ON COLUMN gn2pg.source.id IS
+    'Source id, returned by gn2pg_add_source() (gn2pg.source_secret.source_id, gn2pg.run_log.source_id).';
+COMMENT ON COLUMN gn2pg.source.name IS
+    'Name given at registration (1 to 63 characters among a-z 0-9 _ -): what every gn2pg function, table and job calls the source.';
+COMMENT ON COLUMN gn2pg.source.url IS
+    'GeoNature API root, normalised to end with /api (e.g. https://geonature.example.org/api).';
+COMMENT ON COLUMN gn2pg.source.export_id IS
+    'Id of the export in the GeoNature Export module (data read from /exports/api/<export_id>).';
+COMMENT ON COLUMN gn2pg.source.auth IS
+    'How the export is read: login (POST /auth/login, cookie session), token (the export''s API key, sent as ?token=) or public.';
+COMMENT ON COLUMN gn2pg.source.options IS
+    'The options given to gn2pg_add_source() (page_size, paging, key_column, query, streams, workers, destination, stale_after_hours, ...; see README, SQL API); unknown keys are refused.';
+COMMENT ON COLUMN gn2pg.source.enabled IS
+    'false: its pg_cron job skips it (gn2pg_harvest_scheduled returns NULL) and it is never late; a harvest started by hand still runs.';
+COMMENT ON COLUMN gn2pg.source.created_at IS 'When the source was first registered.';
+COMMENT ON COLUMN gn2pg.source.updated_at IS 'When gn2pg_add_source() last registered it again (same name).';
 
 -- Secrets live apart from the registry so that monitoring roles can read every source column
 -- without ever being able to read a password or a token.
@@ -45,7 +61,16 @@ CREATE TABLE gn2pg.source_secret (
     password    text,
     token       text
 );
-COMMENT ON TABLE gn2pg.source_secret IS 'Credentials of sources; readable by superusers only.';
+COMMENT ON TABLE gn2pg.source_secret IS
+    'Credentials of sources (logins, passwords, tokens, alert webhooks), in clear; readable by gn2pg_admin and superusers only.';
+COMMENT ON COLUMN gn2pg.source_secret.source_id IS
+    'The source (gn2pg.source.id); its credentials go with it when it is removed.';
+COMMENT ON COLUMN gn2pg.source_secret.login IS
+    'Login of the harvesting GeoNature account (auth = login); NULL otherwise.';
+COMMENT ON COLUMN gn2pg.source_secret.password IS
+    'Password of that account, in clear (auth = login); NULL otherwise. pg_dump saves it in clear.';
+COMMENT ON COLUMN gn2pg.source_secret.token IS
+    'API key of the export (auth = token), in clear; NULL otherwise. pg_dump saves it in clear.';
 REVOKE ALL ON gn2pg.source_secret FROM PUBLIC;
 
 CREATE TABLE gn2pg.run_log (
@@ -93,6 +118,46 @@ COMMENT ON TABLE gn2pg.run_log IS
 CREATE UNIQUE INDEX run_log_active_idx ON gn2pg.run_log (source) WHERE status IN ('pending', 'running');
 COMMENT ON COLUMN gn2pg.run_log.status IS
     'pending (launched, its worker waits for the launching transaction), running, success, failed, cancelled, abandoned (its worker ended without recording the end).';
+COMMENT ON COLUMN gn2pg.run_log.id IS
+    'Run id: returned by gn2pg_harvest_async(), named in errors, alerts and gn2pg.run_error.run_id.';
+COMMENT ON COLUMN gn2pg.run_log.source IS 'Name of the harvested source (the row stays when the source is removed).';
+COMMENT ON COLUMN gn2pg.run_log.source_id IS 'gn2pg.source.id of the source when the run was launched.';
+COMMENT ON COLUMN gn2pg.run_log.mode IS
+    'full (afterwards the local rows equal the export''s) or incremental (rows changed since the window start); mode auto is decided before the run starts.';
+COMMENT ON COLUMN gn2pg.run_log.started_at IS
+    'When the run was launched, then (pending to running) when its worker started it.';
+COMMENT ON COLUMN gn2pg.run_log.finished_at IS 'When the run ended; NULL while it is pending or running.';
+COMMENT ON COLUMN gn2pg.run_log.pages_done IS 'Data pages loaded and committed so far.';
+COMMENT ON COLUMN gn2pg.run_log.rows_received IS 'Items received in data pages so far, rejected ones included.';
+COMMENT ON COLUMN gn2pg.run_log.rows_upserted IS
+    'Rows inserted or rewritten in gn2pg.observation: new or changed at the source, moved by a mapping, or stored without a hash by 0.1.0.';
+COMMENT ON COLUMN gn2pg.run_log.rows_unchanged IS 'Rows received whose stored version was current: not written.';
+COMMENT ON COLUMN gn2pg.run_log.rows_deleted IS
+    'Rows deleted from gn2pg.observation because the source no longer has them (key-range sweep, deletion log, reconciliation, offset walk).';
+COMMENT ON COLUMN gn2pg.run_log.rows_failed IS
+    'Items rejected, one gn2pg.run_error row each (SELECT * FROM gn2pg.run_error WHERE run_id = id).';
+COMMENT ON COLUMN gn2pg.run_log.http_requests IS
+    'HTTP requests sent to the source, retries included (a parallel run: the sum over its parts).';
+COMMENT ON COLUMN gn2pg.run_log.http_retries IS
+    'Requests sent again after a connection error, a timeout, a cut answer, HTTP 429 or 5xx.';
+COMMENT ON COLUMN gn2pg.run_log.bytes_received IS 'Bytes of answer bodies received from the source.';
+COMMENT ON COLUMN gn2pg.run_log.source_wait_ms IS
+    'Milliseconds spent waiting for the source''s pages; compared with load_ms, it tells whether the source or the database is the bottleneck.';
+COMMENT ON COLUMN gn2pg.run_log.load_ms IS 'Milliseconds spent loading pages into PostgreSQL.';
+COMMENT ON COLUMN gn2pg.run_log.error IS
+    'Why the run did not succeed, naming the source and the cause (stored secrets masked); NULL for a success and while it runs.';
+COMMENT ON COLUMN gn2pg.run_log.worker_pid IS
+    'Process id of the background worker that runs or ran it: a pending or running run whose worker is gone is marked abandoned.';
+COMMENT ON COLUMN gn2pg.run_log.paging IS
+    'keyset or offset: how the run asked for pages (option paging); NULL until it starts.';
+COMMENT ON COLUMN gn2pg.run_log.since IS
+    'Incremental runs: the start of the window (filter_d_up_<updated_column>), in the source''s timestamps; NULL for full runs.';
+COMMENT ON COLUMN gn2pg.run_log.max_source_action IS
+    'Latest updated_column (derniere_action) value received, in the source''s timestamps; NULL when no row carried one.';
+COMMENT ON COLUMN gn2pg.run_log.checkpoint IS
+    'Where a full run resumes, written with every page: {"ranges": [[next key, last key or null], ...]} (keyset) or {"page_index": n} (offset).';
+COMMENT ON COLUMN gn2pg.run_log.resumed_from IS
+    'The interrupted full run (failed, cancelled or abandoned) whose checkpoint this run started from; NULL: it started from the beginning.';
 
 -- Whether the worker of a run is alive: the process of that pid is a gn2pg harvest worker that
 -- started before the run did (a pid reused by a later process does not count). SECURITY
@@ -206,6 +271,22 @@ CREATE TABLE gn2pg.run_part (
     PRIMARY KEY (run_id, part)
 );
 COMMENT ON TABLE gn2pg.run_part IS 'Key ranges of a run loaded in parallel by several workers.';
+COMMENT ON COLUMN gn2pg.run_part.run_id IS 'The run (gn2pg.run_log.id).';
+COMMENT ON COLUMN gn2pg.run_part.part IS
+    'Number of the range in the run, from 0; part 0 is loaded by the run''s own worker.';
+COMMENT ON COLUMN gn2pg.run_part.lo IS 'First key of the range.';
+COMMENT ON COLUMN gn2pg.run_part.hi IS 'Last key of the range; NULL: no upper bound (the last range).';
+COMMENT ON COLUMN gn2pg.run_part.next_key IS
+    'The next key to fetch, moved with every page the part loads: a resumed run starts there.';
+COMMENT ON COLUMN gn2pg.run_part.done IS 'The part has fetched its whole range.';
+COMMENT ON COLUMN gn2pg.run_part.status IS 'running, success, failed or cancelled.';
+COMMENT ON COLUMN gn2pg.run_part.error IS 'Why the part failed or stopped (stored secrets masked); NULL otherwise.';
+COMMENT ON COLUMN gn2pg.run_part.worker_pid IS
+    'Process id of the background worker that ran the part (recorded when it ends).';
+COMMENT ON COLUMN gn2pg.run_part.http_requests IS
+    'HTTP requests of this part, retries included (the run''s http_requests sums them).';
+COMMENT ON COLUMN gn2pg.run_part.http_retries IS 'Requests of this part sent again after an error.';
+COMMENT ON COLUMN gn2pg.run_part.bytes_received IS 'Bytes of answer bodies this part received.';
 
 CREATE SEQUENCE gn2pg.run_error_id_seq;
 CREATE TABLE gn2pg.run_error (
@@ -221,6 +302,17 @@ CREATE TABLE gn2pg.run_error (
 ALTER SEQUENCE gn2pg.run_error_id_seq OWNED BY gn2pg.run_error.id;
 CREATE INDEX run_error_run_idx ON gn2pg.run_error (run_id);
 COMMENT ON TABLE gn2pg.run_error IS 'Items rejected during a run, with the cause.';
+COMMENT ON COLUMN gn2pg.run_error.id IS 'Row id, in the order the items were rejected.';
+COMMENT ON COLUMN gn2pg.run_error.run_id IS 'The run that rejected the item (gn2pg.run_log.id).';
+COMMENT ON COLUMN gn2pg.run_error.source IS 'Name of the source.';
+COMMENT ON COLUMN gn2pg.run_error.id_data IS 'The item''s key (key_column); NULL when it is missing or not an integer.';
+COMMENT ON COLUMN gn2pg.run_error.uuid IS
+    'The item''s uuid (uuid_column) as sent, valid or not; NULL when it has none.';
+COMMENT ON COLUMN gn2pg.run_error.item IS
+    'The item as received; NULL when jsonb cannot hold it (e.g. text with \u0000).';
+COMMENT ON COLUMN gn2pg.run_error.error IS
+    'Why it was rejected, e.g. an invalid uuid or geometry, or a uuid another row owns (with the owner); stored secrets masked.';
+COMMENT ON COLUMN gn2pg.run_error.created_at IS 'When the item was rejected.';
 
 CREATE TABLE gn2pg.observation (
     source            text NOT NULL,
@@ -253,6 +345,26 @@ CREATE INDEX observation_geom_idx ON gn2pg.observation USING gist (geom);
 ALTER TABLE gn2pg.observation
     ADD CONSTRAINT observation_uuid_key UNIQUE (uuid) DEFERRABLE INITIALLY DEFERRED;
 COMMENT ON TABLE gn2pg.observation IS 'Harvested observations, one row per source row.';
+COMMENT ON COLUMN gn2pg.observation.source IS 'Name of the source; with id_data, the primary key.';
+COMMENT ON COLUMN gn2pg.observation.id_data IS
+    'The row''s key at the source (option key_column, id_synthese by default).';
+COMMENT ON COLUMN gn2pg.observation.uuid IS
+    'SINP permanent id (option uuid_column, id_perm_sinp by default), stored once across all sources; NULL when the source sends none.';
+COMMENT ON COLUMN gn2pg.observation.item IS
+    'The row as received, without the feature''s geometry and the nested ca_data / jdd_data objects (kept in gn2pg.metadata); an array item keeps its WKT.';
+COMMENT ON COLUMN gn2pg.observation.geom IS
+    'Geometry in SRID 4326, 2D (Z and M dropped), from the GeoJSON feature or option wkt_column; NULL when the row has none.';
+COMMENT ON COLUMN gn2pg.observation.ca_uuid IS
+    'Acquisition framework (CA) of the row after mapping: where it lands on this platform.';
+COMMENT ON COLUMN gn2pg.observation.jdd_uuid IS
+    'Dataset (JDD) of the row after mapping: where it lands on this platform.';
+COMMENT ON COLUMN gn2pg.observation.source_ca_uuid IS 'Acquisition framework (CA) uuid as the source sent it.';
+COMMENT ON COLUMN gn2pg.observation.source_jdd_uuid IS 'Dataset (JDD) uuid as the source sent it.';
+COMMENT ON COLUMN gn2pg.observation.source_updated_at IS
+    'When the source last changed the row (option updated_column, derniere_action by default), in the source''s local time.';
+COMMENT ON COLUMN gn2pg.observation.updated_at IS 'When gn2pg last wrote the row (a run, or a remap that moved it).';
+COMMENT ON COLUMN gn2pg.observation.run_id IS
+    'The run that last wrote the row from the source (a remap does not change it).';
 
 CREATE TABLE gn2pg.metadata (
     source      text NOT NULL,
@@ -308,3 +420,5 @@ BEGIN
                      WHERE e.extname = 'postgis'));
 END
 $$;
+COMMENT ON FUNCTION gn2pg._parse_geometry(jsonb, text) IS
+    'Internal: one item''s geometry converted by PostGIS from GeoJSON or WKT (EWKT with another SRID is transformed to 4326), or the error PostGIS raised; for geometries gn2pg does not build itself.';

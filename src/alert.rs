@@ -83,24 +83,18 @@ fn record(id: i64, state: &str, attempts: i32, error: Option<&str>) -> Result<()
 }
 
 /// Builds the HTTP client with every signal blocked, so that reqwest's runtime thread never
-/// runs PostgreSQL's signal handlers (pgrx-notes.md §4).
+/// runs PostgreSQL's signal handlers (docs/pgrx-notes.md §4).
 fn client(timeout: Duration) -> Result<Client, String> {
-    // SAFETY: plain POSIX calls on local sigset_t values; the old mask is always restored.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        let c = Client::builder()
+    crate::source::client::with_signals_blocked(|| {
+        Client::builder()
             .connect_timeout(timeout)
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .user_agent(crate::source::client::USER_AGENT)
-            .build();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        c.map_err(|e| format!("cannot build the HTTP client: {}", e.without_url()))
-    }
+            .build()
+    })
+    .map_err(|e| format!("cannot build the HTTP client: {}", e.without_url()))
 }
 
 /// `scheme://host[:port]` of a webhook URL: what messages may show of it.

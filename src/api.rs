@@ -1,4 +1,4 @@
-//! The SQL API (sql-api.md). Functions are created in `public` so that `SELECT
+//! The SQL API (docs/sql-api.md). Functions are created in `public` so that `SELECT
 //! gn2pg_harvest('pne')` works with the default search_path; tables stay in schema gn2pg.
 //! Each function validates its arguments, then hands over to the engine or the registry.
 //!

@@ -30,6 +30,7 @@ use pgrx::prelude::*;
 mod access;
 mod alert;
 mod api;
+mod calendar;
 mod check;
 mod cron;
 mod cron_cleanup;
@@ -127,6 +128,13 @@ extension_sql_file!(
     "../sql/lifecycle.sql",
     name = "lifecycle",
     requires = ["operations", "dashboard", cron_cleanup::cron_cleanup_after_commit]
+);
+
+// COMMENTs of the functions pgrx generates; after every other file, so that they all exist.
+extension_sql_file!(
+    "../sql/comments.sql",
+    name = "comments",
+    requires = ["schema", "metadata", "operations", "destination", "dashboard", "lifecycle"]
 );
 
 #[pg_guard]

@@ -24,7 +24,8 @@
 //! Statements are prepared once per run and kept. Array parameters are built as bytes
 //! (`encode::array`): the INSERT's, in aligned memory handed to SPI as is; the others, copied
 //! into palloc'd memory. Every object is schema-qualified: workers
-//! run with the default search_path, and PostGIS may live in any schema.
+//! run with the default search_path, and PostGIS may live in any schema. The statements themselves
+//! are in sql/load/, one file each.
 
 use std::collections::{HashMap, HashSet};
 
@@ -132,13 +133,8 @@ pub fn finish_destination(source: &str, run_id: i64) -> SpiResult<()> {
 
 /// Up to `limit` stored keys of a source greater than `after`, in key order.
 pub fn stored_keys_after(source: &str, after: i64, limit: i64) -> SpiResult<Vec<i64>> {
-    Ok(Spi::get_one_with_args::<Vec<i64>>(
-        "SELECT coalesce(array_agg(k.id_data ORDER BY k.id_data), '{}')
-           FROM (SELECT o.id_data FROM gn2pg.observation o
-                  WHERE o.source = $1 AND o.id_data > $2 ORDER BY o.id_data LIMIT $3) k",
-        &[source.into(), after.into(), limit.into()],
-    )?
-    .unwrap_or_default())
+    Ok(Spi::get_one_with_args::<Vec<i64>>(STORED_KEYS_AFTER_SQL, &[source.into(), after.into(), limit.into()])?
+        .unwrap_or_default())
 }
 
 /// A by-reference datum built in Rust, handed to SPI as is.
@@ -192,88 +188,51 @@ const JSONB_ARRAY: pg_sys::Oid = pg_sys::JSONBARRAYOID;
 const BYTEA_ARRAY: pg_sys::Oid = pg_sys::BYTEAARRAYOID;
 const TIMESTAMP_ARRAY: pg_sys::Oid = pg_sys::TIMESTAMPARRAYOID;
 
+// The statements, in sql/load/: each file says at its top what its parameters ($1…) hold and
+// which `{placeholder}` this file fills in.
+
+/// Whether gn2pg.observation.uuid is unique and gn2pg.observation.item compresses with lz4.
+const OBSERVATION_SETUP_SQL: &str = include_str!("../sql/load/observation_setup.sql");
+
+/// Batches of stored keys, for sweeps that go through a whole source.
+const STORED_KEYS_AFTER_SQL: &str = include_str!("../sql/load/stored_keys_after.sql");
+
 /// (key, hash, CA, JDD) of stored rows, as four arrays; `{where}` chooses the rows.
-const STORED_SQL: &str = "
-SELECT coalesce(array_agg(o.id_data), '{}'), coalesce(array_agg(o.content_hash), '{}'),
-       coalesce(array_agg(o.ca_uuid), '{}'), coalesce(array_agg(o.jdd_uuid), '{}')
-  FROM gn2pg.observation o
- WHERE o.source = $1 AND {where}";
+const STORED_SQL: &str = include_str!("../sql/load/stored_rows.sql");
 
-const DELETE_KEYS_SQL: &str = "
-WITH d AS (DELETE FROM gn2pg.observation o WHERE o.source = $1 AND o.id_data = ANY ($2) RETURNING 1)
-SELECT count(*) FROM d";
+const DELETE_KEYS_SQL: &str = include_str!("../sql/load/delete_keys.sql");
 
-const RESOLVE_SQL: &str = "
-SELECT coalesce(array_agg(r.source_ca), '{}'), coalesce(array_agg(r.source_jdd), '{}'),
-       coalesce(array_agg(r.ca_uuid), '{}'), coalesce(array_agg(r.jdd_uuid), '{}')
-  FROM gn2pg._resolve_mapping($1, $2, $3) r";
+const RESOLVE_SQL: &str = include_str!("../sql/load/resolve_mapping.sql");
 
 /// Geometries Rust did not convert: PostGIS converts them, with the per-row error trap of
 /// gn2pg._parse_geometry (a subtransaction per row, hence only for these). The column is 2D, as
 /// GeoNature's synthese: Z and M ordinates are dropped (an array item keeps its WKT as sent).
-const DEFERRED_GEOMETRY_SQL: &str = "
-SELECT coalesce(array_agg(pg_catalog.encode({pg}.ST_AsEWKB({pg}.ST_Force2D(g.geom)), 'hex') ORDER BY t.i), '{}'),
-       coalesce(array_agg(g.error ORDER BY t.i), '{}')
-  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(geojson, wkt, i),
-       LATERAL gn2pg._parse_geometry(t.geojson::jsonb, t.wkt) AS g";
+const DEFERRED_GEOMETRY_SQL: &str = include_str!("../sql/load/deferred_geometry.sql");
 
 /// One owner per probed uuid; LATERAL … LIMIT 1 keeps this an index lookup per uuid whatever the
 /// planner thinks of the table's size (its generic plan is made at the first page of a run,
 /// when the table may still be empty).
-const UUID_OWNERS_SQL: &str = "
-SELECT coalesce(array_agg(u.i), '{}'), coalesce(array_agg(w.source), '{}'), coalesce(array_agg(w.id_data), '{}')
-  FROM unnest($2::uuid[], $3::bigint[]) WITH ORDINALITY AS u(uuid, id, i)
- CROSS JOIN LATERAL (SELECT o.source, o.id_data FROM gn2pg.observation o
-                      WHERE o.uuid = u.uuid AND (o.source <> $1 OR o.id_data <> u.id) LIMIT 1) w";
+const UUID_OWNERS_SQL: &str = include_str!("../sql/load/uuid_owners.sql");
 
 /// The rows of an INSERT. `unnest` in the select list runs value per call (ProjectSet); in FROM
 /// it would first copy every column of the page into a tuplestore.
-const ROWS: &str = "(SELECT unnest($3::bigint[]) AS id, unnest($4::uuid[]) AS uuid, unnest($5::jsonb[]) AS item,
-                           unnest($6::bytea[]) AS geom, unnest($7::uuid[]) AS ca, unnest($8::uuid[]) AS jdd,
-                           unnest($9::uuid[]) AS source_ca, unnest($10::uuid[]) AS source_jdd,
-                           unnest($11::timestamp[]) AS updated, unnest($12::bigint[]) AS hash) AS t";
+const ROWS: &str = include_str!("../sql/load/page_rows.sql");
 
-const INSERT_SQL: &str = "
-INSERT INTO gn2pg.observation AS o
-       (source, id_data, uuid, item, geom, ca_uuid, jdd_uuid, source_ca_uuid, source_jdd_uuid,
-        source_updated_at, updated_at, run_id, content_hash)
-SELECT $1, t.id, t.uuid, t.item, {pg}.ST_GeomFromEWKB(t.geom), t.ca, t.jdd, t.source_ca, t.source_jdd,
-       t.updated, now(), $2, t.hash
-  FROM {rows}";
+const INSERT_SQL: &str = include_str!("../sql/load/insert_rows.sql");
 
 /// Changed rows: INSERT_SQL as an upsert rather than UPDATE … FROM unnest: its conflict check is
 /// a primary key lookup per row, so no join has to be planned, and downstream triggers see what
 /// 0.1 did.
-const UPSERT_CLAUSE: &str = "
-    ON CONFLICT (source, id_data) DO UPDATE
-   SET uuid = EXCLUDED.uuid, item = EXCLUDED.item, geom = EXCLUDED.geom, ca_uuid = EXCLUDED.ca_uuid,
-       jdd_uuid = EXCLUDED.jdd_uuid, source_ca_uuid = EXCLUDED.source_ca_uuid,
-       source_jdd_uuid = EXCLUDED.source_jdd_uuid, source_updated_at = EXCLUDED.source_updated_at,
-       updated_at = EXCLUDED.updated_at, run_id = EXCLUDED.run_id, content_hash = EXCLUDED.content_hash";
+const UPSERT_CLAUSE: &str = include_str!("../sql/load/upsert_clause.sql");
 
 /// Upsert of gn2pg.metadata rows. One row per (source, level, uuid) holds the latest content;
 /// it is rewritten only when the content changed, and flat columns (a name, no object) never
 /// erase an object received earlier.
-const METADATA_UPSERT: &str = "
-    ON CONFLICT (source, level, uuid) DO UPDATE
-       SET name = coalesce(EXCLUDED.name, m.name),
-           parent_uuid = coalesce(EXCLUDED.parent_uuid, m.parent_uuid),
-           item = coalesce(EXCLUDED.item, m.item),
-           updated_at = now(), run_id = EXCLUDED.run_id
-     WHERE (EXCLUDED.name IS NOT NULL AND EXCLUDED.name IS DISTINCT FROM m.name)
-        OR (EXCLUDED.parent_uuid IS NOT NULL AND EXCLUDED.parent_uuid IS DISTINCT FROM m.parent_uuid)
-        OR (EXCLUDED.item IS NOT NULL AND EXCLUDED.item IS DISTINCT FROM m.item)";
+const METADATA_UPSERT: &str = include_str!("../sql/load/metadata_upsert_clause.sql");
 
-const METADATA_SQL: &str = "
-INSERT INTO gn2pg.metadata AS m (source, level, uuid, name, parent_uuid, item, run_id)
-SELECT $1, t.level, t.uuid, t.name, t.parent, t.item, $2
-  FROM unnest($3::text[], $4::uuid[], $5::text[], $6::uuid[], $7::jsonb[]) AS t(level, uuid, name, parent, item)
-{meta_upsert}";
+const METADATA_SQL: &str = include_str!("../sql/load/page_metadata.sql");
 
-const REJECT_SQL: &str = "
-INSERT INTO gn2pg.run_error (run_id, source, id_data, uuid, item, error)
-SELECT $2, $1, t.id, t.uuid, t.item, t.error
-  FROM unnest($3::bigint[], $4::text[], $5::jsonb[], $6::text[]) AS t(id, uuid, item, error)";
+const REJECT_SQL: &str = include_str!("../sql/load/rejections.sql");
 
 fn oids(list: &[pg_sys::Oid]) -> Vec<PgOid> {
     list.iter().map(|o| PgOid::from(*o)).collect()
@@ -340,12 +299,7 @@ impl Loader {
             TIMESTAMP_ARRAY,
             INT8_ARRAY,
         ];
-        let (uuid_unique, compress_items) = Spi::get_two::<bool, bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
-                             WHERE conrelid = 'gn2pg.observation'::regclass AND conname = 'observation_uuid_key'),
-                    (SELECT coalesce(attcompression = 'l', false) FROM pg_catalog.pg_attribute
-                      WHERE attrelid = 'gn2pg.observation'::regclass AND attname = 'item')",
-        )?;
+        let (uuid_unique, compress_items) = Spi::get_two::<bool, bool>(OBSERVATION_SETUP_SQL)?;
         let (uuid_unique, compress_items) = (uuid_unique.unwrap_or(false), compress_items.unwrap_or(false));
         let encoding = Encoding { compress: compress_items, fast_geometry: fast_geometry(&pg)? };
         Spi::connect(|c| {
@@ -763,67 +717,7 @@ const UUID_RE: &str = "'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 /// One page of a metadata export (GN2PG's `metadata_only` view): one item per CA (`ca_uuid`,
 /// `ca_nom`, `ca_data`) with its datasets nested in `datasets` (`jdd_uuid`, `jdd_nom`,
 /// `jdd_data`). Everything goes to gn2pg.metadata; bad entries go to gn2pg.run_error.
-const LOAD_METADATA_PAGE_SQL: &str = r#"
-WITH doc AS (
-    SELECT $1::jsonb AS j
-), elems AS (
-    SELECT t.ord, CASE WHEN $5 THEN t.e -> 'properties' ELSE t.e END AS p
-      FROM doc,
-           jsonb_array_elements(CASE WHEN $5 THEN doc.j -> 'items' -> 'features'
-                                     ELSE doc.j -> 'items' END) WITH ORDINALITY AS t(e, ord)
-), cas AS (
-    SELECT e.ord, e.p,
-           CASE WHEN jsonb_typeof(e.p -> $4) IN ('number', 'string') AND (e.p ->> $4) ~ '^-?[0-9]{1,18}$'
-                THEN (e.p ->> $4)::bigint END AS id_data,
-           coalesce(e.p ->> 'ca_uuid', e.p -> 'ca_data' ->> 'uuid') AS uuid_text
-      FROM elems e
-), entries AS (
-    SELECT c.ord, 0::bigint AS sub, 'ca'::text AS level, c.id_data, c.p AS raw, c.uuid_text,
-           coalesce(c.p ->> 'ca_nom', c.p -> 'ca_data' ->> 'name') AS name,
-           NULL::text AS parent_text,
-           CASE WHEN jsonb_typeof(c.p -> 'ca_data') = 'object' THEN c.p -> 'ca_data' END AS item
-      FROM cas c
-    UNION ALL
-    SELECT c.ord, d.ord, 'jdd', c.id_data, d.e,
-           coalesce(d.e ->> 'jdd_uuid', d.e -> 'jdd_data' ->> 'uuid'),
-           coalesce(d.e ->> 'jdd_nom', d.e -> 'jdd_data' ->> 'name'),
-           c.uuid_text,
-           CASE WHEN jsonb_typeof(d.e -> 'jdd_data') = 'object' THEN d.e -> 'jdd_data' END
-      FROM cas c
-     CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(c.p -> 'datasets') = 'array'
-                                                  THEN c.p -> 'datasets' ELSE '[]'::jsonb END)
-                        WITH ORDINALITY AS d(e, ord)
-), typed AS (
-    SELECT x.*,
-           CASE WHEN x.uuid_text ~ {uuid_re} THEN x.uuid_text::uuid END AS uuid,
-           CASE WHEN x.parent_text ~ {uuid_re} THEN x.parent_text::uuid END AS parent,
-           CASE WHEN jsonb_typeof(x.raw) IS DISTINCT FROM 'object'
-                     THEN CASE x.level WHEN 'ca' THEN 'item' ELSE 'dataset entry' END || ' is not a JSON object'
-                WHEN x.uuid_text IS NULL
-                     THEN CASE x.level WHEN 'ca' THEN 'missing acquisition framework uuid (ca_uuid)'
-                                       ELSE 'missing dataset uuid (jdd_uuid)' END
-                WHEN NOT (x.uuid_text ~ {uuid_re})
-                     THEN format('invalid %s uuid %s',
-                                 CASE x.level WHEN 'ca' THEN 'acquisition framework' ELSE 'dataset' END,
-                                 left(x.uuid_text, 80))
-           END AS reason
-      FROM entries x
-), rejected AS (
-    INSERT INTO gn2pg.run_error (run_id, source, id_data, uuid, item, error)
-    SELECT $3, $2, t.id_data, t.uuid_text, t.raw, 'metadata export: ' || t.reason
-      FROM typed t WHERE t.reason IS NOT NULL
-    RETURNING 1
-), picked AS (
-    SELECT DISTINCT ON (t.level, t.uuid) t.*
-      FROM typed t WHERE t.reason IS NULL ORDER BY t.level, t.uuid, t.ord DESC, t.sub DESC
-), written AS (
-    INSERT INTO gn2pg.metadata AS m (source, level, uuid, name, parent_uuid, item, run_id)
-    SELECT $2, p.level, p.uuid, p.name, p.parent, p.item, $3 FROM picked p
-    {meta_upsert}
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM elems), (SELECT count(*) FROM written), (SELECT count(*) FROM rejected)
-"#;
+const LOAD_METADATA_PAGE_SQL: &str = include_str!("../sql/load/metadata_export_page.sql");
 
 pub fn load_metadata_page_sql() -> String {
     LOAD_METADATA_PAGE_SQL.replace("{uuid_re}", UUID_RE).replace("{meta_upsert}", METADATA_UPSERT)

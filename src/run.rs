@@ -492,7 +492,7 @@ struct Produced {
 
 struct Ready {
     rows: PageRows,
-    /// `count(*)` of the whole view at this request (source-api.md §3.1).
+    /// `count(*)` of the whole view at this request (docs/source-api.md §3.1).
     total: Option<u64>,
     /// The key range this page proves complete (keyset full runs).
     sweep: Option<KeyRange>,

@@ -1,6 +1,6 @@
 -- A GeoNature-shaped destination for the tests and the benchmark: the tables, columns, keys,
 -- CHECKs, defaults and triggers of GeoNature 2.17.4 that a harvester writing the synthese and
--- gn_meta meets (shared/docs/geonature-destination.md §1-3), written for gn2pg's tests. It is
+-- gn_meta meets (docs/geonature-destination.md §1-3), written for gn2pg's tests. It is
 -- not GeoNature's schema: objects a harvester never touches are left out, and the trigger
 -- bodies are simple versions doing the same kind of work (a spatial join per inserted batch,
 -- a per-row recomputation on update, a log of deletions).

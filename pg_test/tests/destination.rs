@@ -1,6 +1,6 @@
 //! The GeoNature destination (issue 11): harvested rows kept in a GeoNature-shaped synthese and
 //! gn_meta (pg_test/sql/geonature.sql), nothing dropped silently. Each defect of GN2PG's
-//! to_gnsynthese.sql (geonature-destination.md §4) has a test here that gn2pg gets right:
+//! to_gnsynthese.sql (docs/geonature-destination.md §4) has a test here that gn2pg gets right:
 //! CA/JDD updated (not write-once), uuid conflicts reported (not skipped and counted as
 //! written), unknown nomenclatures reported (not silently defaulted), labels matched exactly,
 //! the time of day kept, habitats written from code_habitat, an unknown cd_nom keeping its

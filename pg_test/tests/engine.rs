@@ -1,6 +1,6 @@
 //! The harvest engine under stress: changes during a run, a killed worker, faults, cancel,
 //! concurrent calls, incremental cost, parallel streams and item-level errors.
-//! Each scenario reproduced against GN2PG in peer-gn2pg.md §3/§5.5 has a test here.
+//! Each scenario reproduced against GN2PG in docs/peer-gn2pg.md §3/§5.5 has a test here.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ fn harvest_async(db: &mut Client, source: &str, mode: &str) -> i64 {
     db.query_one("SELECT gn2pg_harvest_async($1, $2)", &[&source, &mode]).unwrap().get(0)
 }
 
-/// GN2PG 1.10.1 loses rows when the source changes during a full run (peer-gn2pg.md §3.2
+/// GN2PG 1.10.1 loses rows when the source changes during a full run (docs/peer-gn2pg.md §3.2
 /// item 6, reproduced in §5.5). Keyset paging plus a source-clock window must not.
 #[test]
 fn changes_during_a_full_run_are_not_lost() {

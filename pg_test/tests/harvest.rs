@@ -58,7 +58,7 @@ fn token_mode_with_feature_collection_and_null_geometries() {
     add_source(&mut db.client, "tok", &fx, 2, "token", "{}");
     let run = harvest(&mut db.client, "tok", "full").unwrap();
     assert_eq!(run["status"], "success");
-    // FeatureCollections drop rows without geometry (source-api.md §3.2).
+    // FeatureCollections drop rows without geometry (docs/source-api.md §3.2).
     let expected = fx.expected_rows(2).len() as i64;
     assert!(expected < 1500 && expected > 1200, "{expected}");
     assert_eq!(n(&run, "rows_upserted"), expected);

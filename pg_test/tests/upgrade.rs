@@ -23,7 +23,8 @@ fn catalog(db: &mut Client) -> Vec<String> {
         "SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'gn2pg'",
         "SELECT format('constraint %s %s', conname, pg_get_constraintdef(oid))
            FROM pg_constraint WHERE connamespace = 'gn2pg'::regnamespace",
-        "SELECT format('function %s acl=%s %s', p.oid::regprocedure, p.proacl, pg_get_functiondef(p.oid))
+        "SELECT format('function %s acl=%s comment=%s %s', p.oid::regprocedure, p.proacl, obj_description(p.oid, 'pg_proc'),
+                       pg_get_functiondef(p.oid))
            FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace
           WHERE p.prokind <> 'a' AND (s.nspname = 'gn2pg' OR p.proname LIKE 'gn2pg\\_%')",
         "SELECT format('view %s %s', viewname, definition) FROM pg_views WHERE schemaname = 'gn2pg'",
@@ -60,6 +61,10 @@ fn updating_from_every_released_version_gives_a_fresh_install() {
     fresh.client.batch_execute("CREATE EXTENSION gn2pg CASCADE").unwrap();
     let expected = catalog(&mut fresh.client);
     assert!(expected.iter().any(|l| l.contains("content_hash")), "the catalog query sees the columns");
+    assert!(
+        expected.iter().any(|l| l.starts_with("function gn2pg_harvest(text,text)") && l.contains("comment=Harvests")),
+        "the catalog query sees the comments of functions"
+    );
     let versions = released_versions(&mut fresh.client);
     assert!(versions.contains(&"0.1.0".to_string()), "released scripts are installed: {versions:?}");
     for v in versions {
@@ -71,6 +76,53 @@ fn updating_from_every_released_version_gives_a_fresh_install() {
         let extra: Vec<&String> = got.iter().filter(|l| !expected.contains(l)).collect();
         assert!(missing.is_empty() && extra.is_empty(), "update from {v}: missing {missing:#?}\nextra {extra:#?}");
     }
+}
+
+/// Every function, table, view and column of the extension says what it is in `\df+` and `\d+`.
+/// A new object without a COMMENT fails here, by name: add the COMMENT next to its definition
+/// (sql/*.sql; sql/comments.sql for functions pgrx generates) and in the upgrade script.
+#[test]
+fn every_function_table_view_and_column_has_a_comment() {
+    let mut db = TestDb::empty("comments", "");
+    db.client.batch_execute("CREATE EXTENSION gn2pg CASCADE").unwrap();
+    let missing: Vec<String> = db
+        .client
+        .query(
+            "WITH member AS (
+                 SELECT d.classid, d.objid FROM pg_depend d
+                  WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+                    AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'gn2pg'))
+             SELECT 'function ' || p.oid::regprocedure::text FROM member m JOIN pg_proc p ON p.oid = m.objid
+              WHERE m.classid = 'pg_proc'::regclass AND obj_description(p.oid, 'pg_proc') IS NULL
+             UNION ALL
+             SELECT 'relation ' || c.oid::regclass::text FROM member m JOIN pg_class c ON c.oid = m.objid
+              WHERE m.classid = 'pg_class'::regclass AND c.relkind IN ('r', 'v', 'm', 'p', 'f')
+                AND obj_description(c.oid, 'pg_class') IS NULL
+             UNION ALL
+             SELECT 'column ' || c.oid::regclass::text || '.' || a.attname FROM member m JOIN pg_class c ON c.oid = m.objid
+               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+              WHERE m.classid = 'pg_class'::regclass AND c.relkind IN ('r', 'v', 'm', 'p', 'f')
+                AND col_description(c.oid, a.attnum) IS NULL
+             ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let counted: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+              WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e' AND c.relkind IN ('r', 'v')
+                AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'gn2pg')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(counted > 200, "the query sees the extension's columns: {counted}");
+    assert!(missing.is_empty(), "{} objects of gn2pg have no COMMENT:\n{}", missing.len(), missing.join("\n"));
 }
 
 #[test]

@@ -15,6 +15,7 @@ use super::array::{Aligned, ArrayBuilder, Elem};
 use super::geometry::{self, Converted};
 use super::jsonb::{self, Value};
 use super::varlena;
+use crate::calendar::{civil_from_days, days_from_civil};
 use crate::source::page::{
     is_uuid, item_key, key_of, read_page, summary, Fields, PageLimits, PageSummary, ParsedItem, OVER_LIMIT,
 };
@@ -406,7 +407,7 @@ fn describe(value: &Value, level: Level, scratch: &mut Vec<u8>) -> Described {
     Described { name, item }
 }
 
-/// De-duplication (views joining several protocols repeat a row, source-api.md §3.4: the last
+/// De-duplication (views joining several protocols repeat a row, docs/source-api.md §3.4: the last
 /// copy of a key wins), one uuid per key within the page, and the page's CA/JDD. Every
 /// collection holds at most one entry per item, reserved fallibly.
 fn assemble(parsed: Vec<Parsed>) -> Result<PageRows, String> {
@@ -546,29 +547,6 @@ pub fn uuid_text(u: &[u8; 16]) -> String {
     s
 }
 
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 /// 2000-01-01, PostgreSQL's timestamp epoch, in days since 1970-01-01.
 const PG_EPOCH_DAYS: i64 = 10_957;
 const US_PER_DAY: i64 = 86_400_000_000;
@@ -582,7 +560,7 @@ pub fn timestamp_micros(s: &str) -> Option<i64> {
     }
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> i64 { b[r].iter().fold(0i64, |a, c| a * 10 + i64::from(c - b'0')) };
-    let days = days_from_civil(num(0..4), num(5..7), num(8..10)) - PG_EPOCH_DAYS;
+    let days = days_from_civil(num(0..4), num(5..7) as u32, num(8..10) as u32) - PG_EPOCH_DAYS;
     let mut us = days * US_PER_DAY;
     if b.len() >= 16 {
         us += (num(11..13) * 3600 + num(14..16) * 60) * 1_000_000;

@@ -1,7 +1,7 @@
 //! HTTP side of a source: one `reqwest` blocking client per run, login with a cookie jar,
 //! Export module discovery, page fetches with retries, and the deletion log.
 //!
-//! Backend rules this file follows (pgrx-notes.md §4): the client is built with every signal
+//! Backend rules this file follows (docs/pgrx-notes.md §4): the client is built with every signal
 //! blocked so that reqwest's runtime threads never run PostgreSQL's handlers; bodies are read in
 //! chunks with a cancellation check between chunks; retry waits go through the host, which
 //! sleeps on the backend latch. Nothing here may call PostgreSQL: reqwest threads must not,
@@ -74,7 +74,7 @@ pub const USER_AGENT: &str = concat!("gn2pg/", env!("CARGO_PKG_VERSION"), " (Pos
 
 /// Runs `f` with every signal blocked in the calling thread, so threads spawned inside inherit
 /// a full mask and PostgreSQL's handlers keep running on the backend thread only.
-fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+pub fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: plain POSIX calls on local sigset_t values; the old mask is always restored.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();

@@ -10,7 +10,7 @@ use url::Url;
 
 use super::error::{redact_params, SourceError};
 
-/// How the data API is reached (source-api.md §1.5).
+/// How the data API is reached (docs/source-api.md §1.5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Auth {
     /// `POST /auth/login`, then the session cookies.
@@ -40,7 +40,7 @@ pub enum Destination {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PagingMode {
-    /// `orderby=<key>&filter_n_up_<key>=<last+1>&offset=0` (source-api.md §4.6): stable under
+    /// `orderby=<key>&filter_n_up_<key>=<last+1>&offset=0` (docs/source-api.md §4.6): stable under
     /// concurrent inserts and deletes, and no OFFSET scan on the server.
     Keyset,
     /// `offset` = page index; for views without an integer key.

@@ -1,6 +1,6 @@
 //! Streams paced to the source (`streams => 'auto'`).
 //!
-//! A real GeoNature counts its whole view on every request (source-api.md §4.2): concurrent
+//! A real GeoNature counts its whole view on every request (docs/source-api.md §4.2): concurrent
 //! requests share the partner's few cores, and behind gunicorn's default 30 s timeout a
 //! saturated server answers 502/503. How many requests it serves well at once depends on a
 //! server gn2pg does not know, so it measures: [`Pacer`] starts with one stream, adds one

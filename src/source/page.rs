@@ -8,7 +8,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use crate::json::{JsonbError, Scanner, Value};
 
 /// `items` is a plain array (views without `geometry_field`) or a GeoJSON FeatureCollection
-/// (export module >= 1.7.2 or GeoNature >= 2.16 with `geometry_field`), source-api.md §3.2.
+/// (export module >= 1.7.2 or GeoNature >= 2.16 with `geometry_field`), docs/source-api.md §3.2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     Array,
@@ -24,7 +24,7 @@ pub struct PageSummary {
     /// Effective page size echoed by the server (capped at `max_page_size_api`).
     pub limit: Option<u64>,
     pub total: Option<u64>,
-    /// Unreliable across versions (source-api.md §4.3): a progress hint, never a stop rule.
+    /// Unreliable across versions (docs/source-api.md §4.3): a progress hint, never a stop rule.
     pub total_filtered: Option<u64>,
     /// Largest key in the page; drives keyset paging.
     pub max_key: Option<i64>,
@@ -34,7 +34,7 @@ pub struct PageSummary {
     pub missing_keys: usize,
 }
 
-/// The numbers of a page's envelope (source-api.md §3.1).
+/// The numbers of a page's envelope (docs/source-api.md §3.1).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Envelope {
     pub shape: Shape,
@@ -229,7 +229,7 @@ impl<'a> Items<'a> for Count<'_> {
     }
 }
 
-/// The envelope of an answer (source-api.md §3.1), its items handed to `items`.
+/// The envelope of an answer (docs/source-api.md §3.1), its items handed to `items`.
 fn walk<'a, I: Items<'a>>(body: &'a str, items: &mut I) -> Result<Envelope, String> {
     let page_error = |e: JsonbError| {
         if e.limit {
@@ -276,7 +276,7 @@ fn walk<'a, I: Items<'a>>(body: &'a str, items: &mut I) -> Result<Envelope, Stri
     Ok(Envelope { shape, limit, total, total_filtered })
 }
 
-/// `items`: a plain array, or a GeoJSON FeatureCollection (source-api.md §3.2).
+/// `items`: a plain array, or a GeoJSON FeatureCollection (docs/source-api.md §3.2).
 fn read_items<'a, I: Items<'a>>(
     sc: &mut Scanner<'a>,
     items: &mut I,

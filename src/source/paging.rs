@@ -1,5 +1,5 @@
 //! The paging plan: which query parameters the next page request carries, and when a run has
-//! seen everything. The rules come from source-api.md §4.3/§4.6:
+//! seen everything. The rules come from docs/source-api.md §4.3/§4.6:
 //! - `offset` is a page index, not a row offset;
 //! - `total_filtered` is wrong on several GeoNature versions, so the end is a short or empty
 //!   page, never a count;

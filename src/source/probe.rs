@@ -40,7 +40,7 @@ pub struct Report {
     /// `total` of the export's first page: rows of the whole view.
     pub row_count: Option<u64>,
     /// `total_filtered` of that page (rows matching `options.query`); its meaning varies with
-    /// GeoNature versions (source-api.md §4.3), so it is informative only.
+    /// GeoNature versions (docs/source-api.md §4.3), so it is informative only.
     pub row_count_filtered: Option<u64>,
     pub columns: Vec<String>,
     pub key_column_found: Option<bool>,

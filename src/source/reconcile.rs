@@ -20,7 +20,7 @@
 //! item (the range is empty at the source). A source changing between two requests can only
 //! make the planner look in the wrong place, never delete a row that exists.
 //!
-//! `total_filtered` is a count of the range only on some GeoNature versions (source-api.md
+//! `total_filtered` is a count of the range only on some GeoNature versions (docs/source-api.md
 //! §4.3): it is capped at the page size on 2.13.0 and 2.16.0-2.16.2, and the whole-export count
 //! tells which. There every range is paged in pieces of at most one page ([`one_page_ranges`]);
 //! the whole-view `total` can still show in one request that nothing was deleted.
