@@ -153,35 +153,40 @@ impl Default for SourceOptions {
 /// Parameters the engine sends itself: a user filter must not silently override them.
 const RESERVED_PARAMS: &[&str] = &["limit", "offset", "orderby", "token", "order"];
 
-const KNOWN_OPTIONS: &[&str] = &[
-    "page_size",
-    "paging",
-    "key_column",
-    "uuid_column",
-    "wkt_column",
-    "updated_column",
-    "module_path",
-    "query",
-    "connect_timeout_ms",
-    "timeout_ms",
-    "max_retries",
-    "max_page_bytes",
-    "overlap_seconds",
-    "id_application",
-    "streams",
-    "workers",
-    "full_every_hours",
-    "reconcile",
-    "organism",
-    "organism_id",
-    "stale_after_hours",
-    "metadata_export_id",
-    "ca_certificate",
-    "allow_insecure_http",
-    "metadata_key_column",
-    "destination",
-    "nomenclature_unknown",
-];
+/// `gn2pg.source.options` as written: the known keys, each value checked by
+/// `SourceOptions::from_json`. An unknown key (a typo) is refused, naming the known ones; a key
+/// set to `null` is as if absent.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptionsJson {
+    page_size: Option<Value>,
+    paging: Option<Value>,
+    key_column: Option<Value>,
+    uuid_column: Option<Value>,
+    wkt_column: Option<Value>,
+    updated_column: Option<Value>,
+    module_path: Option<Value>,
+    query: Option<Value>,
+    connect_timeout_ms: Option<Value>,
+    timeout_ms: Option<Value>,
+    max_retries: Option<Value>,
+    max_page_bytes: Option<Value>,
+    overlap_seconds: Option<Value>,
+    id_application: Option<Value>,
+    streams: Option<Value>,
+    workers: Option<Value>,
+    full_every_hours: Option<Value>,
+    reconcile: Option<Value>,
+    organism: Option<Value>,
+    organism_id: Option<Value>,
+    stale_after_hours: Option<Value>,
+    metadata_export_id: Option<Value>,
+    ca_certificate: Option<Value>,
+    allow_insecure_http: Option<Value>,
+    metadata_key_column: Option<Value>,
+    destination: Option<Value>,
+    nomenclature_unknown: Option<Value>,
+}
 
 fn column_name(opt: &str, v: &Value) -> Result<String, SourceError> {
     let s = v.as_str().ok_or_else(|| SourceError::Config(format!("option {opt} must be a string")))?;
@@ -244,142 +249,150 @@ pub fn is_loopback(u: &Url) -> bool {
 impl SourceOptions {
     /// Parses `gn2pg.source.options`. Unknown keys are refused: a typo must not be ignored.
     pub fn from_json(v: &Value) -> Result<SourceOptions, SourceError> {
-        let obj = v.as_object().ok_or_else(|| SourceError::Config("options must be a JSON object".into()))?;
+        if !v.is_object() {
+            return Err(SourceError::Config("options must be a JSON object".into()));
+        }
+        let raw: OptionsJson = serde_json::from_value(v.clone())
+            .map_err(|e| SourceError::Config(e.to_string().replacen("unknown field", "unknown option", 1)))?;
         let mut o = SourceOptions::default();
-        for (k, val) in obj {
-            match k.as_str() {
-                "page_size" => o.page_size = positive(k, val, 1000)? as u32,
-                "paging" => {
-                    o.paging = match val.as_str() {
-                        Some("keyset") => PagingMode::Keyset,
-                        Some("offset") => PagingMode::Offset,
-                        _ => return Err(SourceError::Config("option paging must be 'keyset' or 'offset'".into())),
-                    }
-                }
-                "key_column" => o.key_column = column_name(k, val)?,
-                "uuid_column" => o.uuid_column = column_name(k, val)?,
-                "wkt_column" => o.wkt_column = column_name(k, val)?,
-                "updated_column" => o.updated_column = column_name(k, val)?,
-                "module_path" => {
-                    let p = val
-                        .as_str()
-                        .map(|s| s.trim_matches('/'))
-                        .filter(|s| !s.is_empty() && !s.contains("..") && !s.contains('?'))
-                        .ok_or_else(|| {
-                            SourceError::Config("option module_path must be a path like 'exports'".into())
-                        })?;
-                    o.module_path = Some(p.to_string());
-                }
-                "query" => {
-                    let q = val
-                        .as_object()
-                        .ok_or_else(|| SourceError::Config("option query must be an object of parameters".into()))?;
-                    for (qk, qv) in q {
-                        if RESERVED_PARAMS.contains(&qk.as_str()) {
-                            return Err(SourceError::Config(format!(
-                                "option query may not set {qk:?}: gn2pg sends it itself"
-                            )));
-                        }
-                        let s = match qv {
-                            Value::String(s) => s.clone(),
-                            Value::Number(n) => n.to_string(),
-                            Value::Bool(b) => b.to_string(),
-                            _ => {
-                                return Err(SourceError::Config(format!(
-                                    "option query.{qk} must be a string or number"
-                                )))
-                            }
-                        };
-                        o.query.insert(qk.clone(), s);
-                    }
-                }
-                "connect_timeout_ms" => o.connect_timeout = Some(Duration::from_millis(positive(k, val, 3_600_000)?)),
-                "timeout_ms" => o.timeout = Some(Duration::from_millis(positive(k, val, 3_600_000)?)),
-                "max_retries" => {
-                    o.max_retries = Some(val.as_u64().filter(|n| *n <= 100).ok_or_else(|| {
-                        SourceError::Config("option max_retries must be an integer between 0 and 100".into())
-                    })? as u32)
-                }
-                "max_page_bytes" => {
-                    o.max_page_bytes = Some(positive(k, val, super::page::MAX_PAGE_BYTES_CAP as u64)? as usize)
-                }
-                "overlap_seconds" => {
-                    o.overlap = Some(Duration::from_secs(val.as_u64().ok_or_else(|| {
-                        SourceError::Config("option overlap_seconds must be a non-negative integer".into())
-                    })?))
-                }
-                "id_application" => {
-                    o.id_application = Some(
-                        val.as_i64()
-                            .ok_or_else(|| SourceError::Config("option id_application must be an integer".into()))?,
-                    )
-                }
-                "streams" => {
-                    o.streams = match val.as_str() {
-                        Some("auto") => Streams::Auto,
-                        _ => Streams::Fixed(positive(k, val, 16).map_err(|_| {
-                            SourceError::Config("option streams must be 'auto' or an integer between 1 and 16".into())
-                        })? as u32),
-                    }
-                }
-                "reconcile" => {
-                    o.reconcile = Some(
-                        val.as_bool()
-                            .ok_or_else(|| SourceError::Config("option reconcile must be true or false".into()))?,
-                    )
-                }
-                "workers" => o.workers = positive(k, val, 8)? as u32,
-                "full_every_hours" => {
-                    o.full_every_hours = Some(val.as_u64().ok_or_else(|| {
-                        SourceError::Config("option full_every_hours must be a non-negative integer (0: never)".into())
-                    })?)
-                }
-                "organism" => o.organism = Some(label(k, val, 200)?),
-                "organism_id" => {
-                    o.organism_id = Some(match val {
-                        Value::Number(n) if n.is_u64() => n.to_string(),
-                        _ => label(k, val, 100)?,
-                    })
-                }
-                "stale_after_hours" => {
-                    o.stale_after = Some(Duration::from_secs(
-                        val.as_u64().filter(|n| *n <= 87_600).ok_or_else(|| {
-                            SourceError::Config(
-                                "option stale_after_hours must be an integer between 0 (never stale) and 87600".into(),
-                            )
-                        })? * 3600,
-                    ))
-                }
-                "metadata_export_id" => o.metadata_export_id = Some(positive(k, val, i32::MAX as u64)? as i32),
-                "metadata_key_column" => o.metadata_key_column = column_name(k, val)?,
-                "destination" => {
-                    o.destination = match val.as_str() {
-                        Some("geonature") => Some(Destination::GeoNature),
-                        _ => return Err(SourceError::Config("option destination must be 'geonature'".into())),
-                    }
-                }
-                "nomenclature_unknown" => {
-                    if !matches!(val.as_str(), Some("reject" | "default")) {
-                        return Err(SourceError::Config(
-                            "option nomenclature_unknown must be 'reject' or 'default'".into(),
-                        ));
-                    }
-                }
-                "ca_certificate" => o.ca_certificate = Some(ca_bundle(val)?),
-                "allow_insecure_http" => {
-                    o.allow_insecure_http = val
-                        .as_bool()
-                        .ok_or_else(|| SourceError::Config("option allow_insecure_http must be true or false".into()))?
-                }
-                other => {
-                    return Err(SourceError::Config(format!(
-                        "unknown option {other:?} (known: {})",
-                        KNOWN_OPTIONS.join(", ")
-                    )))
-                }
+        if let Some(val) = &raw.page_size {
+            o.page_size = positive("page_size", val, 1000)? as u32;
+        }
+        if let Some(val) = &raw.paging {
+            o.paging = match val.as_str() {
+                Some("keyset") => PagingMode::Keyset,
+                Some("offset") => PagingMode::Offset,
+                _ => return Err(SourceError::Config("option paging must be 'keyset' or 'offset'".into())),
             }
         }
-        if obj.contains_key("nomenclature_unknown") && o.destination.is_none() {
+        if let Some(val) = &raw.key_column {
+            o.key_column = column_name("key_column", val)?;
+        }
+        if let Some(val) = &raw.uuid_column {
+            o.uuid_column = column_name("uuid_column", val)?;
+        }
+        if let Some(val) = &raw.wkt_column {
+            o.wkt_column = column_name("wkt_column", val)?;
+        }
+        if let Some(val) = &raw.updated_column {
+            o.updated_column = column_name("updated_column", val)?;
+        }
+        if let Some(val) = &raw.module_path {
+            let p = val
+                .as_str()
+                .map(|s| s.trim_matches('/'))
+                .filter(|s| !s.is_empty() && !s.contains("..") && !s.contains('?'))
+                .ok_or_else(|| SourceError::Config("option module_path must be a path like 'exports'".into()))?;
+            o.module_path = Some(p.to_string());
+        }
+        if let Some(val) = &raw.query {
+            let q = val
+                .as_object()
+                .ok_or_else(|| SourceError::Config("option query must be an object of parameters".into()))?;
+            for (qk, qv) in q {
+                if RESERVED_PARAMS.contains(&qk.as_str()) {
+                    return Err(SourceError::Config(format!("option query may not set {qk:?}: gn2pg sends it itself")));
+                }
+                let s = match qv {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => return Err(SourceError::Config(format!("option query.{qk} must be a string or number"))),
+                };
+                o.query.insert(qk.clone(), s);
+            }
+        }
+        if let Some(val) = &raw.connect_timeout_ms {
+            o.connect_timeout = Some(Duration::from_millis(positive("connect_timeout_ms", val, 3_600_000)?));
+        }
+        if let Some(val) = &raw.timeout_ms {
+            o.timeout = Some(Duration::from_millis(positive("timeout_ms", val, 3_600_000)?));
+        }
+        if let Some(val) = &raw.max_retries {
+            o.max_retries =
+                Some(val.as_u64().filter(|n| *n <= 100).ok_or_else(|| {
+                    SourceError::Config("option max_retries must be an integer between 0 and 100".into())
+                })? as u32)
+        }
+        if let Some(val) = &raw.max_page_bytes {
+            o.max_page_bytes = Some(positive("max_page_bytes", val, super::page::MAX_PAGE_BYTES_CAP as u64)? as usize)
+        }
+        if let Some(val) = &raw.overlap_seconds {
+            o.overlap =
+                Some(Duration::from_secs(val.as_u64().ok_or_else(|| {
+                    SourceError::Config("option overlap_seconds must be a non-negative integer".into())
+                })?))
+        }
+        if let Some(val) = &raw.id_application {
+            o.id_application = Some(
+                val.as_i64().ok_or_else(|| SourceError::Config("option id_application must be an integer".into()))?,
+            )
+        }
+        if let Some(val) = &raw.streams {
+            o.streams = match val.as_str() {
+                Some("auto") => Streams::Auto,
+                _ => Streams::Fixed(positive("streams", val, 16).map_err(|_| {
+                    SourceError::Config("option streams must be 'auto' or an integer between 1 and 16".into())
+                })? as u32),
+            }
+        }
+        if let Some(val) = &raw.reconcile {
+            o.reconcile = Some(
+                val.as_bool().ok_or_else(|| SourceError::Config("option reconcile must be true or false".into()))?,
+            )
+        }
+        if let Some(val) = &raw.workers {
+            o.workers = positive("workers", val, 8)? as u32;
+        }
+        if let Some(val) = &raw.full_every_hours {
+            o.full_every_hours = Some(val.as_u64().ok_or_else(|| {
+                SourceError::Config("option full_every_hours must be a non-negative integer (0: never)".into())
+            })?)
+        }
+        if let Some(val) = &raw.organism {
+            o.organism = Some(label("organism", val, 200)?);
+        }
+        if let Some(val) = &raw.organism_id {
+            o.organism_id = Some(match val {
+                Value::Number(n) if n.is_u64() => n.to_string(),
+                _ => label("organism_id", val, 100)?,
+            })
+        }
+        if let Some(val) = &raw.stale_after_hours {
+            o.stale_after = Some(Duration::from_secs(
+                val.as_u64().filter(|n| *n <= 87_600).ok_or_else(|| {
+                    SourceError::Config(
+                        "option stale_after_hours must be an integer between 0 (never stale) and 87600".into(),
+                    )
+                })? * 3600,
+            ))
+        }
+        if let Some(val) = &raw.metadata_export_id {
+            o.metadata_export_id = Some(positive("metadata_export_id", val, i32::MAX as u64)? as i32);
+        }
+        if let Some(val) = &raw.metadata_key_column {
+            o.metadata_key_column = column_name("metadata_key_column", val)?;
+        }
+        if let Some(val) = &raw.destination {
+            o.destination = match val.as_str() {
+                Some("geonature") => Some(Destination::GeoNature),
+                _ => return Err(SourceError::Config("option destination must be 'geonature'".into())),
+            }
+        }
+        if let Some(val) = &raw.nomenclature_unknown {
+            if !matches!(val.as_str(), Some("reject" | "default")) {
+                return Err(SourceError::Config("option nomenclature_unknown must be 'reject' or 'default'".into()));
+            }
+        }
+        if let Some(val) = &raw.ca_certificate {
+            o.ca_certificate = Some(ca_bundle(val)?);
+        }
+        if let Some(val) = &raw.allow_insecure_http {
+            o.allow_insecure_http = val
+                .as_bool()
+                .ok_or_else(|| SourceError::Config("option allow_insecure_http must be true or false".into()))?
+        }
+        if raw.nomenclature_unknown.is_some() && o.destination.is_none() {
             return Err(SourceError::Config(
                 "option nomenclature_unknown applies to a destination: add \"destination\": \"geonature\"".into(),
             ));
@@ -540,7 +553,9 @@ mod tests {
         assert_eq!(o.page_size, 500);
         assert_eq!(o.paging, PagingMode::Offset);
         assert_eq!(o.query.get("cd_nom").unwrap(), "4001");
-        assert!(SourceOptions::from_json(&json!({"page_sise": 5})).unwrap_err().to_string().contains("unknown option"));
+        let typo = SourceOptions::from_json(&json!({"page_sise": 5})).unwrap_err().to_string();
+        assert!(typo.contains("unknown option `page_sise`") && typo.contains("`page_size`"), "{typo}");
+        assert_eq!(SourceOptions::from_json(&json!({"page_size": null})).unwrap().page_size, 1000, "null: the default");
         assert!(SourceOptions::from_json(&json!({"page_size": 5000})).is_err());
         assert!(SourceOptions::from_json(&json!({"key_column": "id; drop"})).is_err());
         assert!(SourceOptions::from_json(&json!({"query": {"limit": 5}})).is_err());
