@@ -473,7 +473,7 @@ mod tests {
         assert_eq!(pieces(Some(15_999), 1000, 4), 1);
         assert_eq!(pieces(Some(32_000), 1000, 4), 2);
         assert_eq!(pieces(Some(10_000_000), 1000, 4), 16);
-        assert_eq!(pieces(Some(100), 0, 4), 1);
+        assert_eq!(pieces(Some(32), 0, 4), 2, "a page size of 0 counts as 1");
     }
 
     #[test]
