@@ -30,28 +30,35 @@ use pgrx::prelude::*;
 mod access;
 mod alert;
 mod api;
+mod bgw;
 mod calendar;
 mod check;
 mod cron;
 mod cron_cleanup;
+mod cron_jobs;
 mod dashboard;
 mod diagnostics;
 mod encode;
 mod error;
 mod guc;
 mod json;
+mod launch;
 mod loader;
 mod pacing_run;
 mod reconcile_run;
+mod registry;
 mod run;
 mod schedule;
 mod source;
+mod sources;
 mod store;
 mod window;
 mod worker;
 
 #[cfg(test)]
 mod alloc_count;
+#[cfg(test)]
+mod module_graph;
 #[cfg(test)]
 mod testgen;
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use pgrx::prelude::*;
 
+use crate::bgw::tx;
 use crate::encode::rows::{self, timestamp_text, Encoding};
 use crate::error::{spi_err, Error, Reason, SqlState};
 use crate::loader;
@@ -30,7 +31,6 @@ use crate::source::pacing::Sample;
 use crate::source::page::parse_page;
 use crate::source::reconcile::{counting, join_adjacent, one_page_ranges, CountAnswer, Counting, Planner, Range, Task};
 use crate::source::SourceError;
-use crate::worker::tx;
 
 type SpiResult<T> = Result<T, pgrx::spi::Error>;
 

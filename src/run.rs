@@ -15,6 +15,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::json;
 
+use crate::bgw::{self, tx};
 use crate::encode::rows::{self, Encoding, PageRows};
 use crate::error::{spi_err, Error, Reason, SqlState};
 use crate::guc;
@@ -31,7 +32,6 @@ use crate::source::paging::{split_key_space, KeyRange, Pager, SeenKeys, Step};
 use crate::source::SourceError;
 use crate::store::{self, Progress, RunStart};
 use crate::window::{self, RunClock};
-use crate::worker::{self, tx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requested {
@@ -604,12 +604,12 @@ fn harvest(
         && ranges.len() > 1
         && ranges.len() <= o.workers as usize
         // gn2pg.max_harvest_workers leaves no room: this worker loads every range itself.
-        && worker::room_for_parts(ranges.len() - 1);
+        && bgw::room_for_parts(ranges.len() - 1);
     let mut parts = Vec::new();
     let (ranges, part) = if parallel {
         tx(|| store::create_parts(run_id, &ranges).map_err(spi_err)).map_err(Stop::Failed)?;
         for k in 1..ranges.len() {
-            match worker::launch_part(run_id, k as i32, &setup.cfg.name) {
+            match bgw::launch_part(run_id, k as i32, &setup.cfg.name) {
                 Ok(w) => parts.push(w),
                 Err(e) => {
                     stop_parts(parts);
