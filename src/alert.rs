@@ -12,15 +12,15 @@
 
 use std::time::Duration;
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder};
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use reqwest::blocking::Client;
 use reqwest::header::CONTENT_TYPE;
 
+use crate::bgw::tx;
 use crate::guc;
 use crate::source::client::error_chain;
-use crate::worker::tx;
 
 /// Events claimed per transaction.
 const BATCH: i64 = 50;
@@ -207,23 +207,9 @@ pub fn deliver_pending() {
 /// waits for the caller's transaction and does nothing if it rolls back. The worker runs as the
 /// current user, which callers make the extension owner.
 pub fn launch_delivery(after_commit: bool) -> Result<(), String> {
-    // SAFETY: reading backend globals; GetTopTransactionId assigns an xid if needed.
-    let (db, user, xid) = unsafe {
-        (
-            pg_sys::MyDatabaseId,
-            pg_sys::GetUserId(),
-            if after_commit { u32::from(pg_sys::GetTopTransactionId()) } else { 0 },
-        )
-    };
-    BackgroundWorkerBuilder::new("gn2pg alerts")
-        .set_type("gn2pg alerts")
-        .set_library("gn2pg")
-        .set_function("gn2pg_alert_worker")
-        .enable_spi_access()
-        .set_extra(&format!("{} {} {}", u32::from(db), u32::from(user), xid))
-        .load_dynamic()
-        .map(|_| ())
-        .map_err(|_| "no free background worker slot".to_string())
+    // SAFETY: reading backend globals.
+    let (db, user) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetUserId()) };
+    crate::bgw::launch_after_commit("gn2pg alerts", "gn2pg_alert_worker", db, user, after_commit)
 }
 
 /// Called by a harvest worker once its run is recorded (outside any transaction): hands the
@@ -271,7 +257,7 @@ pub fn check_flows() -> i32 {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn gn2pg_alert_worker(_arg: pg_sys::Datum) {
-    if crate::worker::connect_after_commit() {
+    if crate::bgw::connect_after_commit() {
         deliver_pending();
     }
 }

@@ -85,7 +85,7 @@ impl Host for BackendHost {
 /// replacing its fields. Credentials not given are kept when the access mode stays the same.
 fn resolve(req: &Request) -> SourceConfig {
     let saved = req.name.map(|name| {
-        crate::api::require_source(name);
+        crate::registry::require_source(name);
         access::as_owner(|| store::load_source(name))
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("gn2pg: SPI failed: {e}"), None))
             .unwrap_or_else(|| invalid(format!("gn2pg: source \"{name}\" does not exist")))

@@ -23,13 +23,12 @@
 //! - by the job `gn2pg:housekeeping` of the cron database, for `DROP DATABASE` (no trigger fires
 //!   for it) and for drops that happened while pg_cron could not be reached.
 
-use pgrx::bgworkers::BackgroundWorkerBuilder;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::schedule::{PURGE_COMMAND, PURGE_JOB, PURGE_SCHEDULE};
+use crate::cron_jobs::{PURGE_COMMAND, PURGE_JOB, PURGE_SCHEDULE};
 
 pub const HOUSEKEEPING_JOB: &str = "gn2pg:housekeeping";
 pub const HOUSEKEEPING_SCHEDULE: &str = "*/10 * * * *";
@@ -131,7 +130,7 @@ static LAST_XID: AtomicU32 = AtomicU32::new(0);
 #[pg_extern(name = "_cron_cleanup_after_commit", volatile)]
 #[search_path(pg_catalog, pg_temp)]
 fn cron_cleanup_after_commit() {
-    if !crate::schedule::cron_available() {
+    if !crate::cron_jobs::cron_available() {
         return;
     }
     let owner =
@@ -150,13 +149,8 @@ fn cron_cleanup_after_commit() {
     if LAST_XID.swap(xid, Ordering::SeqCst) == xid {
         return;
     }
-    let started = BackgroundWorkerBuilder::new("gn2pg cron cleanup")
-        .set_type("gn2pg cron cleanup")
-        .set_library("gn2pg")
-        .set_function("gn2pg_cron_cleanup_worker")
-        .enable_spi_access()
-        .set_extra(&format!("{} {} {xid}", u32::from(cron_db), u32::from(owner)))
-        .load_dynamic();
+    let started =
+        crate::bgw::launch_after_commit("gn2pg cron cleanup", "gn2pg_cron_cleanup_worker", cron_db, owner, true);
     if started.is_err() {
         pgrx::warning!(
             "gn2pg: no free background worker slot to remove the pg_cron jobs of this database now; \
@@ -170,10 +164,10 @@ fn cron_cleanup_after_commit() {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn gn2pg_cron_cleanup_worker(_arg: pg_sys::Datum) {
-    if !crate::worker::connect_after_commit() {
+    if !crate::bgw::connect_after_commit() {
         return;
     }
-    let removed = crate::worker::tx(|| {
+    let removed = crate::bgw::tx(|| {
         let has_cron =
             Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron')")
                 .map_err(|e| e.to_string())?
@@ -181,7 +175,7 @@ pub extern "C-unwind" fn gn2pg_cron_cleanup_worker(_arg: pg_sys::Datum) {
         if !has_cron {
             return Ok(0);
         }
-        crate::schedule::lock_cron_jobs()?;
+        crate::cron_jobs::lock_cron_jobs()?;
         remove_orphan_jobs()
     });
     match removed {
@@ -197,7 +191,7 @@ pub extern "C-unwind" fn gn2pg_cron_cleanup_worker(_arg: pg_sys::Datum) {
 #[cfg(test)]
 mod tests {
     use super::{CLAIM_KEYS, HOUSEKEEPING_COMMAND, HOUSEKEEPING_JOB, REMOVE_ORPHANS};
-    use crate::schedule::PURGE_JOB;
+    use crate::cron_jobs::PURGE_JOB;
 
     #[test]
     fn maintenance_job_names_match_the_statement() {
@@ -207,7 +201,7 @@ mod tests {
         }
         let claim = format!("l.classid = {} AND l.objid = {} AND l.objsubid = 2", CLAIM_KEYS.0, CLAIM_KEYS.1);
         assert!(REMOVE_ORPHANS.contains(&claim), "{claim}");
-        assert!(HOUSEKEEPING_COMMAND.starts_with(crate::schedule::LOCK_CRON_JOBS));
+        assert!(HOUSEKEEPING_COMMAND.starts_with(crate::cron_jobs::LOCK_CRON_JOBS));
         assert!(HOUSEKEEPING_COMMAND.ends_with(REMOVE_ORPHANS));
     }
 }

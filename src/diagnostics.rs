@@ -68,7 +68,7 @@ fn jsonb_difference(doc: &str) -> Option<String> {
                 Ok(std::slice::from_raw_parts(p as *const u8, len).to_vec())
             }
         }))
-        .catch_others(|e| Err(crate::worker::caught_message(&e)))
+        .catch_others(|e| Err(crate::error::Error::caught(&e).message))
         .execute(),
     };
     match (ours, theirs) {

@@ -12,13 +12,17 @@
 //! - `window`, `reconcile_run`, `pacing_run`: the engine's side of incremental windows on the
 //!   source's clock, reconciliation by range counts and streams paced to the source (their
 //!   decisions are in `source::clock`, `source::reconcile`, `source::pacing`).
-//! - `worker`: launching, waiting for and entering background workers.
-//! - `api`: the SQL functions users call.
+//! - `bgw`: background-worker plumbing (typed worker arguments, launch, wait, the launcher's
+//!   commit, transactions in a worker, connect and confine); `worker`: the harvest workers'
+//!   entry points.
+//! - `api`: the SQL functions users call, as thin wrappers of `sources` (add, remove), `launch`
+//!   (harvest, cancel), `schedule` and `alert`; `registry`: the checks they share.
 //! - `guc`: `gn2pg.*` settings.
 //! - `access`: roles, running as the extension owner, `gn2pg.allowed_hosts`.
 //! - `cron`: cron expressions (validation, next run time); no PostgreSQL calls.
 //! - `schedule`: pg_cron jobs, created through a worker connected to the cron database.
-//! - `cron_cleanup`: pg_cron jobs of databases without gn2pg (drop, housekeeping).
+//! - `cron_cleanup`: pg_cron jobs of databases without gn2pg (drop, housekeeping); `cron_jobs`:
+//!   what it shares with `schedule` (pg_cron loaded, the lock on cron.job, the log purge job).
 //! - `alert`: alert webhooks, delivered by a worker after commit.
 //! - `diagnostics`: self-checks callable from SQL (`gn2pg._jsonb_selftest`).
 //! - `check`: `gn2pg_check_source`, one probe of a source from the database.
@@ -30,28 +34,35 @@ use pgrx::prelude::*;
 mod access;
 mod alert;
 mod api;
+mod bgw;
 mod calendar;
 mod check;
 mod cron;
 mod cron_cleanup;
+mod cron_jobs;
 mod dashboard;
 mod diagnostics;
 mod encode;
 mod error;
 mod guc;
 mod json;
+mod launch;
 mod loader;
 mod pacing_run;
 mod reconcile_run;
+mod registry;
 mod run;
 mod schedule;
 mod source;
+mod sources;
 mod store;
 mod window;
 mod worker;
 
 #[cfg(test)]
 mod alloc_count;
+#[cfg(test)]
+mod module_graph;
 #[cfg(test)]
 mod testgen;
 #[cfg(test)]

@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 
+use crate::bgw::tx;
 use crate::error::{spi_err, Error};
 use crate::guc;
-use crate::run::Stop;
+use crate::run::plan::Stop;
 use crate::source::client::Host;
 use crate::source::config::{SourceConfig, Streams};
 use crate::source::pacing::{Gate, Pacer, Recorder};
-use crate::worker::tx;
 
 type SpiResult<T> = Result<T, pgrx::spi::Error>;
 

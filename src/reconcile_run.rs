@@ -18,11 +18,12 @@ use std::time::Instant;
 
 use pgrx::prelude::*;
 
+use crate::bgw::tx;
 use crate::encode::rows::{self, timestamp_text, Encoding};
 use crate::error::{spi_err, Error, Reason, SqlState};
 use crate::loader;
 use crate::pacing_run::{Lanes, Pace};
-use crate::run::Stop;
+use crate::run::plan::Stop;
 use crate::source::client::{CancelFlag, Host, Pipeline, SourceClient, Stats};
 use crate::source::config::{Auth, PagingMode, SourceConfig};
 use crate::source::error::redact_url;
@@ -30,7 +31,6 @@ use crate::source::pacing::Sample;
 use crate::source::page::parse_page;
 use crate::source::reconcile::{counting, join_adjacent, one_page_ranges, CountAnswer, Counting, Planner, Range, Task};
 use crate::source::SourceError;
-use crate::worker::tx;
 
 type SpiResult<T> = Result<T, pgrx::spi::Error>;
 
@@ -91,7 +91,7 @@ fn gated(
 /// then shows nothing of the source's clock.
 pub fn probe(cfg: &SourceConfig, c: &mut SourceClient, lanes: &Lanes, flag: &CancelFlag) -> Result<Probe, SourceError> {
     let o = &cfg.options;
-    let fields = crate::run::fields_of(o);
+    let fields = crate::run::pages::fields_of(o);
     let keyset = o.paging == PagingMode::Keyset;
     let params = |order: String| {
         let mut p = count_params(&o.key_column, Range::ALL, order);

@@ -11,30 +11,18 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use serde_json::{json, Value};
 
 use crate::access;
-
-/// Job that keeps `cron.job_run_details` small (pg_cron never prunes it); created once, in the
-/// cron database, the first time gn2pg schedules something. Change it there with cron.schedule.
-pub const PURGE_JOB: &str = "gn2pg:purge-cron-log";
-pub const PURGE_SCHEDULE: &str = "17 3 * * *";
-pub const PURGE_COMMAND: &str = "DELETE FROM cron.job_run_details WHERE end_time < now() - interval '14 days'";
+use crate::bgw::{self, ConnectArgs, WorkerArgs};
+use crate::cron_jobs::{lock_cron_jobs, preloads};
 
 fn raise(code: PgSqlErrorCode, msg: String, hint: Option<&str>) -> ! {
     crate::error::raise(code, msg, None, hint)
-}
-
-/// Whether a `shared_preload_libraries` value lists `lib` (quoted or not, with or without a path).
-pub fn preloads(list: &str, lib: &str) -> bool {
-    list.split(',')
-        .map(|s| s.trim().trim_matches('"').trim())
-        .map(|s| s.rsplit('/').next().unwrap_or(s).trim_end_matches(".so"))
-        .any(|s| s == lib)
 }
 
 /// The cron database, or a clear error when pg_cron cannot be used.
@@ -97,13 +85,16 @@ fn call_cron_worker(cron_db: pg_sys::Oid, request: &Value) -> Value {
     // SAFETY: reading backend globals.
     let (handle, pid) = unsafe { (pg_sys::dsm_segment_handle(seg), pg_sys::MyProcPid) };
     let owner = access::extension_owner();
+    let extra = ConnectArgs { database: u32::from(cron_db), role: u32::from(owner) }.encode().unwrap_or_else(|e| {
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("gn2pg: pg_cron helper worker arguments: {e}"), None)
+    });
     let worker = BackgroundWorkerBuilder::new("gn2pg cron")
         .set_type("gn2pg cron")
         .set_library("gn2pg")
         .set_function("gn2pg_cron_worker")
         .enable_spi_access()
         .set_argument(i64::from(handle).into_datum())
-        .set_extra(&format!("{} {}", u32::from(cron_db), u32::from(owner)))
+        .set_extra(&extra)
         .set_notify_pid(pid)
         .load_dynamic()
         .unwrap_or_else(|_| {
@@ -113,7 +104,7 @@ fn call_cron_worker(cron_db: pg_sys::Oid, request: &Value) -> Value {
                 Some("Raise max_worker_processes (and restart), or try again when harvests end."),
             )
         });
-    if let Err(e) = crate::worker::wait(worker) {
+    if let Err(e) = bgw::wait(worker) {
         raise(
             PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
             format!("gn2pg: the pg_cron helper worker: {e}"),
@@ -152,18 +143,6 @@ fn call_cron_worker(cron_db: pg_sys::Oid, request: &Value) -> Value {
 }
 
 /// What the cron worker does, in one transaction of the cron database.
-/// Serialises every change of gn2pg's pg_cron jobs (`cron_op`, the cleanup worker and the
-/// housekeeping job take it): a lock on cron.job itself, not an advisory lock any role could hold
-/// to block this. Only roles allowed to write cron.job (pg_cron users, in a transaction left open)
-/// conflict, and only for 5 seconds. In a transaction of the cron database.
-pub fn lock_cron_jobs() -> Result<(), String> {
-    Spi::run(LOCK_CRON_JOBS).map_err(|e| e.to_string())
-}
-
-/// The statements of [`lock_cron_jobs`], also the start of the housekeeping job's command.
-pub const LOCK_CRON_JOBS: &str = "SET LOCAL lock_timeout = '5s'; \
-LOCK TABLE cron.job IN SHARE ROW EXCLUSIVE MODE; SET LOCAL lock_timeout = 0";
-
 fn cron_op(req: &Value) -> Result<Value, String> {
     let s = |k: &str| req[k].as_str().unwrap_or("").to_string();
     let (op, job, db) = (s("op"), s("job"), s("database"));
@@ -233,12 +212,8 @@ fn cron_op(req: &Value) -> Result<Value, String> {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn gn2pg_cron_worker(arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    // SAFETY: the launcher passed an int8 by value.
-    let handle = unsafe { i64::from_datum(arg, false) }.unwrap_or(0) as u32;
-    let extra = BackgroundWorker::get_extra().to_string();
-    let mut parts = extra.split(' ').map(|s| s.parse::<u32>().unwrap_or(0));
-    let (db, user) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let args: ConnectArgs = bgw::begin();
+    let handle = bgw::main_arg(arg) as u32;
     // SAFETY: attaches the launcher's segment (session lifetime: no resource owner yet); NULL
     // when the launcher gave up and the segment is gone.
     let seg = unsafe { pg_sys::dsm_attach(handle) };
@@ -251,8 +226,7 @@ pub extern "C-unwind" fn gn2pg_cron_worker(arg: pg_sys::Datum) {
         let len = (*(base.add(4) as *const u32) as usize).min(HALF);
         serde_json::from_slice(std::slice::from_raw_parts(base.add(HEADER), len)).unwrap_or(Value::Null)
     };
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
-    access::confine_worker();
+    bgw::connect(args.database, args.role);
     let answer =
         PgTryBuilder::new(std::panic::AssertUnwindSafe(|| BackgroundWorker::transaction(|| cron_op(&request))))
             .catch_others(|e| {
@@ -356,11 +330,11 @@ fn current_database() -> String {
 /// `gn2pg_schedule`: creates or replaces the pg_cron job of a source; returns its job id.
 pub fn schedule(source: &str, expr: &str, mode: &str) -> i64 {
     access::require(access::ADMIN, "gn2pg_schedule()");
-    crate::api::parse_mode(mode);
+    crate::registry::parse_mode(mode);
     let expr = check_schedule_expr(expr);
     let run_as = job_role();
     access::as_owner(|| {
-        crate::api::require_source(source);
+        crate::registry::require_source(source);
         let command = Spi::get_one_with_args::<String>(
             "SELECT pg_catalog.format('SELECT public.gn2pg_harvest_scheduled(%L, %L)', $1::text, $2::text)",
             &[source.into(), mode.into()],
@@ -409,7 +383,7 @@ pub fn unschedule_unchecked(source: &str) -> bool {
 /// `gn2pg_unschedule`.
 pub fn unschedule(source: &str) -> bool {
     access::require(access::ADMIN, "gn2pg_unschedule()");
-    crate::api::check_name(source);
+    crate::registry::check_name(source);
     let removed = access::as_owner(|| unschedule_unchecked(source));
     if !removed {
         pgrx::notice!("gn2pg: source \"{source}\" has no schedule, nothing removed");
@@ -434,15 +408,6 @@ pub fn unschedule_check_flows() -> bool {
     access::as_owner(|| unschedule_job(&check_job_name(&current_database())) > 0)
 }
 
-/// Whether pg_cron can be reached at all (for gn2pg_remove_source, which must work without it).
-pub fn cron_available() -> bool {
-    let spl = Spi::get_one::<String>("SELECT pg_catalog.current_setting('shared_preload_libraries')")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    preloads(&spl, "pg_cron")
-}
-
 /// Next time a cron expression fires after `after` (UTC, as pg_cron 1.4 runs); NULL for an
 /// invalid expression or `@reboot`.
 #[pg_extern(name = "_cron_next", immutable, parallel_safe)]
@@ -452,19 +417,4 @@ fn cron_next(expr: &str, after: pgrx::datum::TimestampWithTimeZone) -> Option<pg
     let unix = us.div_euclid(1_000_000) + PG_EPOCH_UNIX;
     let next = crate::cron::parse(expr).ok()?.next_after(unix)?;
     pgrx::datum::TimestampWithTimeZone::try_from((next - PG_EPOCH_UNIX) * 1_000_000).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::preloads;
-
-    #[test]
-    fn shared_preload_libraries_parsing() {
-        assert!(preloads("pg_cron", "pg_cron"));
-        assert!(preloads("pg_stat_statements, pg_cron", "pg_cron"));
-        assert!(preloads("\"pg_cron\",auto_explain", "pg_cron"));
-        assert!(preloads("$libdir/pg_cron.so", "pg_cron"));
-        assert!(!preloads("", "pg_cron"));
-        assert!(!preloads("pg_cron_x, xpg_cron", "pg_cron"));
-    }
 }

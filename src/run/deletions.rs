@@ -2,16 +2,15 @@
 //! login sources. (Keyset full runs delete by the key ranges their pages cover, in the loader;
 //! incremental runs of other sources by range counts, `reconcile_run`.)
 
-use super::pages::on_helper;
 use super::plan::{self, Stop};
-use super::{Setup, WorkerHost, MAX_PAGES};
+use super::{on_helper, Setup, WorkerHost, MAX_PAGES};
+use crate::bgw::tx;
 use crate::error::{spi_err, Error};
 use crate::loader;
 use crate::source::client::{Host, SourceClient};
 use crate::source::config::Auth;
 use crate::source::paging::SeenKeys;
 use crate::source::SourceError;
-use crate::worker::tx;
 
 /// After a full offset walk (`seen`: the keys it received, if it started at the first page;
 /// `view_totals`: the sizes of the view its pages reported): sweeps, or logs why not.

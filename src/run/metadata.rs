@@ -1,9 +1,9 @@
 //! The metadata export (`options.metadata_export_id`): one row per acquisition framework with
 //! its datasets, read in full at the start of every run into `gn2pg.metadata`.
 
-use super::pages::on_helper;
 use super::plan::Stop;
-use super::{Setup, WorkerHost};
+use super::{on_helper, Setup, WorkerHost};
+use crate::bgw::tx;
 use crate::error::{spi_err, Error};
 use crate::loader;
 use crate::source::client::{Host, SourceClient};
@@ -12,7 +12,6 @@ use crate::source::page::{parse_page, Shape};
 use crate::source::paging::{Pager, Step};
 use crate::source::SourceError;
 use crate::store;
-use crate::worker::tx;
 
 /// Bound on pages of a metadata export (one item per acquisition framework).
 const MAX_METADATA_PAGES: u64 = 10_000;

@@ -13,9 +13,9 @@
 
 mod deletions;
 mod metadata;
-mod pages;
+pub(crate) mod pages;
 mod parts;
-mod plan;
+pub(crate) mod plan;
 mod split;
 
 use std::time::{Duration, Instant};
@@ -23,22 +23,21 @@ use std::time::{Duration, Instant};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 
+use crate::bgw::tx;
 use crate::error::{spi_err, Error, Reason, SqlState};
 use crate::guc;
 use crate::loader;
 use crate::pacing_run::Pace;
 use crate::reconcile_run;
-use crate::source::client::{Host, SourceClient, Stats};
+use crate::source::client::{CancelFlag, Host, Pipeline, SourceClient, Stats};
 use crate::source::clock;
 use crate::source::config::{api_root, auth_from_parts, Auth, PagingMode, SourceConfig, SourceOptions};
 use crate::source::error::Scrubber;
 use crate::source::SourceError;
 use crate::store::{self, RunStart};
 use crate::window::{self, RunClock};
-use crate::worker::tx;
 
-pub(crate) use pages::fields_of;
-use pages::{load_ranges, on_helper};
+use pages::load_ranges;
 pub use plan::Requested;
 pub(crate) use plan::Stop;
 use plan::{Facts, Mode, Ranges, Role, Start};
@@ -138,7 +137,7 @@ fn setup(run_id: i64, name: &str, requested: Requested) -> Result<Option<Setup>,
         return Err(unprepared("the source is disabled".into()));
     }
     let cfg = build_config(&row)?;
-    // The launcher claimed the source (api.rs): this run is pending, or the caller of
+    // The launcher claimed the source (launch.rs): this run is pending, or the caller of
     // gn2pg_harvest keeps the source's registry row until the run ends. Runs whose worker is
     // gone are closed first; a live one means a launch raced this one (nothing is recorded).
     store::abandon_dead_runs(Some(name), Some(run_id)).map_err(spi_err)?;
@@ -349,7 +348,7 @@ fn harvest(
     // Several workers: this one keeps range 0 and supervises one part worker per other range.
     let parallel = plan::in_parts(role, setup.mode, o.paging, o.workers, ranges.len())
         // gn2pg.max_harvest_workers leaves no room: this worker loads every range itself.
-        && crate::worker::room_for_parts(ranges.len() - 1);
+        && crate::bgw::room_for_parts(ranges.len() - 1);
     if parallel {
         let workers = parts::launch(run_id, &setup.cfg.name, &ranges)?;
         let result = load_ranges(run_id, setup, client, host, flow, &ranges[..1], Some(0));
@@ -416,4 +415,22 @@ fn after_pages(
     }
     let spent = flow.totals.sum(&client.stats).requests.saturating_sub(before);
     reconcile_run::record(run_id, &counts.label, spent as i64).map_err(Stop::Failed)
+}
+
+/// Runs one protocol step on a helper thread (see `Pipeline`), so the backend stays cancellable.
+fn on_helper<T: Send + 'static>(
+    client: &mut SourceClient,
+    host: &WorkerHost,
+    f: impl FnOnce(&mut SourceClient, &CancelFlag) -> Result<T, SourceError> + Send + 'static,
+) -> Result<T, SourceError> {
+    let mut step = Pipeline::new(1);
+    let mut c = client.clone();
+    step.spawn(move |flag, emit| {
+        let r = f(&mut c, flag);
+        emit((c, r));
+    })?;
+    let (c, r) =
+        step.next(host)?.ok_or_else(|| SourceError::Paging("an HTTP thread ended without an answer".into()))?;
+    *client = c;
+    r
 }

@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 
 use super::plan::{self, Mode, Start, Stop};
 use super::{deletions, Flow, Setup, WorkerHost, MAX_PAGES};
+use crate::bgw::tx;
 use crate::encode::rows::{self, Encoding, PageRows};
 use crate::error::{spi_err, Error};
 use crate::loader::{Loader, PageLoad, PageSpec};
@@ -22,7 +23,6 @@ use crate::source::page::{Fields, PageSummary};
 use crate::source::paging::{KeyRange, Pager, SeenKeys, Step};
 use crate::source::SourceError;
 use crate::store::{self, Progress};
-use crate::worker::tx;
 
 /// One key range (or the single offset walk) harvested page after page.
 struct Stream {
@@ -218,24 +218,6 @@ fn produce(mut job: StreamJob, flag: &CancelFlag, emit: &dyn Fn(Produced) -> boo
             }
         }
     }
-}
-
-/// Runs one protocol step on a helper thread (see `Pipeline`), so the backend stays cancellable.
-pub(super) fn on_helper<T: Send + 'static>(
-    client: &mut SourceClient,
-    host: &WorkerHost,
-    f: impl FnOnce(&mut SourceClient, &CancelFlag) -> Result<T, SourceError> + Send + 'static,
-) -> Result<T, SourceError> {
-    let mut step = Pipeline::new(1);
-    let mut c = client.clone();
-    step.spawn(move |flag, emit| {
-        let r = f(&mut c, flag);
-        emit((c, r));
-    })?;
-    let (c, r) =
-        step.next(host)?.ok_or_else(|| SourceError::Paging("an HTTP thread ended without an answer".into()))?;
-    *client = c;
-    r
 }
 
 /// The columns of an item the engine reads, from the source's options.

@@ -8,11 +8,11 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerStatus, DynamicBackgroun
 
 use super::plan::Stop;
 use super::WorkerHost;
+use crate::bgw::{self, tx};
 use crate::error::{spi_err, Error, Reason, SqlState};
 use crate::source::client::Host;
 use crate::source::error::Scrubber;
 use crate::store;
-use crate::worker::{self, tx};
 
 /// Records the parts of `ranges` and launches a worker for each but the first (the lead's).
 pub(super) fn launch(
@@ -23,7 +23,7 @@ pub(super) fn launch(
     tx(|| store::create_parts(run_id, ranges).map_err(spi_err)).map_err(Stop::Failed)?;
     let mut parts = Vec::new();
     for k in 1..ranges.len() {
-        match worker::launch_part(run_id, k as i32, source) {
+        match bgw::launch_part(run_id, k as i32, source) {
             Ok(w) => parts.push(w),
             Err(e) => {
                 stop_parts(parts);

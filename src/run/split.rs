@@ -2,9 +2,11 @@
 
 use std::time::Instant;
 
-use super::pages::{fetch_rows, fields_of, load_page, on_helper};
+use super::on_helper;
+use super::pages::{fetch_rows, fields_of, load_page};
 use super::plan::{self, Split, Stop};
 use super::{Setup, WorkerHost};
+use crate::bgw::tx;
 use crate::error::spi_err;
 use crate::loader::{Loader, PageSpec};
 use crate::pacing_run::Pace;
@@ -13,7 +15,6 @@ use crate::source::config::PagingMode;
 use crate::source::page::parse_page;
 use crate::source::paging::{split_key_space, Pager, Step};
 use crate::source::SourceError;
-use crate::worker::tx;
 
 /// The key ranges of a fresh keyset full run. With streams paced to the source, its first page
 /// is loaded first: it tells how large the export is, and only a large one is split (which
