@@ -1649,29 +1649,16 @@ COMMENT ON FUNCTION gn2pg._destination_unmap_nomenclature(text, text, text) IS '
 -- User-facing functions
 ------------------------------------------------------------------------------------------------
 
--- _destination_lock claims the source for this transaction as a run does (gn2pg._claim_source):
--- no run is pending or running, and none can start before this transaction ends. SECURITY
--- DEFINER (below): admins cannot lock gn2pg.source rows themselves.
-CREATE FUNCTION gn2pg._destination_lock(p_fn text, p_source text, p_id integer) RETURNS void
+-- _destination_lock claims the source for the destination functions as a run does
+-- (_claim_idle_source). SECURITY DEFINER (below): admins cannot lock gn2pg.source rows themselves.
+CREATE FUNCTION gn2pg._destination_lock(p_fn text, p_source text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v record;
 BEGIN
-    SELECT * INTO v FROM gn2pg._claim_source(p_source);
-    IF v.busy_run IS NOT NULL THEN
-        RAISE EXCEPTION '%: source "%" is being harvested by run %', p_fn, p_source, v.busy_run
-              USING ERRCODE = 'object_in_use',
-                    DETAIL = format('Run %s is %s in worker process %s since %s.', v.busy_run, v.busy_status,
-                                    v.busy_pid, v.busy_since),
-                    HINT = format('Call %s() again when the run has ended.', p_fn);
-    ELSIF v.source_id IS NULL THEN
-        RAISE EXCEPTION '%: source "%" is being started, changed or removed by another transaction', p_fn, p_source
-              USING ERRCODE = 'lock_not_available', HINT = format('Call %s() again when that transaction has ended.', p_fn);
-    END IF;
+    PERFORM gn2pg._claim_idle_source(p_fn, p_source, format('Call %s() again when the run has ended.', p_fn));
 END
 $$;
-ALTER FUNCTION gn2pg._destination_lock(text, text, integer) SECURITY DEFINER;
-COMMENT ON FUNCTION gn2pg._destination_lock(text, text, integer) IS 'Internal: claims an idle source for the destination functions, as a run does.';
+ALTER FUNCTION gn2pg._destination_lock(text, text) SECURITY DEFINER;
+COMMENT ON FUNCTION gn2pg._destination_lock(text, text) IS 'Internal: claims an idle source for the destination functions, as a run does.';
 
 CREATE FUNCTION public.gn2pg_sync_destination(source text) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -1679,7 +1666,7 @@ DECLARE
     v_id integer := gn2pg._check_source('gn2pg_sync_destination', $1);
 BEGIN
     PERFORM gn2pg._require('gn2pg_admin', 'gn2pg_sync_destination');
-    PERFORM gn2pg._destination_lock('gn2pg_sync_destination', $1, v_id);
+    PERFORM gn2pg._destination_lock('gn2pg_sync_destination', $1);
     RETURN gn2pg._destination_sync($1);
 END
 $$;
@@ -1728,7 +1715,7 @@ BEGIN
               USING ERRCODE = 'invalid_parameter_value',
                     HINT = '''keep'' leaves the source''s rows in gn_synthese.synthese (a later enablement takes them over); ''delete'' deletes them.';
     END IF;
-    PERFORM gn2pg._destination_lock('gn2pg_disable_destination', $1, v_id);
+    PERFORM gn2pg._destination_lock('gn2pg_disable_destination', $1);
     RETURN gn2pg._destination_disable($1, $2);
 END
 $$;
@@ -1866,5 +1853,5 @@ REVOKE ALL ON FUNCTION gn2pg._destination_refresh_metadata(text, bigint) FROM PU
 REVOKE ALL ON FUNCTION gn2pg._destination_finish(text, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._destination_remapped(text, bigint[]) FROM PUBLIC;
 -- The source's lock, taken by the admin functions with the caller's rights.
-REVOKE ALL ON FUNCTION gn2pg._destination_lock(text, text, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION gn2pg._destination_lock(text, text, integer) TO gn2pg_admin;
+REVOKE ALL ON FUNCTION gn2pg._destination_lock(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION gn2pg._destination_lock(text, text) TO gn2pg_admin;

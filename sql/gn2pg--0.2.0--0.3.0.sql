@@ -151,26 +151,39 @@ $$;
 COMMENT ON FUNCTION gn2pg._claim_source(text) IS
     'Locks the registry row of an idle source for this transaction (source_id), or says what keeps it busy.';
 
--- _remap_idle is gn2pg_remap() once the source is idle: no pending or running run (a run
--- remaps pending changes itself before it loads), and no other transaction starting, changing
--- or removing it (its registry row is locked until the end of this transaction, so no run can
--- start meanwhile). SECURITY DEFINER (sql/operations.sql): admins cannot lock gn2pg.source rows.
-CREATE FUNCTION gn2pg._remap_idle(p_source text) RETURNS bigint
+-- _claim_idle_source claims the source for this transaction as a run does (_claim_source), or
+-- raises: which run has it (55006), or that another transaction does (55P03). Called only by
+-- SECURITY DEFINER functions, which name themselves in p_fn and say what to do in p_hint.
+CREATE FUNCTION gn2pg._claim_idle_source(p_fn text, p_source text, p_hint text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v record;
 BEGIN
     SELECT * INTO v FROM gn2pg._claim_source(p_source);
     IF v.busy_run IS NOT NULL THEN
-        RAISE EXCEPTION 'gn2pg_remap: source "%" is being harvested by run %', p_source, v.busy_run
+        RAISE EXCEPTION '%: source "%" is being harvested by run %', p_fn, p_source, v.busy_run
               USING ERRCODE = 'object_in_use',
                     DETAIL = format('Run %s is %s in worker process %s since %s.', v.busy_run, v.busy_status,
                                     v.busy_pid, v.busy_since),
-                    HINT = 'Call gn2pg_remap() again when the run has ended, or let the next run apply the mappings: it remaps before loading.';
+                    HINT = p_hint;
     ELSIF v.source_id IS NULL THEN
-        RAISE EXCEPTION 'gn2pg_remap: source "%" is being started, changed or removed by another transaction', p_source
-              USING ERRCODE = 'lock_not_available', HINT = 'Call gn2pg_remap() again when that transaction has ended.';
+        RAISE EXCEPTION '%: source "%" is being started, changed or removed by another transaction', p_fn, p_source
+              USING ERRCODE = 'lock_not_available', HINT = format('Call %s() again when that transaction has ended.', p_fn);
     END IF;
+END
+$$;
+COMMENT ON FUNCTION gn2pg._claim_idle_source(text, text, text) IS
+    'Internal: claims an idle source for this transaction, as a run does, or raises saying what holds it.';
+
+-- _remap_idle is gn2pg_remap() once the source is idle: no pending or running run (a run
+-- remaps pending changes itself before it loads), and no other transaction starting, changing
+-- or removing it (its registry row is locked until the end of this transaction, so no run can
+-- start meanwhile). SECURITY DEFINER (sql/operations.sql): admins cannot lock gn2pg.source rows.
+CREATE FUNCTION gn2pg._remap_idle(p_source text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM gn2pg._claim_idle_source('gn2pg_remap', p_source,
+        'Call gn2pg_remap() again when the run has ended, or let the next run apply the mappings: it remaps before loading.');
     RETURN gn2pg._remap(p_source);
 END
 $$;
@@ -327,6 +340,7 @@ REVOKE ALL ON FUNCTION gn2pg._parse_geometry(jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._active_run(text, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._abandon_dead_runs(text, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._claim_source(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._claim_idle_source(text, text, text) FROM PUBLIC;
 
 -- Called by the views with the reader's rights (a view runs its functions as the caller), so
 -- gn2pg_reader may execute them. Each is safe for any reader: _cron_next computes a time from
@@ -2088,29 +2102,16 @@ COMMENT ON FUNCTION gn2pg._destination_unmap_nomenclature(text, text, text) IS '
 -- User-facing functions
 ------------------------------------------------------------------------------------------------
 
--- _destination_lock claims the source for this transaction as a run does (gn2pg._claim_source):
--- no run is pending or running, and none can start before this transaction ends. SECURITY
--- DEFINER (below): admins cannot lock gn2pg.source rows themselves.
-CREATE FUNCTION gn2pg._destination_lock(p_fn text, p_source text, p_id integer) RETURNS void
+-- _destination_lock claims the source for the destination functions as a run does
+-- (_claim_idle_source). SECURITY DEFINER (below): admins cannot lock gn2pg.source rows themselves.
+CREATE FUNCTION gn2pg._destination_lock(p_fn text, p_source text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v record;
 BEGIN
-    SELECT * INTO v FROM gn2pg._claim_source(p_source);
-    IF v.busy_run IS NOT NULL THEN
-        RAISE EXCEPTION '%: source "%" is being harvested by run %', p_fn, p_source, v.busy_run
-              USING ERRCODE = 'object_in_use',
-                    DETAIL = format('Run %s is %s in worker process %s since %s.', v.busy_run, v.busy_status,
-                                    v.busy_pid, v.busy_since),
-                    HINT = format('Call %s() again when the run has ended.', p_fn);
-    ELSIF v.source_id IS NULL THEN
-        RAISE EXCEPTION '%: source "%" is being started, changed or removed by another transaction', p_fn, p_source
-              USING ERRCODE = 'lock_not_available', HINT = format('Call %s() again when that transaction has ended.', p_fn);
-    END IF;
+    PERFORM gn2pg._claim_idle_source(p_fn, p_source, format('Call %s() again when the run has ended.', p_fn));
 END
 $$;
-ALTER FUNCTION gn2pg._destination_lock(text, text, integer) SECURITY DEFINER;
-COMMENT ON FUNCTION gn2pg._destination_lock(text, text, integer) IS 'Internal: claims an idle source for the destination functions, as a run does.';
+ALTER FUNCTION gn2pg._destination_lock(text, text) SECURITY DEFINER;
+COMMENT ON FUNCTION gn2pg._destination_lock(text, text) IS 'Internal: claims an idle source for the destination functions, as a run does.';
 
 CREATE FUNCTION public.gn2pg_sync_destination(source text) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -2118,7 +2119,7 @@ DECLARE
     v_id integer := gn2pg._check_source('gn2pg_sync_destination', $1);
 BEGIN
     PERFORM gn2pg._require('gn2pg_admin', 'gn2pg_sync_destination');
-    PERFORM gn2pg._destination_lock('gn2pg_sync_destination', $1, v_id);
+    PERFORM gn2pg._destination_lock('gn2pg_sync_destination', $1);
     RETURN gn2pg._destination_sync($1);
 END
 $$;
@@ -2167,7 +2168,7 @@ BEGIN
               USING ERRCODE = 'invalid_parameter_value',
                     HINT = '''keep'' leaves the source''s rows in gn_synthese.synthese (a later enablement takes them over); ''delete'' deletes them.';
     END IF;
-    PERFORM gn2pg._destination_lock('gn2pg_disable_destination', $1, v_id);
+    PERFORM gn2pg._destination_lock('gn2pg_disable_destination', $1);
     RETURN gn2pg._destination_disable($1, $2);
 END
 $$;
@@ -2278,8 +2279,8 @@ REVOKE ALL ON FUNCTION gn2pg._destination_refresh_metadata(text, bigint) FROM PU
 REVOKE ALL ON FUNCTION gn2pg._destination_finish(text, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._destination_remapped(text, bigint[]) FROM PUBLIC;
 -- The source's lock, taken by the admin functions with the caller's rights.
-REVOKE ALL ON FUNCTION gn2pg._destination_lock(text, text, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION gn2pg._destination_lock(text, text, integer) TO gn2pg_admin;
+REVOKE ALL ON FUNCTION gn2pg._destination_lock(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION gn2pg._destination_lock(text, text) TO gn2pg_admin;
 -- ---- issue 11: GeoNature destination (end) ----
 
 ------------------------------------------------------------------------------------------------

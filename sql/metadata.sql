@@ -258,20 +258,9 @@ $$;
 -- start meanwhile). SECURITY DEFINER (sql/operations.sql): admins cannot lock gn2pg.source rows.
 CREATE FUNCTION gn2pg._remap_idle(p_source text) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v record;
 BEGIN
-    SELECT * INTO v FROM gn2pg._claim_source(p_source);
-    IF v.busy_run IS NOT NULL THEN
-        RAISE EXCEPTION 'gn2pg_remap: source "%" is being harvested by run %', p_source, v.busy_run
-              USING ERRCODE = 'object_in_use',
-                    DETAIL = format('Run %s is %s in worker process %s since %s.', v.busy_run, v.busy_status,
-                                    v.busy_pid, v.busy_since),
-                    HINT = 'Call gn2pg_remap() again when the run has ended, or let the next run apply the mappings: it remaps before loading.';
-    ELSIF v.source_id IS NULL THEN
-        RAISE EXCEPTION 'gn2pg_remap: source "%" is being started, changed or removed by another transaction', p_source
-              USING ERRCODE = 'lock_not_available', HINT = 'Call gn2pg_remap() again when that transaction has ended.';
-    END IF;
+    PERFORM gn2pg._claim_idle_source('gn2pg_remap', p_source,
+        'Call gn2pg_remap() again when the run has ended, or let the next run apply the mappings: it remaps before loading.');
     RETURN gn2pg._remap(p_source);
 END
 $$;

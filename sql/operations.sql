@@ -526,6 +526,7 @@ REVOKE ALL ON FUNCTION gn2pg._parse_geometry(jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._active_run(text, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._abandon_dead_runs(text, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._claim_source(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._claim_idle_source(text, text, text) FROM PUBLIC;
 
 -- Called by the views with the reader's rights (a view runs its functions as the caller), so
 -- gn2pg_reader may execute them. Each is safe for any reader: _cron_next computes a time from

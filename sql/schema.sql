@@ -241,6 +241,30 @@ END
 $$;
 COMMENT ON FUNCTION gn2pg._claim_source(text) IS
     'Locks the registry row of an idle source for this transaction (source_id), or says what keeps it busy.';
+
+-- _claim_idle_source claims the source for this transaction as a run does (_claim_source), or
+-- raises: which run has it (55006), or that another transaction does (55P03). Called only by
+-- SECURITY DEFINER functions, which name themselves in p_fn and say what to do in p_hint.
+CREATE FUNCTION gn2pg._claim_idle_source(p_fn text, p_source text, p_hint text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v record;
+BEGIN
+    SELECT * INTO v FROM gn2pg._claim_source(p_source);
+    IF v.busy_run IS NOT NULL THEN
+        RAISE EXCEPTION '%: source "%" is being harvested by run %', p_fn, p_source, v.busy_run
+              USING ERRCODE = 'object_in_use',
+                    DETAIL = format('Run %s is %s in worker process %s since %s.', v.busy_run, v.busy_status,
+                                    v.busy_pid, v.busy_since),
+                    HINT = p_hint;
+    ELSIF v.source_id IS NULL THEN
+        RAISE EXCEPTION '%: source "%" is being started, changed or removed by another transaction', p_fn, p_source
+              USING ERRCODE = 'lock_not_available', HINT = format('Call %s() again when that transaction has ended.', p_fn);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION gn2pg._claim_idle_source(text, text, text) IS
+    'Internal: claims an idle source for this transaction, as a run does, or raises saying what holds it.';
 COMMENT ON COLUMN gn2pg.run_log.window_end IS
     'The source''s clock when the run started (source timestamps): the next incremental window starts there minus the overlap.';
 COMMENT ON COLUMN gn2pg.run_log.clock_offset IS

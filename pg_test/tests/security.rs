@@ -325,6 +325,7 @@ const REVIEWED: &[(&str, bool, &str)] = &[
     ("gn2pg._alert_event(gn2pg.alert,text)", false, ""),
     ("gn2pg._check_source(text,text)", false, "gn2pg_admin"),
     ("gn2pg._check_stale()", false, ""),
+    ("gn2pg._claim_idle_source(text,text,text)", false, ""),
     ("gn2pg._claim_source(text)", false, ""),
     ("gn2pg._cron_next(text,timestamp with time zone)", false, "gn2pg_reader"),
     ("gn2pg._describe(text,uuid,text,text,uuid)", true, "gn2pg_admin"),
@@ -408,7 +409,7 @@ const REVIEWED: &[(&str, bool, &str)] = &[
     ("gn2pg._destination_sync(text)", true, "gn2pg_admin"),
     ("gn2pg._destination_unmap_nomenclature(text,text,text)", true, "gn2pg_admin"),
     // Takes the source lock with the caller's rights (it fails for roles that cannot).
-    ("gn2pg._destination_lock(text,text,integer)", true, "gn2pg_admin"),
+    ("gn2pg._destination_lock(text,text)", true, "gn2pg_admin"),
     ("gn2pg_disable_destination(text,text)", false, "gn2pg_admin"),
     ("gn2pg_map_nomenclature(text,text,text,text)", false, "gn2pg_admin"),
     ("gn2pg_sync_destination(text)", false, "gn2pg_admin"),
