@@ -123,6 +123,20 @@ pub fn assert_equal_to_source(db: &mut Client, source: &str, fx: &FixtureServer,
     assert_eq!(expected, local);
 }
 
+/// The dashboard's row counts, as `gn2pg.observation_count` keeps them: one line
+/// "source ca jdd rows" per (source, CA, JDD) group with rows.
+pub fn kept_counts(db: &mut Client) -> Vec<String> {
+    db.query(
+        "SELECT format('%s %s %s %s', source, source_ca_uuid, source_jdd_uuid, sum(rows)) FROM gn2pg.observation_count
+          GROUP BY source, source_ca_uuid, source_jdd_uuid HAVING sum(rows) <> 0 ORDER BY 1",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
 /// (mode, status, error) of every run of a source, oldest first.
 pub fn run_rows(db: &mut Client, source: &str) -> Vec<(String, String, Option<String>)> {
     db.query("SELECT mode, status, error FROM gn2pg.run_log WHERE source = $1 ORDER BY id", &[&source])

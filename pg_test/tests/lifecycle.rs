@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gn2pg_pg_test::canned::one_page_source;
-use gn2pg_pg_test::checks::{add_source, harvest, n};
+use gn2pg_pg_test::checks::{add_source, harvest, kept_counts, n};
 use gn2pg_pg_test::db::{connect, Client, TestDb};
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer};
 
@@ -258,19 +258,6 @@ fn dumped_content(c: &mut Client) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The dashboard's row counts per (source, CA, JDD), as `gn2pg.observation_count` sums them.
-fn group_counts(c: &mut Client) -> Vec<String> {
-    c.query(
-        "SELECT format('%s %s %s %s', source, source_ca_uuid, source_jdd_uuid, sum(rows)) FROM gn2pg.observation_count
-          GROUP BY source, source_ca_uuid, source_jdd_uuid HAVING sum(rows) <> 0 ORDER BY 1",
-        &[],
-    )
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
 fn max_id(c: &mut Client, table: &str) -> i64 {
     c.query_one(&format!("SELECT coalesce(max(id), 0)::bigint FROM gn2pg.{table}"), &[]).unwrap().get(0)
 }
@@ -328,7 +315,7 @@ fn a_dump_restored_into_a_new_database_keeps_every_table_and_works_on() {
     schedule(&mut c, &scheduled);
 
     let before = dumped_content(&mut c);
-    let counts_before = group_counts(&mut c);
+    let counts_before = kept_counts(&mut c);
     assert!(!counts_before.is_empty());
     let rows_of = |t: &str| before.iter().find(|(r, _)| r == t).map(|(_, v)| v.clone()).unwrap_or_default();
     for t in
@@ -349,7 +336,7 @@ fn a_dump_restored_into_a_new_database_keeps_every_table_and_works_on() {
     let mut r = restored.session();
     let after = dumped_content(&mut r);
     assert_eq!(after, before, "every table and sequence of gn2pg comes back as it was");
-    assert_eq!(group_counts(&mut r), counts_before, "the dashboard's row counts are rebuilt once, not twice");
+    assert_eq!(kept_counts(&mut r), counts_before, "the dashboard's row counts are rebuilt once, not twice");
     let secret: Option<String> = r
         .query_one(
             "SELECT k.password FROM gn2pg.source_secret k JOIN gn2pg.source s ON s.id = k.source_id WHERE s.name = $1",
