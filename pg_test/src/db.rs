@@ -41,7 +41,9 @@ pub fn connect(db: &str) -> Client {
     })
 }
 
-fn ensure_template() {
+/// Builds the template database once (CREATE EXTENSION there also creates the gn2pg roles, which
+/// a test granting them before its first TestDb needs).
+pub fn ensure_template() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let mut admin = connect("postgres");

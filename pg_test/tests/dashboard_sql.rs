@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use gn2pg_pg_test::checks::{add_source, harvest};
-use gn2pg_pg_test::db::{connect, error_text, Client, TestDb};
+use gn2pg_pg_test::checks::{add_source, harvest, kept_counts};
+use gn2pg_pg_test::db::{connect, ensure_template, error_text, Client, TestDb};
 use gn2pg_pg_test::fixture::{Faults, FixtureConfig, FixtureServer, Mutation};
 use serde_json::Value;
 
@@ -25,6 +25,7 @@ struct Roles(Vec<String>);
 
 impl Roles {
     fn create(&mut self, member_of: &str) -> String {
+        ensure_template();
         let name = format!("dq_{}_{}_{}", member_of.trim_start_matches("gn2pg_"), std::process::id(), self.0.len());
         connect("postgres").batch_execute(&format!("CREATE ROLE {name}; GRANT {member_of} TO {name}")).unwrap();
         self.0.push(name.clone());
@@ -193,12 +194,7 @@ fn counts_match(db: &mut Client) {
         "SELECT format('%s %s %s %s', source, source_ca_uuid, source_jdd_uuid, count(*)) FROM gn2pg.observation
           GROUP BY source, source_ca_uuid, source_jdd_uuid ORDER BY 1",
     );
-    let kept = q(
-        db,
-        "SELECT format('%s %s %s %s', source, source_ca_uuid, source_jdd_uuid, sum(rows)) FROM gn2pg.observation_count
-          GROUP BY source, source_ca_uuid, source_jdd_uuid HAVING sum(rows) <> 0 ORDER BY 1",
-    );
-    assert_eq!(counted, kept);
+    assert_eq!(counted, kept_counts(db));
     let views: (i64, i64) = {
         let r = db
             .query_one(
