@@ -64,6 +64,33 @@ fn deletions_at_a_token_source_are_found_by_range_counts() {
     assert_equal_to_source(&mut db.client, "tok", &fx, 2);
 }
 
+/// The count runs start from is the dashboard's count table (no scan of the stored rows), trusted
+/// only when it agrees with the source: a table gone wrong (rows written with triggers disabled)
+/// costs a count of the rows and is rebuilt, and deletions are still found exactly.
+#[test]
+fn a_wrong_count_table_is_recounted_and_misleads_no_reconciliation() {
+    let fx = fixture(FixtureConfig { rows: 5000, ..Default::default() });
+    let mut db = TestDb::new("recount");
+    add_source(&mut db.client, "tok", &fx, 2, "token", r#"{"page_size": 500}"#);
+    harvest(&mut db.client, "tok", "full").unwrap();
+    let kept = |db: &mut TestDb| -> i64 {
+        db.client
+            .query_one("SELECT sum(rows)::bigint FROM gn2pg.observation_count WHERE source = 'tok'", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(kept(&mut db), 5000);
+    db.client.batch_execute("INSERT INTO gn2pg.observation_count VALUES ('tok', NULL, NULL, 3)").unwrap();
+    let m = fx.mutate(Mutation { delete: 2, ..Default::default() });
+    let run = harvest(&mut db.client, "tok", "auto").unwrap();
+    assert_eq!((text(&run, "mode"), text(&run, "reconcile")), ("incremental", "counts"), "{run}");
+    assert_eq!(n(&run, "rows_deleted"), m.deleted.len() as i64, "{run}");
+    assert_eq!(kept(&mut db), 4998, "rebuilt from the stored rows");
+    assert_equal_to_source(&mut db.client, "tok", &fx, 2);
+    let quiet = harvest(&mut db.client, "tok", "auto").unwrap();
+    assert_eq!((n(&quiet, "rows_deleted"), n(&quiet, "reconcile_requests")), (0, 1), "{quiet}");
+}
+
 #[test]
 fn an_insert_and_a_delete_in_the_same_range_are_both_handled() {
     let fx = fixture(FixtureConfig { rows: 5000, ..Default::default() });

@@ -18,7 +18,7 @@ use crate::pacing_run::Lanes;
 use crate::source::client::{CancelFlag, Pipeline, SourceClient, Stats};
 use crate::source::config::{PagingMode, SourceOptions};
 use crate::source::error::redact_url;
-use crate::source::pacing::Sample;
+use crate::source::pacing::{Held, Sample};
 use crate::source::page::{Fields, PageSummary};
 use crate::source::paging::{KeyRange, Pager, SeenKeys, Step};
 use crate::source::SourceError;
@@ -66,7 +66,7 @@ pub(super) fn load_ranges(
     // as the gate lets through; PostgreSQL work stays on this thread.
     let queue: VecDeque<(usize, Pager)> = streams.iter().enumerate().map(|(i, s)| (i, s.pager.clone())).collect();
     let queue = Arc::new(Mutex::new(queue));
-    let mut pipeline: Pipeline<Produced> = Pipeline::new(PAGES_AHEAD * producers);
+    let mut pipeline: Pipeline<Produced> = Pipeline::new(PAGES_AHEAD as usize * producers);
     for producer in 0..producers {
         let mut c = client.clone();
         c.stats = Stats::default();
@@ -152,9 +152,9 @@ pub(super) fn fetch_rows(
     prepared
 }
 
-/// Pages a stream's producer may have ready before the backend takes them: enough to keep both
-/// sides busy, few enough to keep memory flat (a 1000-row page is a few MB).
-const PAGES_AHEAD: usize = 2;
+/// Pages the producers may hold beyond the requests the run has in flight (`Gate::hold`): enough
+/// to keep both sides busy, few enough to keep memory flat (a 1000-row page is a few MB).
+const PAGES_AHEAD: u32 = 2;
 
 /// A page of one key range, fetched and prepared by a producer thread.
 struct Produced {
@@ -164,6 +164,8 @@ struct Produced {
     producer: usize,
     stats: Stats,
     page: Result<Ready, SourceError>,
+    /// The page's place among those the run holds, given back once it is loaded (dropped).
+    _held: Option<Held>,
 }
 
 struct Ready {
@@ -200,6 +202,19 @@ fn produce(mut job: StreamJob, flag: &CancelFlag, emit: &dyn Fn(Produced) -> boo
         for _ in 0..=MAX_PAGES {
             let mut params = pager.params();
             params.extend(job.window.iter().cloned());
+            let held = match job.lanes.gate.hold(PAGES_AHEAD, flag) {
+                Ok(held) => Some(held),
+                Err(e) => {
+                    let _ = emit(Produced {
+                        stream,
+                        producer: job.producer,
+                        stats: job.client.stats.clone(),
+                        page: Err(e),
+                        _held: None,
+                    });
+                    return;
+                }
+            };
             let page = fetch_rows(&mut job.client, &job.lanes, &params, &job.fields, job.encoding, flag).and_then(
                 |(summary, rows)| {
                     let step = pager.step_for(&summary).map_err(SourceError::Paging)?;
@@ -209,7 +224,8 @@ fn produce(mut job: StreamJob, flag: &CancelFlag, emit: &dyn Fn(Produced) -> boo
                 },
             );
             let (failed, done) = (page.is_err(), page.as_ref().is_ok_and(|r| r.done));
-            let produced = Produced { stream, producer: job.producer, stats: job.client.stats.clone(), page };
+            let produced =
+                Produced { stream, producer: job.producer, stats: job.client.stats.clone(), page, _held: held };
             if !emit(produced) || failed {
                 return;
             }

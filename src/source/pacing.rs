@@ -14,7 +14,7 @@
 //! [`Gate`] holds the producer threads to the current number of requests in flight, and
 //! [`Recorder`] collects what each request took. Nothing here calls PostgreSQL.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::client::Host;
@@ -142,11 +142,22 @@ impl Pacer {
     }
 }
 
-/// Holds producer threads to a number of requests in flight that the backend changes at will.
+/// Holds producer threads to a number of requests in flight that the backend changes at will,
+/// and to a number of pages held at once.
 pub struct Gate {
-    /// (target, in flight, most in flight at once)
-    state: Mutex<(u32, u32, u32)>,
+    state: Mutex<GateState>,
     changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    target: u32,
+    in_flight: u32,
+    /// The most requests that were in flight at once.
+    most: u32,
+    /// Pages fetched or being fetched and not yet loaded: being prepared, queued for the backend
+    /// or being loaded.
+    held: u32,
 }
 
 /// A request in flight; leaves the gate on drop.
@@ -155,47 +166,85 @@ pub struct Permit<'a>(&'a Gate);
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         let mut s = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.1 = s.1.saturating_sub(1);
+        s.in_flight = s.in_flight.saturating_sub(1);
+        self.0.changed.notify_all();
+    }
+}
+
+/// A page the run holds, from before its request until the backend has loaded it; released on
+/// drop.
+pub struct Held(Arc<Gate>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.held = s.held.saturating_sub(1);
         self.0.changed.notify_all();
     }
 }
 
 impl Gate {
     pub fn new(target: u32) -> Gate {
-        Gate { state: Mutex::new((target.max(1), 0, 0)), changed: Condvar::new() }
+        Gate { state: Mutex::new(GateState { target: target.max(1), ..Default::default() }), changed: Condvar::new() }
     }
 
     pub fn set_target(&self, n: u32) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = n.max(1);
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).target = n.max(1);
         self.changed.notify_all();
     }
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> u32 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).1
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).in_flight
     }
 
     /// The most requests that were in flight at once.
     pub fn most(&self) -> u32 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).2
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).most
     }
 
-    /// Waits until fewer requests than the target are in flight; stops waiting on cancel.
-    pub fn enter(&self, host: &dyn Host) -> Result<Permit<'_>, SourceError> {
+    /// Pages held now.
+    #[cfg(test)]
+    pub fn held(&self) -> u32 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).held
+    }
+
+    /// Waits until `room` says there is room; stops waiting on cancel. Bounded by the run: each
+    /// turn waits 50 ms at most and checks for cancellation.
+    fn wait_for(
+        &self,
+        host: &dyn Host,
+        room: impl Fn(&GateState) -> bool,
+    ) -> Result<MutexGuard<'_, GateState>, SourceError> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded by the run: each turn waits 50 ms at most and checks for cancellation.
-        while s.1 >= s.0 {
+        while !room(&s) {
             drop(s);
             host.check_interrupts()?;
             s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if s.1 < s.0 {
+            if room(&s) {
                 break;
             }
             s = self.changed.wait_timeout(s, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
         }
-        s.1 += 1;
-        s.2 = s.2.max(s.1);
+        Ok(s)
+    }
+
+    /// Waits until fewer requests than the target are in flight.
+    pub fn enter(&self, host: &dyn Host) -> Result<Permit<'_>, SourceError> {
+        let mut s = self.wait_for(host, |s| s.in_flight < s.target)?;
+        s.in_flight += 1;
+        s.most = s.most.max(s.in_flight);
         Ok(Permit(self))
+    }
+
+    /// Waits until the run holds fewer than `ahead` pages more than its target of requests in
+    /// flight. Producer threads are as many as the most streams a run may use, but the pages
+    /// they prepare ahead of the backend (memory, and CPU taken from the backend) follow the
+    /// streams in use: with one stream, as many as a single producer would hold.
+    pub fn hold(self: &Arc<Self>, ahead: u32, host: &dyn Host) -> Result<Held, SourceError> {
+        let mut s = self.wait_for(host, |s| s.held < s.target.saturating_add(ahead))?;
+        s.held += 1;
+        Ok(Held(self.clone()))
     }
 }
 
@@ -409,6 +458,54 @@ mod tests {
         let gate = Gate::new(1);
         let _held = gate.enter(&Go).unwrap();
         assert!(gate.enter(&Stop).is_err(), "a full gate gives way to a cancel");
+    }
+
+    #[test]
+    fn pages_held_follow_the_target_not_the_threads() {
+        struct Go;
+        impl Host for Go {
+            fn check_interrupts(&self) -> Result<(), SourceError> {
+                Ok(())
+            }
+            fn sleep(&self, _: Duration) -> Result<(), SourceError> {
+                Ok(())
+            }
+        }
+        const AHEAD: u32 = 2;
+        let gate = Arc::new(Gate::new(1));
+        let (tx, rx) = std::sync::mpsc::channel::<Held>();
+        let most = Arc::new(AtomicU32::new(0));
+        // Six producers, as a run of six streams at most, while one is the target: a slow
+        // consumer holds each page 2 ms; producers never hold more than target + AHEAD.
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let (gate, most, tx) = (gate.clone(), most.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10 {
+                        let held = gate.hold(AHEAD, &Go).unwrap();
+                        most.fetch_max(gate.held(), Ordering::SeqCst);
+                        tx.send(held).unwrap();
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut taken = 0;
+        for (i, page) in rx.iter().enumerate() {
+            if i == 20 {
+                gate.set_target(3);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            drop(page);
+            taken += 1;
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(taken, 60);
+        assert!(most.load(Ordering::SeqCst) <= 3 + AHEAD, "{}", most.load(Ordering::SeqCst));
+        assert!(most.load(Ordering::SeqCst) > 1 + AHEAD, "a higher target lets more pages be held");
+        assert_eq!(gate.held(), 0);
     }
 
     #[test]
