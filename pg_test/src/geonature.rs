@@ -169,6 +169,13 @@ pub fn load(db: &mut Client, local_srid: i32) {
     }
     // Œdicnème criard is sensitive (diffusion at the 10 km square).
     sql.push_str("INSERT INTO gn_sensitivity.t_sensitivity_rules (cd_nom, cd_sensitivity) VALUES (3187, '2');\n");
+    // Statistics, as autovacuum gives a live GeoNature: with none, the planner scans the
+    // nomenclatures whole in every CHECK of every synthese row instead of using the index.
+    sql.push_str(
+        "ANALYZE ref_nomenclatures.bib_nomenclatures_types, ref_nomenclatures.t_nomenclatures,
+                 ref_nomenclatures.defaults_nomenclatures_value, gn_synthese.defaults_nomenclatures_value,
+                 taxonomie.taxref, ref_habitats.habref, ref_geo.l_areas;\n",
+    );
     db.batch_execute(&sql)
         .unwrap_or_else(|e| panic!("loading the GeoNature fixture data: {}", crate::db::error_text(&e)));
 }

@@ -351,6 +351,12 @@ fn main() {
             dest_rate / gn2pg_rate
         ));
         if let Some(floor) = d.floor {
+            // A loader that cost nothing would still pay GeoNature's own INSERT: (4)/(2) cannot
+            // exceed this.
+            out(format!(
+                "| (5) / (2): GeoNature's own INSERT alone vs gn2pg without the destination (the most (4) / (2) can be) | {:.2} | |",
+                d.rows as f64 / secs(floor) / gn2pg_rate
+            ));
             // What the destination adds to a full run, and how much of it is GeoNature's own.
             let added = secs(d.full) - secs(full);
             out(format!(
