@@ -2,18 +2,16 @@
 # Dashboard benchmark: fills a database, directly in SQL, with 50 sources, 10,000 runs and
 # 5,000,000 observation rows (with their CA/JDD metadata, rejected rows and alerts), starts
 # gn2pg-dashboard against it, signs in and times every page (best and median of 7 requests).
-# Then measures what the row-count triggers cost a harvest: a full harvest of the fixture with
-# the triggers, and without them, side by side. Prints figures; asserts nothing.
-#   bash bench/dashboard.sh [--rows 5000000] [--harvest-rows 200000]
+# Prints figures; asserts nothing. (What the row counts cost a harvest is in bench/run.sh's
+# figures, compared with 0.2.0 in README.)
+#   bash bench/dashboard.sh [--rows 5000000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=5000000
-HARVEST_ROWS=200000
 while [ $# -gt 0 ]; do
     case "$1" in
     --rows) ROWS="$2"; shift 2 ;;
-    --harvest-rows) HARVEST_ROWS="$2"; shift 2 ;;
-    *) echo "usage: bench/dashboard.sh [--rows N] [--harvest-rows N]" >&2; exit 2 ;;
+    *) echo "usage: bench/dashboard.sh [--rows N]" >&2; exit 2 ;;
     esac
 done
 bash scripts/setup.sh
@@ -21,12 +19,11 @@ export PGRX_PG_CONFIG_PATH="${GN2PG_PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_con
 export GN2PG_TEST_DIR=/tmp/gn2pg-bench-dashboard GN2PG_TEST_PGPORT="${GN2PG_BENCH_PGPORT:-55473}"
 PORT=$GN2PG_TEST_PGPORT
 BIN="$("$PGRX_PG_CONFIG_PATH" --bindir)"
-FIXTURE_PORT=8796
 DASH_PORT=8797
 log() { printf '\033[1m[bench]\033[0m %s\n' "$*"; }
 
 bash scripts/install.sh
-cargo build --release -p gn2pg-dashboard -p gn2pg-pg-test --bin gn2pg-dashboard --bin gn2pg-fixture-source 2>&1 \
+cargo build --release -p gn2pg-dashboard --bin gn2pg-dashboard 2>&1 \
     | grep -Ev '^\s*(Compiling|Checking)' || true
 bash scripts/test-cluster.sh start
 PIDS=()
@@ -130,25 +127,3 @@ for p in "${PAGES[@]}"; do
     printf '%-28s %8s %8s %6s %s\n' "$p" "$best" "$median" "$code" "$verdict"
 done
 
-log "what the count triggers cost a harvest: full harvest of $HARVEST_ROWS fixture rows, with and without them"
-./target/release/gn2pg-fixture-source --listen "127.0.0.1:$FIXTURE_PORT" --rows "$HARVEST_ROWS" > "$GN2PG_TEST_DIR/fixture.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 100); do grep -q listening "$GN2PG_TEST_DIR/fixture.log" 2>/dev/null && break; sleep 0.1; done
-psql_su -d postgres -c "CREATE DATABASE harvest"
-psql_su -d harvest -c "CREATE EXTENSION gn2pg CASCADE" \
-    -c "SELECT gn2pg_add_source('fx', 'http://127.0.0.1:$FIXTURE_PORT/geonature', 2, token => '0123456789abcdef0123456789abcdef')"
-harvest_once() {
-    psql_su -d harvest -c "TRUNCATE gn2pg.observation" -c "CHECKPOINT" >/dev/null
-    psql_su -d harvest -c "SELECT gn2pg_harvest('fx', 'full')" >/dev/null
-    psql_su -d harvest -tAc "SELECT round(rows_received / extract(epoch FROM finished_at - started_at))
-                               FROM gn2pg.run_log ORDER BY id DESC LIMIT 1"
-}
-for round in 1 2; do
-    with=$(harvest_once)
-    psql_su -d harvest -c "ALTER TABLE gn2pg.observation DISABLE TRIGGER observation_count_insert,
-                           DISABLE TRIGGER observation_count_update, DISABLE TRIGGER observation_count_delete" >/dev/null
-    without=$(harvest_once)
-    psql_su -d harvest -c "ALTER TABLE gn2pg.observation ENABLE TRIGGER observation_count_insert,
-                           ENABLE TRIGGER observation_count_update, ENABLE TRIGGER observation_count_delete" >/dev/null
-    log "  round $round: with the triggers $with rows/s, without $without rows/s (ratio $(awk -v a="$with" -v b="$without" 'BEGIN { printf "%.3f", a / b }'))"
-done

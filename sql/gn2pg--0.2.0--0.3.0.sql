@@ -2346,19 +2346,14 @@ CREATE TABLE gn2pg.observation_count (
     rows            bigint NOT NULL
 );
 CREATE INDEX observation_count_source_idx ON gn2pg.observation_count (source);
+-- Dumped: restoring gn2pg.observation fires no insert trigger that would rebuild it.
+SELECT pg_catalog.pg_extension_config_dump('gn2pg.observation_count', '');
 COMMENT ON TABLE gn2pg.observation_count IS
-    'Rows of gn2pg.observation per (source, source_ca_uuid, source_jdd_uuid): the sum of rows over each group. Kept by triggers; not dumped (restoring gn2pg.observation rebuilds it).';
+    'Rows of gn2pg.observation per (source, source_ca_uuid, source_jdd_uuid): the sum of rows over each group. Kept by the loader (inserts) and by triggers (updates, deletes); dumped.';
 
-CREATE FUNCTION gn2pg._count_inserted() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    INSERT INTO gn2pg.observation_count (source, source_ca_uuid, source_jdd_uuid, rows)
-    SELECT n.source, n.source_ca_uuid, n.source_jdd_uuid, count(*) FROM new_rows n GROUP BY 1, 2, 3;
-    RETURN NULL;
-END
-$$;
+-- Inserted rows are counted by the loader's INSERT itself (sql/load/insert_rows.sql, the only
+-- statement that inserts into gn2pg.observation): a transition table of inserted rows would copy
+-- every whole row of every page. The triggers below count what any statement updates or deletes.
 
 CREATE FUNCTION gn2pg._count_deleted() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -2398,8 +2393,6 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER observation_count_insert AFTER INSERT ON gn2pg.observation
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION gn2pg._count_inserted();
 CREATE TRIGGER observation_count_update AFTER UPDATE ON gn2pg.observation
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION gn2pg._count_updated();
 CREATE TRIGGER observation_count_delete AFTER DELETE ON gn2pg.observation
@@ -2470,7 +2463,6 @@ COMMENT ON FUNCTION gn2pg._recount() IS
 -- Rows already harvested (upgrade from 0.2.0; nothing at install).
 SELECT gn2pg._recount();
 
-REVOKE ALL ON FUNCTION gn2pg._count_inserted() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._count_deleted() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._count_updated() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._count_truncated() FROM PUBLIC;
@@ -3105,8 +3097,6 @@ COMMENT ON COLUMN gn2pg.observation_count.source_jdd_uuid IS
     'JDD as the source sent it (gn2pg.observation.source_jdd_uuid).';
 COMMENT ON COLUMN gn2pg.observation_count.rows IS
     'Rows added to the group (negative: removed); the group''s count is the sum over its rows, folded into one when a run ends.';
-COMMENT ON FUNCTION gn2pg._count_inserted() IS
-    'Trigger: adds the rows a statement inserted into gn2pg.observation to gn2pg.observation_count.';
 COMMENT ON FUNCTION gn2pg._count_deleted() IS
     'Trigger: subtracts the rows a statement deleted from gn2pg.observation from gn2pg.observation_count.';
 COMMENT ON FUNCTION gn2pg._count_updated() IS

@@ -331,8 +331,8 @@ impl Loader {
                 resolve: keep(c, RESOLVE_SQL, &[TEXTOID, UUID_ARRAY, UUID_ARRAY], false)?,
                 deferred_geometry: keep(c, DEFERRED_GEOMETRY_SQL, &[TEXT_ARRAY, TEXT_ARRAY], false)?,
                 uuid_owners: keep(c, UUID_OWNERS_SQL, &[TEXTOID, UUID_ARRAY, INT8_ARRAY], false)?,
-                insert: keep(c, INSERT_SQL, &rows_args, true)?,
-                update: keep(c, &format!("{INSERT_SQL}{UPSERT_CLAUSE}"), &rows_args, true)?,
+                insert: keep(c, &INSERT_SQL.replace("{upsert}", ""), &rows_args, true)?,
+                update: keep(c, &INSERT_SQL.replace("{upsert}", UPSERT_CLAUSE), &rows_args, true)?,
                 metadata: keep(
                     c,
                     METADATA_SQL,
@@ -622,7 +622,7 @@ impl Loader {
                 prebuilt_arg(&cols.hash, INT8_ARRAY),
             ];
             let stmt = if action == Action::Insert { &self.insert } else { &self.update };
-            let n = c.update(stmt, None, &args)?.len() as i64;
+            let n = c.update(stmt, None, &args)?.first().get::<i64>(1)?.unwrap_or(0);
             if action == Action::Insert {
                 counts.0 = n;
             } else {

@@ -314,11 +314,12 @@ fn clear(run_id: i64, source: &str, range: Range, host: &dyn Host) -> Result<(),
 }
 
 /// The rows stored for a source. Counting them scans the source's rows (0.3-0.4 s at a million,
-/// most of an incremental run); gn2pg.observation_count holds the same number, kept by statement
-/// triggers in the transactions that write the rows, so it is exact under one snapshot and costs
-/// a lookup per (CA, JDD). It is trusted only to say what almost every run finds, that nothing is
-/// missing: whenever it differs from the source's count the rows are counted, and a count table
-/// found wrong (rows written with triggers disabled) is rebuilt, with a WARNING.
+/// most of an incremental run); gn2pg.observation_count holds the same number, kept by the
+/// loader's INSERT and statement triggers in the transactions that write the rows, so it is exact
+/// under one snapshot and costs a lookup per (CA, JDD). It is trusted only to say what almost
+/// every run finds, that nothing is missing: whenever it differs from the source's count the rows
+/// are counted, and a count table found wrong (rows inserted by hand, or changed with triggers
+/// disabled) is rebuilt, with a WARNING.
 fn stored_count(name: &str, cfg: &SourceConfig, probe: &Probe) -> Result<u64, Stop> {
     let source = match counting(&probe.answer) {
         Counting::Exact => probe.answer.total_filtered,

@@ -422,9 +422,6 @@ fn every_table_and_sequence_of_gn2pg_is_marked_for_pg_dump() {
                 AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'gn2pg')
                 AND c.relkind IN ('r', 'p', 'S')
                 AND c.oid <> ALL ((SELECT extconfig FROM pg_extension WHERE extname = 'gn2pg')::oid[])
-                -- Rebuilt by the triggers of gn2pg.observation while its rows are restored;
-                -- dumping it as well would count every row twice.
-                AND c.oid <> 'gn2pg.observation_count'::regclass
               ORDER BY 1",
             &[],
         )

@@ -417,7 +417,6 @@ const REVIEWED: &[(&str, bool, &str)] = &[
     // The dashboard (sql/dashboard.sql, src/check.rs): row counts kept by trigger functions
     // (owner only), the GeoNature sign-in lookup (granted by the admin to the dashboard's login role).
     ("gn2pg._count_deleted()", true, ""),
-    ("gn2pg._count_inserted()", true, ""),
     ("gn2pg._count_truncated()", true, ""),
     ("gn2pg._count_updated()", true, ""),
     ("gn2pg._fold_counts(text)", true, ""),

@@ -1,4 +1,4 @@
--- Fragment, not a statement: appended to insert_rows.sql to rewrite the page's changed rows.
+-- Fragment, not a statement: insert_rows.sql's {upsert}, to rewrite the page's changed rows.
     ON CONFLICT (source, id_data) DO UPDATE
    SET uuid = EXCLUDED.uuid, item = EXCLUDED.item, geom = EXCLUDED.geom, ca_uuid = EXCLUDED.ca_uuid,
        jdd_uuid = EXCLUDED.jdd_uuid, source_ca_uuid = EXCLUDED.source_ca_uuid,
