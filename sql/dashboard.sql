@@ -229,9 +229,9 @@ COMMENT ON VIEW gn2pg.metadata_mapping IS
 ------------------------------------------------------------------------------------------------
 ALTER TABLE gn2pg.run_log ADD COLUMN sqlstate text, ADD COLUMN reason text;
 COMMENT ON COLUMN gn2pg.run_log.sqlstate IS
-    'SQLSTATE of the run''s error, as gn2pg_harvest raises it (failed and cancelled runs; NULL otherwise).';
+    'SQLSTATE of the run''s error, as gn2pg_harvest raises it (failed and cancelled runs; XX000 for abandoned ones; NULL otherwise).';
 COMMENT ON COLUMN gn2pg.run_log.reason IS
-    'Kind of failure of a failed or cancelled run: auth, http, timeout, protocol, limit, config, cancelled, database, internal (busy: a refused start recorded by 0.2.0). NULL otherwise.';
+    'Kind of failure of a failed, cancelled or abandoned run: auth, http, timeout, protocol, limit, config, cancelled, database, internal (an abandoned run; busy: a refused start recorded by 0.2.0). NULL otherwise.';
 ALTER TABLE gn2pg.run_part ADD COLUMN sqlstate text, ADD COLUMN reason text;
 COMMENT ON COLUMN gn2pg.run_part.sqlstate IS 'SQLSTATE of the part''s error (see run_log.sqlstate).';
 COMMENT ON COLUMN gn2pg.run_part.reason IS 'Kind of failure of the part (see run_log.reason).';

@@ -3150,12 +3150,31 @@ $$;
 -- in run_log and run_part (a fresh install adds them after destination.sql's columns too).
 ALTER TABLE gn2pg.run_log ADD COLUMN sqlstate text, ADD COLUMN reason text;
 COMMENT ON COLUMN gn2pg.run_log.sqlstate IS
-    'SQLSTATE of the run''s error, as gn2pg_harvest raises it (failed and cancelled runs; NULL otherwise).';
+    'SQLSTATE of the run''s error, as gn2pg_harvest raises it (failed and cancelled runs; XX000 for abandoned ones; NULL otherwise).';
 COMMENT ON COLUMN gn2pg.run_log.reason IS
-    'Kind of failure of a failed or cancelled run: auth, http, timeout, protocol, limit, config, cancelled, database, internal (busy: a refused start recorded by 0.2.0). NULL otherwise.';
+    'Kind of failure of a failed, cancelled or abandoned run: auth, http, timeout, protocol, limit, config, cancelled, database, internal (an abandoned run; busy: a refused start recorded by 0.2.0). NULL otherwise.';
 ALTER TABLE gn2pg.run_part ADD COLUMN sqlstate text, ADD COLUMN reason text;
 COMMENT ON COLUMN gn2pg.run_part.sqlstate IS 'SQLSTATE of the part''s error (see run_log.sqlstate).';
 COMMENT ON COLUMN gn2pg.run_part.reason IS 'Kind of failure of the part (see run_log.reason).';
+
+-- Abandoned runs record gn2pg's reason for a worker that ended without a word.
+CREATE OR REPLACE FUNCTION gn2pg._abandon_dead_runs(p_source text DEFAULT NULL, p_except bigint DEFAULT NULL) RETURNS integer
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH gone AS (
+        UPDATE gn2pg.run_log r
+           SET status = 'abandoned', finished_at = now(),
+               -- No word from the worker: gn2pg's "internal" reason (error.rs, Reason::Internal).
+               sqlstate = coalesce(r.sqlstate, 'XX000'), reason = coalesce(r.reason, 'internal'),
+               error = coalesce(r.error || '; ', '')
+                       || CASE WHEN r.status = 'pending' THEN 'its worker process ended before the run started'
+                               ELSE 'its worker process ended without finishing the run (killed, crashed, server restart, or it could not record the end: see the server log)' END
+         WHERE r.status IN ('pending', 'running') AND (p_source IS NULL OR r.source = p_source)
+           AND r.id IS DISTINCT FROM p_except AND NOT gn2pg._run_alive(r.worker_pid, r.started_at)
+        RETURNING 1)
+    SELECT count(*)::integer FROM gone
+$$;
 
 -- 0.2.0 recorded a start refused because its source was busy as a failed run, whose text is
 -- the only trace of why: read once here, so that nothing matches message text any more.

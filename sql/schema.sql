@@ -193,6 +193,8 @@ AS $$
     WITH gone AS (
         UPDATE gn2pg.run_log r
            SET status = 'abandoned', finished_at = now(),
+               -- No word from the worker: gn2pg's "internal" reason (error.rs, Reason::Internal).
+               sqlstate = coalesce(r.sqlstate, 'XX000'), reason = coalesce(r.reason, 'internal'),
                error = coalesce(r.error || '; ', '')
                        || CASE WHEN r.status = 'pending' THEN 'its worker process ended before the run started'
                                ELSE 'its worker process ended without finishing the run (killed, crashed, server restart, or it could not record the end: see the server log)' END

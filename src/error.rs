@@ -121,6 +121,8 @@ impl SqlState {
     pub const DATA_EXCEPTION: SqlState = SqlState(*b"22000");
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState(*b"22023");
     pub const UNDEFINED_OBJECT: SqlState = SqlState(*b"42704");
+    pub const DUPLICATE_OBJECT: SqlState = SqlState(*b"42710");
+    pub const EXTERNAL_ROUTINE_EXCEPTION: SqlState = SqlState(*b"38000");
     pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState(*b"53400");
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState(*b"54000");
     pub const NOT_IN_PREREQUISITE_STATE: SqlState = SqlState(*b"55000");

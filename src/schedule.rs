@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use crate::access;
 use crate::bgw::{self, ConnectArgs, WorkerArgs};
 use crate::cron_jobs::{lock_cron_jobs, preloads};
+use crate::error::{Error, Reason, SqlState};
 
 fn raise(code: PgSqlErrorCode, msg: String, hint: Option<&str>) -> ! {
     crate::error::raise(code, msg, None, hint)
@@ -133,11 +134,12 @@ fn call_cron_worker(cron_db: pg_sys::Oid, request: &Value) -> Value {
     let v: Value = serde_json::from_str(&answer).unwrap_or_else(|_| json!({"ok": false, "error": answer}));
     if v["ok"].as_bool() != Some(true) {
         let msg = v["error"].as_str().unwrap_or("unknown error");
-        raise(
-            PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-            format!("gn2pg: pg_cron refused: {msg}"),
-            v["hint"].as_str(),
-        );
+        // A refusal the cron worker classified keeps its SQLSTATE; an error of pg_cron itself is
+        // an external routine's (38000).
+        let state = v["sqlstate"].as_str().and_then(SqlState::parse).unwrap_or(SqlState::EXTERNAL_ROUTINE_EXCEPTION);
+        let mut e = Error::new(Reason::Config, state, format!("gn2pg: pg_cron refused: {msg}"));
+        e.hint = v["hint"].as_str().map(str::to_string);
+        e.raise();
     }
     v
 }
@@ -153,6 +155,7 @@ fn cron_op(req: &Value) -> Result<Value, String> {
     if !has_cron {
         return Ok(json!({
             "ok": false,
+            "sqlstate": SqlState::NOT_IN_PREREQUISITE_STATE.as_str(),
             "error": "pg_cron is loaded but its extension is not created in the cron database",
             "hint": "Run CREATE EXTENSION pg_cron; in the database named by cron.database_name.",
         }));
@@ -177,6 +180,7 @@ fn cron_op(req: &Value) -> Result<Value, String> {
             if let Some(other) = other {
                 return Ok(json!({
                     "ok": false,
+                    "sqlstate": SqlState::DUPLICATE_OBJECT.as_str(),
                     "error": format!("job {job} already exists for database {other}"),
                     "hint": "pg_cron job names are shared by every database of the cluster: give this source another name, or unschedule it in the other database.",
                 }));
@@ -203,7 +207,9 @@ fn cron_op(req: &Value) -> Result<Value, String> {
                 .unwrap_or(0);
             Ok(json!({"ok": true, "removed": n}))
         }
-        other => Ok(json!({"ok": false, "error": format!("unknown operation {other}")})),
+        other => Ok(
+            json!({"ok": false, "sqlstate": SqlState::INTERNAL_ERROR.as_str(), "error": format!("unknown operation {other}")}),
+        ),
     }
 }
 

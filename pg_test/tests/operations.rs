@@ -157,6 +157,25 @@ fn a_schedule_is_one_cron_job_and_rescheduling_replaces_it() {
     assert!(cron_jobs(&job).is_empty(), "the job of a removed source must go");
 }
 
+/// pg_cron job names are shared by every database of the cluster: a name another database holds
+/// is refused with a SQLSTATE of its own (duplicate_object), not pg_cron's generic 38000.
+#[test]
+fn a_job_name_held_by_another_database_is_refused_as_a_duplicate() {
+    let (a, b) = (TestDb::new("cron_a"), TestDb::new("cron_b"));
+    let (mut ca, mut cb) = (a.session(), b.session());
+    let fx = fixture(10);
+    let src = unique("dup");
+    for c in [&mut ca, &mut cb] {
+        c.execute("SELECT gn2pg_add_source($1, $2, 3)", &[&src, &fx.base_url()]).unwrap();
+    }
+    let _cleanup = Unschedule(&a, src.clone());
+    ca.execute("SELECT gn2pg_schedule($1, '0 5 * * *')", &[&src]).unwrap();
+    let e = cb.execute("SELECT gn2pg_schedule($1, '0 6 * * *')", &[&src]).unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("42710"), "{}", error_text(&e));
+    assert!(error_text(&e).contains(&format!("already exists for database {}", a.name)), "{}", error_text(&e));
+    assert_eq!(cron_jobs(&format!("gn2pg:{src}")).len(), 1);
+}
+
 #[test]
 fn pg_cron_runs_a_scheduled_harvest() {
     let db = TestDb::new("cron_fires");
@@ -473,6 +492,13 @@ fn an_abandoned_run_raises_an_alert_that_the_next_success_resolves() {
         (r.get(0), r.get(1), r.get(2))
     };
     assert_eq!((kind.as_str(), run_id, resolved_by), ("abandoned", dead, run["id"].as_i64()));
+    let r = c.query_one("SELECT status, sqlstate, reason FROM gn2pg.run_log WHERE id = $1", &[&dead]).unwrap();
+    let (status, sqlstate, reason): (String, Option<String>, Option<String>) = (r.get(0), r.get(1), r.get(2));
+    assert_eq!(
+        (status.as_str(), sqlstate.as_deref(), reason.as_deref()),
+        ("abandoned", Some("XX000"), Some("internal")),
+        "an abandoned run says why in the columns alerting reads"
+    );
     let raised = next_alert(&mut listener, 10).expect("raised");
     let resolved = next_alert(&mut listener, 10).expect("resolved");
     assert_eq!((raised["event"].as_str(), raised["kind"].as_str()), (Some("raised"), Some("abandoned")));
