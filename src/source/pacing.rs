@@ -299,6 +299,7 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::client::CancelFlag;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
 
@@ -415,15 +416,6 @@ mod tests {
 
     #[test]
     fn the_gate_holds_threads_to_the_target() {
-        struct Go;
-        impl Host for Go {
-            fn check_interrupts(&self) -> Result<(), SourceError> {
-                Ok(())
-            }
-            fn sleep(&self, _: Duration) -> Result<(), SourceError> {
-                Ok(())
-            }
-        }
         let gate = Arc::new(Gate::new(2));
         let most = Arc::new(AtomicU32::new(0));
         let threads: Vec<_> = (0..6)
@@ -431,7 +423,7 @@ mod tests {
                 let (gate, most) = (gate.clone(), most.clone());
                 std::thread::spawn(move || {
                     for _ in 0..5 {
-                        let _p = gate.enter(&Go).unwrap();
+                        let _p = gate.enter(&CancelFlag::default()).unwrap();
                         most.fetch_max(gate.in_flight(), Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(5));
                     }
@@ -446,31 +438,15 @@ mod tests {
         assert!(most.load(Ordering::SeqCst) <= 3);
         assert_eq!((gate.in_flight(), gate.most()), (0, most.load(Ordering::SeqCst)));
 
-        struct Stop;
-        impl Host for Stop {
-            fn check_interrupts(&self) -> Result<(), SourceError> {
-                Err(SourceError::Cancelled("test".into()))
-            }
-            fn sleep(&self, _: Duration) -> Result<(), SourceError> {
-                Ok(())
-            }
-        }
+        let stop = CancelFlag::default();
+        stop.raise();
         let gate = Gate::new(1);
-        let _held = gate.enter(&Go).unwrap();
-        assert!(gate.enter(&Stop).is_err(), "a full gate gives way to a cancel");
+        let _held = gate.enter(&CancelFlag::default()).unwrap();
+        assert!(gate.enter(&stop).is_err(), "a full gate gives way to a cancel");
     }
 
     #[test]
     fn pages_held_follow_the_target_not_the_threads() {
-        struct Go;
-        impl Host for Go {
-            fn check_interrupts(&self) -> Result<(), SourceError> {
-                Ok(())
-            }
-            fn sleep(&self, _: Duration) -> Result<(), SourceError> {
-                Ok(())
-            }
-        }
         const AHEAD: u32 = 2;
         let gate = Arc::new(Gate::new(1));
         let (tx, rx) = std::sync::mpsc::channel::<Held>();
@@ -482,7 +458,7 @@ mod tests {
                 let (gate, most, tx) = (gate.clone(), most.clone(), tx.clone());
                 std::thread::spawn(move || {
                     for _ in 0..10 {
-                        let held = gate.hold(AHEAD, &Go).unwrap();
+                        let held = gate.hold(AHEAD, &CancelFlag::default()).unwrap();
                         most.fetch_max(gate.held(), Ordering::SeqCst);
                         tx.send(held).unwrap();
                     }
