@@ -202,27 +202,19 @@ fn produce(mut job: StreamJob, flag: &CancelFlag, emit: &dyn Fn(Produced) -> boo
         for _ in 0..=MAX_PAGES {
             let mut params = pager.params();
             params.extend(job.window.iter().cloned());
-            let held = match job.lanes.gate.hold(PAGES_AHEAD, flag) {
-                Ok(held) => Some(held),
-                Err(e) => {
-                    let _ = emit(Produced {
-                        stream,
-                        producer: job.producer,
-                        stats: job.client.stats.clone(),
-                        page: Err(e),
-                        _held: None,
-                    });
-                    return;
+            // A cancel while waiting for room ends the range as a failed page does.
+            let (held, page) = match job.lanes.gate.hold(PAGES_AHEAD, flag) {
+                Ok(held) => {
+                    (Some(held), fetch_rows(&mut job.client, &job.lanes, &params, &job.fields, job.encoding, flag))
                 }
+                Err(e) => (None, Err(e)),
             };
-            let page = fetch_rows(&mut job.client, &job.lanes, &params, &job.fields, job.encoding, flag).and_then(
-                |(summary, rows)| {
-                    let step = pager.step_for(&summary).map_err(SourceError::Paging)?;
-                    let sweep = if job.full { pager.covered_range(&summary, &step) } else { None };
-                    pager.advance(&summary);
-                    Ok(Ready { rows, total: summary.total, sweep, pager: pager.clone(), done: step == Step::Done })
-                },
-            );
+            let page = page.and_then(|(summary, rows)| {
+                let step = pager.step_for(&summary).map_err(SourceError::Paging)?;
+                let sweep = if job.full { pager.covered_range(&summary, &step) } else { None };
+                pager.advance(&summary);
+                Ok(Ready { rows, total: summary.total, sweep, pager: pager.clone(), done: step == Step::Done })
+            });
             let (failed, done) = (page.is_err(), page.as_ref().is_ok_and(|r| r.done));
             let produced =
                 Produced { stream, producer: job.producer, stats: job.client.stats.clone(), page, _held: held };
