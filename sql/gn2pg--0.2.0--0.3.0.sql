@@ -2442,23 +2442,28 @@ CREATE TRIGGER source_removed_fold_counts AFTER DELETE ON gn2pg.source
     FOR EACH ROW EXECUTE FUNCTION gn2pg._fold_counts_after_removal();
 
 -- Rebuilds every count from gn2pg.observation (after a restore made with --disable-triggers).
-CREATE FUNCTION gn2pg._recount() RETURNS bigint
+-- With a source: its counts only, which a reconciling run of that source rebuilds when it finds
+-- them wrong (src/reconcile_run.rs); the run holds the source, so no other writer changes its rows.
+CREATE FUNCTION gn2pg._recount(p_source text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     n bigint;
 BEGIN
-    LOCK TABLE gn2pg.observation IN SHARE MODE;
-    DELETE FROM gn2pg.observation_count;
+    IF p_source IS NULL THEN
+        LOCK TABLE gn2pg.observation IN SHARE MODE;
+    END IF;
+    DELETE FROM gn2pg.observation_count c WHERE p_source IS NULL OR c.source = p_source;
     INSERT INTO gn2pg.observation_count (source, source_ca_uuid, source_jdd_uuid, rows)
-    SELECT o.source, o.source_ca_uuid, o.source_jdd_uuid, count(*) FROM gn2pg.observation o GROUP BY 1, 2, 3;
+    SELECT o.source, o.source_ca_uuid, o.source_jdd_uuid, count(*) FROM gn2pg.observation o
+     WHERE p_source IS NULL OR o.source = p_source GROUP BY 1, 2, 3;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
 $$;
-COMMENT ON FUNCTION gn2pg._recount() IS
-    'Rebuilds gn2pg.observation_count from gn2pg.observation; returns the number of groups. Superusers only.';
+COMMENT ON FUNCTION gn2pg._recount(text) IS
+    'Rebuilds gn2pg.observation_count from gn2pg.observation (of one source, or all); returns the number of groups. Superusers only.';
 
 -- Rows already harvested (upgrade from 0.2.0; nothing at install).
 SELECT gn2pg._recount();
@@ -2469,7 +2474,7 @@ REVOKE ALL ON FUNCTION gn2pg._count_truncated() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._fold_counts(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._fold_counts_after_run() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gn2pg._fold_counts_after_removal() FROM PUBLIC;
-REVOKE ALL ON FUNCTION gn2pg._recount() FROM PUBLIC;
+REVOKE ALL ON FUNCTION gn2pg._recount(text) FROM PUBLIC;
 GRANT SELECT ON gn2pg.observation_count TO gn2pg_reader;
 
 -- The two views that counted gn2pg.observation on every read now sum the counts. Their

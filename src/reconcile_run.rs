@@ -341,7 +341,7 @@ fn stored_count(name: &str, cfg: &SourceConfig, probe: &Probe) -> Result<u64, St
             pgrx::warning!(
                 "gn2pg: source {name}: gn2pg.observation_count said {kept} rows, {stored} are stored: counts rebuilt"
             );
-            Spi::run_with_args(RECOUNT_SQL, &[name.into()]).map_err(spi_err)?;
+            Spi::run_with_args("SELECT gn2pg._recount($1)", &[name.into()]).map_err(spi_err)?;
         }
         Ok(stored)
     })
@@ -356,13 +356,6 @@ fn kept_count(source: &str) -> SpiResult<u64> {
     .unwrap_or(0)
     .max(0) as u64)
 }
-
-/// The count rows of a source, rebuilt from its stored rows.
-const RECOUNT_SQL: &str = "
-WITH gone AS (DELETE FROM gn2pg.observation_count c WHERE c.source = $1)
-INSERT INTO gn2pg.observation_count (source, source_ca_uuid, source_jdd_uuid, rows)
-SELECT o.source, o.source_ca_uuid, o.source_jdd_uuid, pg_catalog.count(*)
-  FROM gn2pg.observation o WHERE o.source = $1 GROUP BY 1, 2, 3";
 
 fn local_count(source: &str, r: Range) -> SpiResult<u64> {
     Ok(Spi::get_one_with_args::<i64>(

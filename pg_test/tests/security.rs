@@ -423,7 +423,7 @@ const REVIEWED: &[(&str, bool, &str)] = &[
     ("gn2pg._fold_counts_after_removal()", true, ""),
     ("gn2pg._fold_counts_after_run()", true, ""),
     ("gn2pg._geonature_sign_in(text)", true, ""),
-    ("gn2pg._recount()", true, ""),
+    ("gn2pg._recount(text)", true, ""),
     ("gn2pg_acknowledge_alert(bigint,text)", false, "gn2pg_operator"),
     // Checks a registered source as saved for operators; anything else needs gn2pg_admin inside.
     ("gn2pg_check_source(text,text,integer,text,text,text,text,jsonb)", false, "gn2pg_operator"),
